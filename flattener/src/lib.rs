@@ -1,0 +1,3 @@
+//! Flattens OCI images into deterministic ext4 images (work in progress).
+
+pub mod tree;
