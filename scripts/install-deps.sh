@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what lode's build, tests and demo need on a Debian machine (as root).
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+
+APT_PACKAGES=(
+  e2fsprogs          # e2fsck/mke2fs/debugfs: judges of the flattener
+  fuse3              # fusermount3 and the FUSE userspace bits
+  memcached          # L2 shared-cache nodes in tests
+  libnbd-bin         # nbdinfo/nbdcopy: NBD clients in tests
+  qemu-utils         # qemu-img: NBD client in tests
+  busybox-static     # the demo's tiny self-made image
+  util-linux         # losetup, mount
+  pkg-config
+  python3-pip
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing apt packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# An S3- and KMS-compatible server for loopback tests.
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "installing moto[server] from PyPI"
+  python3 -m pip install -q 'moto[server]' 2>&1 | grep -v "Running pip as the 'root' user" || true
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo not found; install Rust >= 1.85 with rustup (https://rustup.rs) and run again" >&2
+  exit 1
+fi
