@@ -14,7 +14,9 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use chunk_core::{CryptoProvider, DEFAULT_CHUNK_SIZE, Salt, enabled_providers, provider_by_name, seal};
+use chunk_core::{
+    CryptoProvider, DEFAULT_CHUNK_SIZE, Salt, enabled_providers, provider_by_name, seal,
+};
 
 const ROUNDS: u32 = 7;
 
@@ -41,7 +43,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let names: Vec<_> = enabled_providers().iter().map(|p| p.name()).collect();
     let Some(provider) = args.first().and_then(|n| provider_by_name(n)) else {
-        eprintln!("usage: seal_throughput BACKEND [SECONDS] [--parts]; compiled-in backends: {names:?}");
+        eprintln!(
+            "usage: seal_throughput BACKEND [SECONDS] [--parts]; compiled-in backends: {names:?}"
+        );
         return ExitCode::from(2);
     };
     let seconds: f64 = match args.get(1).filter(|a| !a.starts_with("--")) {
@@ -55,7 +59,9 @@ fn main() -> ExitCode {
         None => 3.0,
     };
     let total = Duration::from_secs_f64(seconds);
-    let plaintext: Vec<u8> = (0..DEFAULT_CHUNK_SIZE).map(|i| (i * 31 + 7) as u8).collect();
+    let plaintext: Vec<u8> = (0..DEFAULT_CHUNK_SIZE)
+        .map(|i| (i * 31 + 7) as u8)
+        .collect();
     let salt = Salt::new(1, [7; 32]);
     let p: &dyn CryptoProvider = provider;
 
@@ -71,7 +77,9 @@ fn main() -> ExitCode {
         let gcm = median_mbps(total, plaintext.len(), || {
             buf.clear();
             buf.extend_from_slice(&plaintext);
-            if p.aes256gcm_seal_in_place(&key, &[0; 12], &[], &mut buf).is_err() {
+            if p.aes256gcm_seal_in_place(&key, &[0; 12], &[], &mut buf)
+                .is_err()
+            {
                 std::process::abort();
             }
             black_box(&buf);
@@ -82,11 +90,13 @@ fn main() -> ExitCode {
     }
 
     let mut failed = false;
-    let rate = median_mbps(total, plaintext.len(), || match seal(p, &salt, black_box(&plaintext)) {
-        Ok(sealed) => {
-            black_box(sealed);
+    let rate = median_mbps(total, plaintext.len(), || {
+        match seal(p, &salt, black_box(&plaintext)) {
+            Ok(sealed) => {
+                black_box(sealed);
+            }
+            Err(_) => failed = true,
         }
-        Err(_) => failed = true,
     });
     if failed {
         eprintln!("seal failed");
