@@ -1,0 +1,264 @@
+//! Settings: command-line flags, then `LODE_*` environment variables (both
+//! through clap), then an optional TOML file, in that order of precedence.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Args;
+use serde::Deserialize;
+
+/// Settings shared by every command that touches a store.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Settings {
+    /// Chunk and manifest store: file:///abs/path, s3://bucket[/prefix] or memory://
+    #[arg(long, env = "LODE_STORE", global = true)]
+    pub store: Option<String>,
+    /// Key service: local:/path/to/keyring[#key] or aws:KEY_ID_OR_ARN
+    #[arg(long, env = "LODE_KMS", global = true)]
+    pub kms: Option<String>,
+    /// Pusher's secret salt file (workers never need it)
+    #[arg(long, env = "LODE_SALTS", global = true)]
+    pub salts: Option<PathBuf>,
+    /// L1 disk cache directory (workers)
+    #[arg(long, env = "LODE_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// L1 disk cache size, e.g. 2GiB
+    #[arg(long, env = "LODE_CACHE_SIZE", global = true)]
+    pub cache_size: Option<String>,
+    /// Optional L2 shared cache: memcached://host:port,host:port,...
+    #[arg(long, env = "LODE_L2", global = true)]
+    pub l2: Option<String>,
+    /// L2 erasure code as data+parity shards, e.g. 4+1
+    #[arg(long, env = "LODE_L2_SHARDS", global = true)]
+    pub l2_shards: Option<String>,
+    /// TOML file with any of the settings above (keys: store, kms, salts,
+    /// cache_dir, cache_size, l2, l2_shards); default ~/.config/lode/config.toml
+    /// or /etc/lode/config.toml when present
+    #[arg(long, env = "LODE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    store: Option<String>,
+    kms: Option<String>,
+    salts: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    cache_size: Option<String>,
+    l2: Option<String>,
+    l2_shards: Option<String>,
+}
+
+impl Settings {
+    /// Fills what flags and environment left unset from the TOML file.
+    pub fn resolve(mut self) -> Result<Self> {
+        let path = match &self.config {
+            Some(p) => Some(p.clone()),
+            None => default_config_path(),
+        };
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading config {}", path.display()))?;
+            let file: FileSettings =
+                toml::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))?;
+            self.store = self.store.or(file.store);
+            self.kms = self.kms.or(file.kms);
+            self.salts = self.salts.or(file.salts);
+            self.cache_dir = self.cache_dir.or(file.cache_dir);
+            self.cache_size = self.cache_size.or(file.cache_size);
+            self.l2 = self.l2.or(file.l2);
+            self.l2_shards = self.l2_shards.or(file.l2_shards);
+        }
+        Ok(self)
+    }
+
+    /// The store URL, or an error saying how to give one.
+    pub fn store(&self) -> Result<StoreSpec> {
+        let url = self.store.as_deref().context("no store given: use --store URL or LODE_STORE")?;
+        StoreSpec::parse(url)
+    }
+
+    /// The KMS spec, or an error saying how to give one.
+    pub fn kms(&self) -> Result<KmsSpec> {
+        let spec = self.kms.as_deref().context("no key service given: use --kms SPEC or LODE_KMS")?;
+        KmsSpec::parse(spec)
+    }
+
+    /// The salt file, or an error saying how to give one.
+    pub fn salts(&self) -> Result<&Path> {
+        self.salts.as_deref().context("no salt file given: use --salts FILE or LODE_SALTS (create one with `lode salt new FILE`)")
+    }
+
+    /// L1 disk cache size in bytes (default 4 GiB).
+    pub fn cache_size(&self) -> Result<u64> {
+        self.cache_size.as_deref().map_or(Ok(4 << 30), parse_size)
+    }
+
+    /// The L2 spec, when one is configured.
+    pub fn l2(&self) -> Result<Option<L2Spec>> {
+        let Some(url) = self.l2.as_deref() else { return Ok(None) };
+        let nodes = url
+            .strip_prefix("memcached://")
+            .with_context(|| format!("L2 {url:?} must look like memcached://host:port,host:port"))?
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>();
+        let (data, parity) = match self.l2_shards.as_deref() {
+            None => (4, 1),
+            Some(s) => {
+                let (k, m) = s.split_once('+').with_context(|| format!("L2 shards {s:?} must look like 4+1"))?;
+                (k.trim().parse().context("L2 data shards")?, m.trim().parse().context("L2 parity shards")?)
+            }
+        };
+        ensure!(data >= 1, "L2 needs at least one data shard");
+        ensure!(
+            nodes.len() >= data + parity,
+            "L2 {data}+{parity} needs at least {} memcached nodes, got {}",
+            data + parity,
+            nodes.len()
+        );
+        Ok(Some(L2Spec { nodes, data, parity }))
+    }
+}
+
+fn default_config_path() -> Option<PathBuf> {
+    let home = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    let user = home.map(|h| h.join("lode/config.toml"));
+    user.into_iter().chain([PathBuf::from("/etc/lode/config.toml")]).find(|p| p.is_file())
+}
+
+/// Where chunks and manifests live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// A local directory.
+    File(PathBuf),
+    /// An S3 bucket (endpoint and credentials from the standard AWS variables).
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix inside the bucket, without leading or trailing `/`.
+        prefix: String,
+    },
+    /// A process-local store, for tests.
+    Memory,
+}
+
+impl StoreSpec {
+    /// Parses `file:///abs`, `s3://bucket/prefix` or `memory://`.
+    pub fn parse(url: &str) -> Result<Self> {
+        if let Some(path) = url.strip_prefix("file://") {
+            ensure!(path.starts_with('/'), "store {url:?}: a file store needs an absolute path, as in file:///var/lib/lode");
+            return Ok(Self::File(PathBuf::from(path)));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            ensure!(!bucket.is_empty(), "store {url:?}: no bucket name");
+            return Ok(Self::S3 { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() });
+        }
+        if url == "memory://" || url == "memory:" {
+            return Ok(Self::Memory);
+        }
+        bail!("store {url:?} is not supported: use file:///abs/path, s3://bucket/prefix or memory://")
+    }
+}
+
+/// Which key service wraps manifest data keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KmsSpec {
+    /// A local keyring file and the key name in it.
+    Local {
+        /// Keyring path.
+        path: PathBuf,
+        /// Master key name.
+        key: String,
+    },
+    /// AWS KMS with this key id or ARN.
+    Aws {
+        /// Key id, alias or ARN.
+        key_id: String,
+    },
+}
+
+impl KmsSpec {
+    /// Parses `local:/path[#key]` or `aws:KEY`.
+    pub fn parse(spec: &str) -> Result<Self> {
+        if let Some(rest) = spec.strip_prefix("local:") {
+            let (path, key) = rest.split_once('#').unwrap_or((rest, "default"));
+            ensure!(!path.is_empty(), "KMS {spec:?}: no keyring path");
+            return Ok(Self::Local { path: PathBuf::from(path), key: key.to_string() });
+        }
+        if let Some(key) = spec.strip_prefix("aws:") {
+            ensure!(!key.is_empty(), "KMS {spec:?}: no key id");
+            return Ok(Self::Aws { key_id: key.to_string() });
+        }
+        bail!("KMS {spec:?} is not supported: use local:/path/to/keyring or aws:KEY_ID")
+    }
+}
+
+/// The shared L2 cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L2Spec {
+    /// `host:port` of each memcached node.
+    pub nodes: Vec<String>,
+    /// Data shards (k).
+    pub data: usize,
+    /// Parity shards (n - k).
+    pub parity: usize,
+}
+
+/// Parses `123`, `64KiB`, `512MiB`, `4GiB`, `1T`, `10GB` (binary units either way).
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().with_context(|| format!("size {text:?} must start with a number"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => bail!("size {text:?}: unknown unit {other:?}"),
+    };
+    n.checked_mul(1 << shift).with_context(|| format!("size {text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        assert_eq!(StoreSpec::parse("file:///tmp/s").unwrap(), StoreSpec::File("/tmp/s".into()));
+        assert_eq!(
+            StoreSpec::parse("s3://b/p/q/").unwrap(),
+            StoreSpec::S3 { bucket: "b".into(), prefix: "p/q".into() }
+        );
+        assert!(StoreSpec::parse("file://rel").is_err());
+        assert!(StoreSpec::parse("http://x").is_err());
+        assert_eq!(
+            KmsSpec::parse("local:/k/ring").unwrap(),
+            KmsSpec::Local { path: "/k/ring".into(), key: "default".into() }
+        );
+        assert_eq!(KmsSpec::parse("aws:alias/x").unwrap(), KmsSpec::Aws { key_id: "alias/x".into() });
+        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
+        assert!(parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, "store = \"file:///from/file\"\nkms = \"local:/k\"\nl2 = \"memcached://a:1,b:2\"\nl2_shards = \"1+1\"\n")
+            .unwrap();
+        let s = Settings { store: Some("memory://".into()), config: Some(cfg), ..Default::default() }.resolve().unwrap();
+        assert_eq!(s.store().unwrap(), StoreSpec::Memory);
+        assert_eq!(s.kms().unwrap(), KmsSpec::Local { path: "/k".into(), key: "default".into() });
+        let l2 = s.l2().unwrap().unwrap();
+        assert_eq!((l2.nodes.len(), l2.data, l2.parity), (2, 1, 1));
+    }
+}
