@@ -47,6 +47,8 @@ impl Default for MemcachedConfig {
 pub struct MemcachedNode {
     name: String,
     addr: String,
+    /// The client's data source name (`tcp://host:port` or `unix://path`).
+    dsn: String,
     config: MemcachedConfig,
     idle: Mutex<Vec<Client>>,
     permits: Semaphore,
@@ -63,10 +65,17 @@ impl std::fmt::Debug for MemcachedNode {
 }
 
 impl MemcachedNode {
-    /// A node for the server at `addr` (`host:port`). Connects lazily.
+    /// A node for the server at `addr` (`host:port`, `tcp://host:port` or
+    /// `unix://path`). Connects lazily.
     pub fn new(addr: impl Into<String>, config: MemcachedConfig) -> Self {
         let addr = addr.into();
+        let dsn = if addr.contains("://") {
+            addr.clone()
+        } else {
+            format!("tcp://{addr}")
+        };
         Self {
+            dsn,
             name: addr.clone(),
             permits: Semaphore::new(config.max_connections.max(1)),
             addr,
@@ -123,7 +132,7 @@ impl MemcachedNode {
             let client = match pooled {
                 Some(c) if !c.is_closed() => c,
                 _ => {
-                    match tokio::time::timeout(self.config.connect_timeout, Client::new(&self.addr))
+                    match tokio::time::timeout(self.config.connect_timeout, Client::new(&self.dsn))
                         .await
                     {
                         Ok(Ok(c)) => c,
