@@ -38,6 +38,33 @@ impl Default for MemcachedConfig {
     }
 }
 
+impl MemcachedConfig {
+    /// Sets the operation and connect timeouts.
+    pub fn with_timeouts(mut self, op: Duration, connect: Duration) -> Self {
+        self.op_timeout = op;
+        self.connect_timeout = connect;
+        self
+    }
+
+    /// Sets the pool size.
+    pub fn with_max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Sets the key prefix (a namespace on a shared fleet).
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Sets the item expiry in seconds (0 = never).
+    pub fn with_ttl_secs(mut self, ttl: i64) -> Self {
+        self.ttl_secs = ttl;
+        self
+    }
+}
+
 /// A [`Tier`] over one memcached server, through a small pool of connections
 /// of the `async-memcached` client.
 ///
