@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,12 +17,17 @@ use tokio::sync::{mpsc, watch};
 /// - [`set_blocked`](Self::set_blocked): cuts open connections and refuses
 ///   new ones (accepts and closes them) until unblocked.
 ///
+/// - [`set_http_503`](Self::set_http_503): answers every new connection's
+///   first request with `HTTP/1.1 503 Service Unavailable` itself.
+///
 /// Stops when dropped.
 #[derive(Debug)]
 pub struct TcpProxy {
     addr: SocketAddr,
     delay_us: Arc<AtomicU64>,
-    blocked: watch::Sender<bool>,
+    http_503: Arc<AtomicBool>,
+    /// (blocked, epoch): connections end when blocked or when the epoch moves on.
+    blocked: watch::Sender<(bool, u64)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -32,16 +37,22 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let delay_us = Arc::new(AtomicU64::new(0));
-        let (blocked, _) = watch::channel(false);
+        let (blocked, _) = watch::channel((false, 0u64));
         let d = Arc::clone(&delay_us);
+        let http_503 = Arc::new(AtomicBool::new(false));
+        let h = Arc::clone(&http_503);
         let b = blocked.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
-                if *b.borrow() {
+                if b.borrow().0 {
                     drop(client);
+                    continue;
+                }
+                if h.load(Relaxed) {
+                    tokio::spawn(answer_503(client));
                     continue;
                 }
                 let d = Arc::clone(&d);
@@ -54,6 +65,7 @@ impl TcpProxy {
         Ok(Self {
             addr,
             delay_us,
+            http_503,
             blocked,
             task,
         })
@@ -69,9 +81,22 @@ impl TcpProxy {
         self.delay_us.store(d.as_micros() as u64, Relaxed);
     }
 
+    /// Answer new connections with HTTP 503 (true) or forward them (false).
+    /// Open connections are cut when this is turned on.
+    pub fn set_http_503(&self, yes: bool) {
+        self.http_503.store(yes, Relaxed);
+        if yes {
+            // Cut pooled connections so the next request sees the 503.
+            self.blocked.send_modify(|(_, epoch)| *epoch += 1);
+        }
+    }
+
     /// Cuts (true) or restores (false) the connection to upstream.
     pub fn set_blocked(&self, blocked: bool) {
-        self.blocked.send_replace(blocked);
+        self.blocked.send_modify(|(b, epoch)| {
+            *b = blocked;
+            *epoch += 1;
+        });
     }
 }
 
@@ -82,11 +107,23 @@ impl Drop for TcpProxy {
     }
 }
 
+async fn answer_503(mut client: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    // Read the request head (and whatever body came with it), then answer.
+    let _ = tokio::time::timeout(Duration::from_millis(200), client.read(&mut buf)).await;
+    let _ = client
+        .write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    let _ = client.shutdown().await;
+}
+
 async fn serve(
     client: TcpStream,
     upstream: SocketAddr,
     delay_us: Arc<AtomicU64>,
-    mut blocked: watch::Receiver<bool>,
+    mut blocked: watch::Receiver<(bool, u64)>,
 ) -> std::io::Result<()> {
     let server = TcpStream::connect(upstream).await?;
     client.set_nodelay(true)?;
@@ -124,9 +161,11 @@ async fn serve(
         }
         Ok(())
     };
+    let start_epoch = blocked.borrow().1;
     let cut = async {
         loop {
-            if *blocked.borrow_and_update() {
+            let (b, epoch) = *blocked.borrow_and_update();
+            if b || epoch != start_epoch {
                 return;
             }
             if blocked.changed().await.is_err() {
