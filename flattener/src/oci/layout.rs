@@ -153,7 +153,11 @@ impl ImageSource for OciLayout {
             None => match manifests.len() {
                 0 => return Err(self.err("index.json lists no manifests")),
                 1 => manifests[0].clone(),
-                _ if manifests.iter().all(|d| d.platform.is_some()) => {
+                _ if manifests.iter().all(|d| d.platform.is_some())
+                    && manifests.iter().all(|d| {
+                        d.annotations.get(REF_NAME) == manifests[0].annotations.get(REF_NAME)
+                    }) =>
+                {
                     self.pick_platform(&manifests, platform)?.clone()
                 }
                 _ => {
