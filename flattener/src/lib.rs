@@ -27,6 +27,7 @@
 //! documented in the crate README (`flattener/README.md`).
 
 pub mod error;
+pub mod ext4;
 mod layers;
 pub mod oci;
 mod tar;
