@@ -80,7 +80,10 @@ pub enum Error {
     },
     /// The ext4 writer failed.
     #[error("writing the ext4 image: {0}")]
-    Write(String),
+    Write(#[source] crate::ext4::WriteError),
+    /// A worker thread panicked (a bug; reported instead of crashing).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// What went wrong inside one layer.

@@ -76,6 +76,8 @@ pub(crate) struct ParsedLayer {
     pub(crate) entries: Vec<LayerEntry>,
     /// File contents, indexed by [`Op::File`].
     pub(crate) files: Vec<FileData>,
+    /// SHA-256 of each file's stored bytes, same index.
+    pub(crate) file_hashes: Vec<[u8; 32]>,
     pub(crate) spool: File,
 }
 
@@ -398,6 +400,7 @@ pub(crate) fn parse_tar(
     let mut spool_pos = 0u64;
     let mut entries = Vec::new();
     let mut files: Vec<FileData> = Vec::new();
+    let mut file_hashes = Vec::new();
     while let Some(e) = tar.next_entry().map_err(tar_err)? {
         let comps = normalize(&e.path);
         check_components(&e.path, &comps)?;
@@ -436,8 +439,10 @@ pub(crate) fn parse_tar(
                             ));
                         }
                         let mut extents: Vec<DataExtent> = Vec::new();
+                        let mut fh = Sha256::new();
                         tar.read_data(&e, &mut |file_offset, bytes| {
                             out.write_all(bytes)?;
+                            fh.update(bytes);
                             match extents.last_mut() {
                                 Some(x)
                                     if x.file_offset + x.len == file_offset
@@ -461,6 +466,7 @@ pub(crate) fn parse_tar(
                         {
                             return Err(entry_err(&e.path, "data beyond the file size"));
                         }
+                        file_hashes.push(fh.finalize().into());
                         files.push(FileData {
                             layer: layer_u32,
                             size: e.size,
@@ -505,6 +511,7 @@ pub(crate) fn parse_tar(
     Ok(ParsedLayer {
         entries,
         files,
+        file_hashes,
         spool,
     })
 }
@@ -544,7 +551,7 @@ pub(crate) fn read_layers(
     });
     let results = results
         .into_inner()
-        .map_err(|_| Error::Write("layer worker panicked".into()))?;
+        .map_err(|_| Error::Internal("layer worker panicked".into()))?;
     let mut out = Vec::with_capacity(layers.len());
     let mut first_err: Option<(bool, Error)> = None;
     for r in results {
@@ -663,15 +670,17 @@ impl Builder {
         Ok(stack.last().copied())
     }
 
-    /// Applies one parsed layer.
-    pub(crate) fn apply(&mut self, layer: ParsedLayer) -> Result<File, LayerError> {
+    /// Applies one parsed layer; returns its spool and content digest.
+    pub(crate) fn apply(&mut self, layer: ParsedLayer) -> Result<(File, Digest), LayerError> {
         let ParsedLayer {
             mut entries,
             files,
+            file_hashes,
             spool,
         } = layer;
         // Order independent of the tar: by path; ties keep tar order.
         entries.sort_by(|a, b| a.comps.cmp(&b.comps));
+        let digest = content_digest(&entries, &files, &file_hashes);
 
         // This layer's files, in placement order.
         let mut global = vec![FileId(u32::MAX); files.len()];
@@ -763,7 +772,7 @@ impl Builder {
                 .ok_or_else(|| entry_err(&e.raw, "parent not found"))?;
             self.entries_mut(dir).insert(name.clone(), node);
         }
-        Ok(spool)
+        Ok((spool, digest))
     }
 
     fn apply_entry(&mut self, e: &LayerEntry, global: &[FileId]) -> Result<(), String> {
@@ -853,6 +862,71 @@ impl Builder {
             layers: old.layers,
         }
     }
+}
+
+/// A digest of a layer's content that ignores tar entry order,
+/// compression and archive format: its entries sorted by path, each with
+/// its operation, metadata and the SHA-256 of its data.
+fn content_digest(entries: &[LayerEntry], files: &[FileData], hashes: &[[u8; 32]]) -> Digest {
+    fn bytes(h: &mut Sha256, b: &[u8]) {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    }
+    fn path(h: &mut Sha256, p: &[Vec<u8>]) {
+        h.update((p.len() as u64).to_le_bytes());
+        for c in p {
+            bytes(h, c);
+        }
+    }
+    let mut h = Sha256::new();
+    h.update(b"lode-layer-content-v1\0");
+    for e in entries {
+        path(&mut h, &e.comps);
+        match &e.op {
+            Op::Dir => h.update(b"d"),
+            Op::File(i) => {
+                h.update(b"f");
+                h.update(files[*i].size.to_le_bytes());
+                for x in &files[*i].extents {
+                    h.update(x.file_offset.to_le_bytes());
+                    h.update(x.len.to_le_bytes());
+                }
+                h.update(hashes[*i]);
+            }
+            Op::HardLink(t) => {
+                h.update(b"h");
+                path(&mut h, t);
+            }
+            Op::Symlink(t) => {
+                h.update(b"s");
+                bytes(&mut h, t);
+            }
+            Op::Char(a, b) | Op::Block(a, b) => {
+                h.update(if matches!(e.op, Op::Char(..)) {
+                    b"c"
+                } else {
+                    b"b"
+                });
+                h.update(a.to_le_bytes());
+                h.update(b.to_le_bytes());
+            }
+            Op::Fifo => h.update(b"p"),
+            Op::Whiteout => h.update(b"w"),
+            Op::Opaque => h.update(b"o"),
+        }
+        let m = &e.meta;
+        h.update(m.mode.to_le_bytes());
+        h.update(m.uid.to_le_bytes());
+        h.update(m.gid.to_le_bytes());
+        h.update(m.mtime.sec.to_le_bytes());
+        h.update(m.mtime.nsec.to_le_bytes());
+        h.update((m.xattrs.len() as u64).to_le_bytes());
+        for (k, v) in &m.xattrs {
+            bytes(&mut h, k);
+            bytes(&mut h, v);
+        }
+    }
+    Digest::from_hasher(h)
 }
 
 fn update_dir_meta(m: &mut Metadata, new: &Metadata) {

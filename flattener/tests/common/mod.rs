@@ -2,6 +2,8 @@
 //! and docker-archive writers, and a canonical dump of a flattened tree.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod fs;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write;
