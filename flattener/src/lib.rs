@@ -1,3 +1,433 @@
-//! Flattens OCI images into deterministic ext4 images (work in progress).
+//! Flattens OCI images into deterministic, dedup-friendly read-only ext4
+//! images.
+//!
+//! An image (`oci:DIR[:TAG]` or `docker-archive:FILE`) is read through an
+//! [`oci::ImageSource`]; its layers are decompressed (gzip, zstd or plain),
+//! verified (blob digest and `rootfs.diff_ids`) and parsed in parallel,
+//! file contents go to an on-disk spool ([`FileSpool`]), and the layers are
+//! applied with the OCI/containerd rules into a [`tree::Tree`] that holds
+//! metadata only. The ext4 writer then serializes the tree.
+//!
+//! Main entry points: [`ImageRef::parse`], [`build_tree`] (image → tree +
+//! spool), [`flatten`] (image → ext4 file), [`flatten_to_writer`] (image →
+//! ext4 stream) and [`image_ids`] (UUID and hash seed derived from the
+//! layers' content).
+//!
+//! ```
+//! use flattener::{ImageRef, FlattenOptions};
+//! let r = ImageRef::parse("oci:/images/layout:python").unwrap();
+//! assert_eq!(r.to_string(), "oci:/images/layout:python");
+//! let opts = FlattenOptions::default();
+//! assert_eq!(opts.platform.to_string(), "linux/amd64");
+//! ```
+//!
+//! Features: none; gzip uses flate2 with the pure-Rust zlib-rs backend,
+//! zstd uses ruzstd (pure Rust).
+//!
+//! Layer semantics and the choices made where the spec leaves room are
+//! documented in the crate README (`flattener/README.md`).
 
+pub mod error;
+pub mod ext4;
+mod layers;
+pub mod oci;
+mod tar;
 pub mod tree;
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use sha2::{Digest as _, Sha256};
+
+pub use error::{Error, LayerError, Result};
+pub use layers::FileSpool;
+pub use oci::{Digest, ImageRef, ImageSource, Platform};
+
+/// What [`build_tree`] and the flatten functions report while they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// What is happening.
+    pub phase: Phase,
+    /// Compressed layer bytes read so far (all layers).
+    pub bytes_read: u64,
+    /// Compressed size of all layers (0 if the source does not know).
+    pub bytes_total: u64,
+    /// Number of layers.
+    pub layers: usize,
+}
+
+/// The phases of a flatten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Reading, verifying and spooling layers.
+    Reading,
+    /// Applying the layers to the tree.
+    Applying,
+    /// Writing the ext4 image.
+    Writing,
+}
+
+/// Options of a flatten.
+#[non_exhaustive]
+pub struct FlattenOptions<'a> {
+    /// Platform picked from a multi-platform index (default `linux/amd64`).
+    pub platform: Platform,
+    /// Called now and then from worker threads.
+    pub progress: Option<&'a (dyn Fn(Progress) + Sync)>,
+    /// Layers read at once (0 = number of CPUs). The output never depends on it.
+    pub threads: usize,
+    /// Where the spool goes (default: the output file's directory; the
+    /// system temp directory for [`flatten_to_writer`]).
+    pub spool_dir: Option<PathBuf>,
+    /// What the image keeps of file data an upper layer deleted or replaced.
+    pub deleted_data: ext4::DeletedData,
+}
+
+impl Default for FlattenOptions<'_> {
+    fn default() -> Self {
+        Self {
+            platform: Platform::default(),
+            progress: None,
+            threads: 0,
+            spool_dir: None,
+            deleted_data: ext4::DeletedData::default(),
+        }
+    }
+}
+
+impl<'a> FlattenOptions<'a> {
+    /// These options with this progress callback.
+    pub fn with_progress(mut self, f: &'a (dyn Fn(Progress) + Sync)) -> Self {
+        self.progress = Some(f);
+        self
+    }
+
+    /// These options with this treatment of deleted data.
+    pub fn with_deleted_data(mut self, d: ext4::DeletedData) -> Self {
+        self.deleted_data = d;
+        self
+    }
+
+    /// These options with this platform.
+    pub fn with_platform(mut self, p: Platform) -> Self {
+        self.platform = p;
+        self
+    }
+}
+
+/// An image applied into a tree, its contents in a spool.
+#[derive(Debug)]
+pub struct Flattened {
+    /// The filesystem tree.
+    pub tree: tree::Tree,
+    /// File contents, per layer.
+    pub spool: FileSpool,
+    /// The layers' uncompressed digests, bottom first.
+    pub diff_ids: Vec<Digest>,
+    /// Per layer, a digest of its content that ignores tar entry order,
+    /// compression and archive format (see [`image_ids`]).
+    pub content_ids: Vec<Digest>,
+    /// The image config's digest.
+    pub config_digest: Digest,
+    /// Compressed layer bytes read.
+    pub bytes_read: u64,
+}
+
+/// The filesystem UUID and directory hash seed for an image, derived from
+/// per-layer content digests ([`Flattened::content_ids`]).
+///
+/// A layer's content digest hashes its entries sorted by path (operation,
+/// metadata, SHA-256 of the data). Like the diff_id it identifies the
+/// layer's content, so the same layers give the same image whether they
+/// arrive compressed or not, from an OCI layout or a docker-archive; unlike
+/// the diff_id it does not change when only the tar entry order does, so
+/// the whole image is independent of entry order.
+pub fn image_ids(content_ids: &[Digest]) -> ([u8; 16], [u8; 16]) {
+    let derive = |purpose: &[u8]| {
+        let mut h = Sha256::new();
+        h.update(b"lode-flattener\0");
+        h.update(purpose);
+        for d in content_ids {
+            h.update(b"\0");
+            h.update(d.as_str().as_bytes());
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize()[..16]);
+        out
+    };
+    let mut uuid = derive(b"uuid");
+    // An RFC 9562 version 8 (custom) UUID.
+    uuid[6] = (uuid[6] & 0x0f) | 0x80;
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    (uuid, derive(b"hash_seed"))
+}
+
+fn threads(opts: &FlattenOptions<'_>) -> usize {
+    if opts.threads > 0 {
+        opts.threads
+    } else {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+}
+
+/// Reads every layer of `source` and applies them into a tree. File
+/// contents go to anonymous temporary files in `spool_dir`.
+pub fn build_tree(
+    source: &dyn ImageSource,
+    opts: &FlattenOptions<'_>,
+    spool_dir: &Path,
+) -> Result<Flattened> {
+    let image = source.resolve(&opts.platform)?;
+    let total: u64 = image.layers.iter().filter_map(|l| l.size).sum();
+    let n = image.layers.len();
+    let report = |phase: Phase, read: u64| {
+        if let Some(p) = opts.progress {
+            p(Progress {
+                phase,
+                bytes_read: read,
+                bytes_total: total,
+                layers: n,
+            });
+        }
+    };
+    let notify = |read: u64| report(Phase::Reading, read);
+    let counter = layers::Counter {
+        read: std::sync::atomic::AtomicU64::new(0),
+        notify: &notify,
+    };
+    let parsed = layers::read_layers(source, &image.layers, spool_dir, threads(opts), &counter)?;
+    let read = counter.read.load(Ordering::Relaxed);
+    report(Phase::Applying, read);
+    let mut builder = layers::Builder::new();
+    let mut spools = Vec::with_capacity(n);
+    let mut content_ids = Vec::with_capacity(n);
+    for (i, (layer, desc)) in parsed.into_iter().zip(&image.layers).enumerate() {
+        let (spool, content) = builder.apply(layer).map_err(|e| Error::Layer {
+            index: i,
+            blob: desc.name.clone(),
+            source: e,
+        })?;
+        spools.push(spool);
+        content_ids.push(content);
+    }
+    Ok(Flattened {
+        tree: builder.finish(),
+        spool: FileSpool { layers: spools },
+        diff_ids: image.layers.iter().map(|l| l.diff_id.clone()).collect(),
+        content_ids,
+        config_digest: image.config_digest,
+        bytes_read: read,
+    })
+}
+
+/// What a flatten produced.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct FlattenSummary {
+    /// Image size in bytes.
+    pub size: u64,
+    /// SHA-256 of the image, lowercase hex.
+    pub sha256: String,
+    /// Number of layers applied.
+    pub layers: usize,
+    /// Nodes (inodes) in the tree, the root included.
+    pub nodes: usize,
+    /// Directory entries (names) in the tree, the root excluded.
+    pub entries: usize,
+    /// The layers' uncompressed digests, bottom first.
+    pub diff_ids: Vec<Digest>,
+    /// The image config's digest.
+    pub config_digest: Digest,
+    /// The ext4 writer's report (layout, data regions).
+    pub image: ext4::ImageSummary,
+}
+
+/// Hashes what goes through; tolerates only seeks that do not move.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    pos: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W> Seek for HashingWriter<W> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(_) => None,
+        };
+        if target == Some(self.pos) {
+            Ok(self.pos)
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the image is written sequentially",
+            ))
+        }
+    }
+}
+
+/// Writes an already built tree as ext4 to a sequential writer; returns
+/// the writer's report and the image's SHA-256 (hex).
+pub fn write_flattened<W: Write>(
+    f: &Flattened,
+    deleted_data: ext4::DeletedData,
+    out: W,
+) -> Result<(ext4::ImageSummary, String)> {
+    let (uuid, hash_seed) = image_ids(&f.content_ids);
+    let mut o = ext4::Ext4Options::new(uuid, hash_seed);
+    o.deleted_data = deleted_data;
+    let mut w = HashingWriter {
+        inner: out,
+        hasher: Sha256::new(),
+        pos: 0,
+    };
+    let summary = ext4::write_image(&f.tree, &f.spool, &o, &mut w).map_err(Error::Write)?;
+    w.flush().map_err(|source| {
+        Error::Write(ext4::WriteError::Write {
+            offset: w.pos,
+            source,
+        })
+    })?;
+    Ok((summary, hex::encode(w.hasher.finalize())))
+}
+
+fn summarize(f: &Flattened, image: ext4::ImageSummary, sha256: String) -> FlattenSummary {
+    let entries = f
+        .tree
+        .nodes
+        .iter()
+        .map(|n| match &n.kind {
+            tree::NodeKind::Directory { entries } => entries.len(),
+            _ => 0,
+        })
+        .sum();
+    FlattenSummary {
+        size: image.size_bytes,
+        sha256,
+        layers: f.tree.layers.len(),
+        nodes: f.tree.nodes.len(),
+        entries,
+        diff_ids: f.diff_ids.clone(),
+        config_digest: f.config_digest.clone(),
+        image,
+    }
+}
+
+/// Flattens `image` into an ext4 file at `out`.
+///
+/// The image is written to a temporary file next to `out` and renamed
+/// over it only when complete and synced, so a failure never leaves a
+/// partial file that looks valid. The spool goes to the same directory
+/// unless [`FlattenOptions::spool_dir`] says otherwise.
+pub fn flatten(image: &ImageRef, opts: &FlattenOptions<'_>, out: &Path) -> Result<FlattenSummary> {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let spool_dir = opts.spool_dir.clone().unwrap_or_else(|| dir.clone());
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |e| Error::Io { path, source: e }
+    };
+    let source = image.open(&spool_dir)?;
+    let f = build_tree(&*source, opts, &spool_dir)?;
+    drop(source);
+    report(opts, Phase::Writing, &f);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".lode-flatten-")
+        .suffix(".partial")
+        .tempfile_in(&dir)
+        .map_err(io_err(&dir))?;
+    let (image, sha256) = write_flattened(&f, opts.deleted_data, tmp.as_file_mut())?;
+    tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
+    tmp.persist(out).map_err(|e| Error::Io {
+        path: out.to_owned(),
+        source: e.error,
+    })?;
+    Ok(summarize(&f, image, sha256))
+}
+
+/// Flattens `image` and streams the ext4 image to `out` (the writer never
+/// seeks), e.g. straight into a chunker. The spool goes to
+/// [`FlattenOptions::spool_dir`] or the system temp directory. On error
+/// `out` has received a prefix of the image; the caller discards it.
+pub fn flatten_to_writer<W: Write>(
+    image: &ImageRef,
+    opts: &FlattenOptions<'_>,
+    out: W,
+) -> Result<FlattenSummary> {
+    let spool_dir = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let source = image.open(&spool_dir)?;
+    let f = build_tree(&*source, opts, &spool_dir)?;
+    drop(source);
+    report(opts, Phase::Writing, &f);
+    let (image, sha256) = write_flattened(&f, opts.deleted_data, out)?;
+    Ok(summarize(&f, image, sha256))
+}
+
+fn report(opts: &FlattenOptions<'_>, phase: Phase, f: &Flattened) {
+    if let Some(p) = opts.progress {
+        p(Progress {
+            phase,
+            bytes_read: f.bytes_read,
+            bytes_total: f.bytes_read,
+            layers: f.tree.layers.len(),
+        });
+    }
+}
+
+/// SHA-256 (hex) of a file, for checking a summary.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).map_err(|e| Error::Io {
+        path: path.to_owned(),
+        source: e,
+    })?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::Io {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_depend_on_diff_ids_only() {
+        let a = Digest::of(b"a");
+        let b = Digest::of(b"b");
+        let (u1, s1) = image_ids(&[a.clone(), b.clone()]);
+        let (u2, s2) = image_ids(&[a.clone(), b.clone()]);
+        assert_eq!((u1, s1), (u2, s2));
+        let (u3, _) = image_ids(&[b, a]);
+        assert_ne!(u1, u3);
+        assert_ne!(u1, s1);
+        assert_eq!(u1[6] >> 4, 8);
+    }
+}

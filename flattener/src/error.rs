@@ -1,0 +1,133 @@
+//! Errors of the flattener.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong while flattening an image.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The image reference could not be parsed.
+    #[error("invalid image reference {reference:?}: {reason}")]
+    InvalidReference {
+        /// The reference as given.
+        reference: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file of the image source or the output could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The image's index, manifest or config is missing something or is malformed.
+    #[error("{source_name}: {reason}")]
+    Image {
+        /// The image source (`oci:DIR:TAG`, `docker-archive:FILE`).
+        source_name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A JSON document (index, manifest, config) does not parse.
+    #[error("{source_name}: malformed {what}: {source}")]
+    Json {
+        /// The image source.
+        source_name: String,
+        /// Which document.
+        what: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A blob's bytes do not hash to its digest (or have the wrong size).
+    #[error("blob {blob}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The blob (digest or path in the archive).
+        blob: String,
+        /// The digest (or size) the descriptor promised.
+        expected: String,
+        /// The digest (or size) of the bytes read.
+        actual: String,
+    },
+    /// A layer's uncompressed bytes do not hash to the config's `rootfs.diff_ids` entry.
+    #[error(
+        "layer {index} (blob {blob}): uncompressed digest {actual} does not match diff_id {expected}"
+    )]
+    DiffIdMismatch {
+        /// Layer index, 0 = bottom.
+        index: usize,
+        /// The blob.
+        blob: String,
+        /// The diff_id from the config.
+        expected: String,
+        /// The digest of the bytes read.
+        actual: String,
+    },
+    /// A layer could not be decompressed, parsed or applied.
+    #[error("layer {index} (blob {blob}): {source}")]
+    Layer {
+        /// Layer index, 0 = bottom.
+        index: usize,
+        /// The blob.
+        blob: String,
+        /// What went wrong.
+        #[source]
+        source: LayerError,
+    },
+    /// The ext4 writer failed.
+    #[error("writing the ext4 image: {0}")]
+    Write(#[source] crate::ext4::WriteError),
+    /// A worker thread panicked (a bug; reported instead of crashing).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What went wrong inside one layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayerError {
+    /// The compressed stream is corrupt.
+    #[error("corrupt {codec} stream: {source}")]
+    Decompress {
+        /// `gzip` or `zstd`.
+        codec: &'static str,
+        /// The decoder's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The media type and the first bytes disagree, or the type is unknown.
+    #[error("{0}")]
+    Format(String),
+    /// The tar stream ends inside an entry.
+    #[error("truncated tar: stream ends inside the entry at offset {offset}")]
+    Truncated {
+        /// Offset of the entry's header in the uncompressed stream.
+        offset: u64,
+    },
+    /// The tar stream is malformed.
+    #[error("malformed tar at offset {offset}: {reason}")]
+    Malformed {
+        /// Offset of the header in the uncompressed stream.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An entry cannot be applied (the path is shown with invalid UTF-8 replaced).
+    #[error("entry {path:?}: {reason}")]
+    Entry {
+        /// The entry's path as in the archive.
+        path: String,
+        /// Why it cannot be applied.
+        reason: String,
+    },
+    /// Reading the blob or writing the spool failed.
+    #[error("I/O: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

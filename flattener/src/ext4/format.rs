@@ -1,0 +1,313 @@
+//! On-disk encodings of ext4 structures (little endian), following the
+//! kernel's Documentation/filesystems/ext4.
+
+use crate::tree::Timestamp;
+
+/// Block size in bytes (fixed: 4 KiB).
+pub(crate) const BLOCK: u64 = 4096;
+/// Blocks per 512 KiB chunk: data regions and metadata start on such a boundary.
+pub(crate) const CHUNK_BLOCKS: u64 = 128;
+/// Inode size in bytes.
+pub(crate) const INODE_SIZE: u64 = 256;
+/// Inodes per inode-table block.
+pub(crate) const INODES_PER_BLOCK: u64 = BLOCK / INODE_SIZE;
+/// First inode number for ordinary files (1..=10 are reserved, 2 is the root).
+pub(crate) const FIRST_INO: u32 = 11;
+/// Root directory inode number.
+pub(crate) const ROOT_INO: u32 = 2;
+/// Bits in one bitmap block: the most blocks or inodes a group can have.
+pub(crate) const BITS_PER_BLOCK: u64 = BLOCK * 8;
+/// Longest initialized extent, in blocks.
+pub(crate) const MAX_EXTENT_LEN: u64 = 32768;
+/// Extent entries in a tree block: (4096 - 12) / 12.
+pub(crate) const EXTENTS_PER_BLOCK: usize = 340;
+/// Extent entries in the inode's i_block.
+pub(crate) const EXTENTS_IN_INODE: usize = 4;
+/// The most links ext4 counts (EXT4_LINK_MAX).
+pub(crate) const LINK_MAX: u32 = 65000;
+/// `i_extra_isize`: the extra inode fields we fill (through `i_projid`).
+pub(crate) const EXTRA_ISIZE: usize = 32;
+/// Offset of the in-inode xattr area (magic first).
+pub(crate) const IBODY_XATTR_OFFSET: usize = 128 + EXTRA_ISIZE;
+/// Bytes available for in-inode xattr entries, terminator and values.
+pub(crate) const IBODY_XATTR_SPACE: usize = INODE_SIZE as usize - IBODY_XATTR_OFFSET - 4;
+/// Size of an xattr block header.
+pub(crate) const XATTR_BLOCK_HEADER: usize = 32;
+/// xattr magic (header of the inode body area and of xattr blocks).
+pub(crate) const XATTR_MAGIC: u32 = 0xEA02_0000;
+
+/// Feature flags.
+pub(crate) mod feature {
+    pub(crate) const COMPAT_EXT_ATTR: u32 = 0x0008;
+    pub(crate) const COMPAT_SPARSE_SUPER2: u32 = 0x0200;
+    pub(crate) const INCOMPAT_FILETYPE: u32 = 0x0002;
+    pub(crate) const INCOMPAT_EXTENTS: u32 = 0x0040;
+    pub(crate) const INCOMPAT_FLEX_BG: u32 = 0x0200;
+    pub(crate) const RO_COMPAT_SPARSE_SUPER: u32 = 0x0001;
+    pub(crate) const RO_COMPAT_LARGE_FILE: u32 = 0x0002;
+    pub(crate) const RO_COMPAT_HUGE_FILE: u32 = 0x0008;
+    pub(crate) const RO_COMPAT_DIR_NLINK: u32 = 0x0020;
+    pub(crate) const RO_COMPAT_EXTRA_ISIZE: u32 = 0x0040;
+}
+
+/// Inode flags.
+pub(crate) const EXTENTS_FL: u32 = 0x0008_0000;
+
+/// Directory entry file types.
+pub(crate) mod ftype {
+    pub(crate) const REG: u8 = 1;
+    pub(crate) const DIR: u8 = 2;
+    pub(crate) const CHR: u8 = 3;
+    pub(crate) const BLK: u8 = 4;
+    pub(crate) const FIFO: u8 = 5;
+    pub(crate) const SOCK: u8 = 6;
+    pub(crate) const SYMLINK: u8 = 7;
+}
+
+/// Mode type bits.
+pub(crate) mod ifmt {
+    pub(crate) const REG: u16 = 0o100_000;
+    pub(crate) const DIR: u16 = 0o040_000;
+    pub(crate) const LNK: u16 = 0o120_000;
+    pub(crate) const CHR: u16 = 0o020_000;
+    pub(crate) const BLK: u16 = 0o060_000;
+    pub(crate) const FIFO: u16 = 0o010_000;
+    pub(crate) const SOCK: u16 = 0o140_000;
+}
+
+pub(crate) fn put16(b: &mut [u8], off: usize, v: u16) {
+    b[off..off + 2].copy_from_slice(&v.to_le_bytes());
+}
+pub(crate) fn put32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Encodes a timestamp as ext4's (seconds low 32 bits, extra) pair: extra holds
+/// the nanoseconds in bits 2..32 and the epoch (bits 32..34 of the signed
+/// seconds) in bits 0..2. Times outside 1901..2446 are clamped.
+pub(crate) fn encode_time(t: Timestamp) -> (u32, u32) {
+    const MIN: i64 = -(1 << 31);
+    const MAX: i64 = (1 << 31) - 1 + 3 * (1 << 32);
+    let sec = t.sec.clamp(MIN, MAX);
+    let nsec = if t.sec != sec {
+        0
+    } else {
+        t.nsec.min(999_999_999)
+    };
+    let lo = sec as u32;
+    let epoch = ((sec - i64::from(lo as i32)) >> 32) as u32 & 3;
+    (lo, (nsec << 2) | epoch)
+}
+
+/// Header of an extent tree node.
+pub(crate) fn extent_header(b: &mut [u8], entries: usize, max: usize, depth: u16) {
+    put16(b, 0, 0xF30A);
+    put16(b, 2, entries as u16);
+    put16(b, 4, max as u16);
+    put16(b, 6, depth);
+    put32(b, 8, 0);
+}
+
+/// One leaf extent (`ext4_extent`).
+pub(crate) fn extent_leaf(b: &mut [u8], lblk: u32, len: u16, phys: u64) {
+    put32(b, 0, lblk);
+    put16(b, 4, len);
+    put16(b, 6, (phys >> 32) as u16);
+    put32(b, 8, phys as u32);
+}
+
+/// One index entry (`ext4_extent_idx`).
+pub(crate) fn extent_index(b: &mut [u8], lblk: u32, child: u64) {
+    put32(b, 0, lblk);
+    put32(b, 4, child as u32);
+    put16(b, 8, (child >> 32) as u16);
+    put16(b, 10, 0);
+}
+
+/// Size of a directory entry with a name of `len` bytes.
+pub(crate) fn dirent_len(name_len: usize) -> usize {
+    (8 + name_len + 3) & !3
+}
+
+/// Writes a directory entry header and name at `b[0..]`.
+pub(crate) fn dirent(b: &mut [u8], ino: u32, rec_len: usize, ftype: u8, name: &[u8]) {
+    put32(b, 0, ino);
+    put16(b, 4, rec_len as u16);
+    b[6] = name.len() as u8;
+    b[7] = ftype;
+    b[8..8 + name.len()].copy_from_slice(name);
+}
+
+/// Splits an xattr name into ext4's name index and the stored suffix, for the
+/// namespaces this writer supports.
+pub(crate) fn xattr_index(name: &[u8]) -> Option<(u8, &[u8])> {
+    const PREFIXES: [(&[u8], u8); 3] = [(b"user.", 1), (b"trusted.", 4), (b"security.", 6)];
+    PREFIXES
+        .iter()
+        .find_map(|(p, i)| name.strip_prefix(*p).map(|s| (*i, s)))
+        .filter(|(_, s)| !s.is_empty() && s.len() <= 255)
+}
+
+/// Size of an xattr entry (without value) whose stored name is `len` bytes.
+pub(crate) fn xattr_entry_len(name_len: usize) -> usize {
+    (16 + name_len + 3) & !3
+}
+
+/// Value size padded to 4 bytes.
+pub(crate) fn xattr_value_len(len: usize) -> usize {
+    (len + 3) & !3
+}
+
+/// `ext4_xattr_hash_entry`: hash of the stored name and the padded value.
+pub(crate) fn xattr_entry_hash(name: &[u8], value: &[u8]) -> u32 {
+    let mut hash: u32 = 0;
+    for &c in name {
+        hash = (hash << 5) ^ (hash >> 27) ^ u32::from(c);
+    }
+    for word in value.chunks(4) {
+        let mut w = [0u8; 4];
+        w[..word.len()].copy_from_slice(word);
+        hash = (hash << 16) ^ (hash >> 16) ^ u32::from_le_bytes(w);
+    }
+    hash
+}
+
+/// One xattr ready to encode: (index, stored name, value).
+pub(crate) type XattrEntry<'a> = (u8, &'a [u8], &'a [u8]);
+
+/// Bytes that `entries` need: entries, the 4-byte terminator and the values.
+pub(crate) fn xattr_space(entries: &[XattrEntry<'_>]) -> usize {
+    entries
+        .iter()
+        .map(|(_, n, v)| xattr_entry_len(n.len()) + xattr_value_len(v.len()))
+        .sum::<usize>()
+        + 4
+}
+
+/// Encodes entries into `area` (entries from the start, values packed from
+/// the end). Value offsets are relative to `area[base..]`... i.e. to the
+/// position `value_base` bytes before `area`'s start. Returns the entry hashes.
+pub(crate) fn encode_xattrs(
+    area: &mut [u8],
+    value_base: usize,
+    entries: &[XattrEntry<'_>],
+) -> Vec<u32> {
+    let mut hashes = Vec::with_capacity(entries.len());
+    let mut at = 0usize;
+    let mut vend = area.len();
+    for &(index, name, value) in entries {
+        let hash = xattr_entry_hash(name, value);
+        hashes.push(hash);
+        let voffs = if value.is_empty() {
+            0
+        } else {
+            vend -= xattr_value_len(value.len());
+            area[vend..vend + value.len()].copy_from_slice(value);
+            vend + value_base
+        };
+        let e = &mut area[at..];
+        e[0] = name.len() as u8;
+        e[1] = index;
+        put16(e, 2, voffs as u16);
+        put32(e, 4, 0);
+        put32(e, 8, value.len() as u32);
+        put32(e, 12, hash);
+        e[16..16 + name.len()].copy_from_slice(name);
+        at += xattr_entry_len(name.len());
+    }
+    hashes
+}
+
+/// Old (16-bit) or new (32-bit) device encoding for `i_block[0]`/`i_block[1]`,
+/// as the kernel writes it. Returns None if the numbers exceed 12/20 bits.
+pub(crate) fn encode_device(major: u32, minor: u32) -> Option<(u32, u32)> {
+    if major < 256 && minor < 256 {
+        Some(((major << 8) | minor, 0))
+    } else if major < (1 << 12) && minor < (1 << 20) {
+        Some((0, (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_time(lo: u32, extra: u32) -> (i64, u32) {
+        (
+            i64::from(lo as i32) + (i64::from(extra & 3) << 32),
+            extra >> 2,
+        )
+    }
+
+    #[test]
+    fn times_round_trip_across_epochs() {
+        for sec in [
+            0i64,
+            -1,
+            -(1 << 31),
+            (1 << 31) - 1,
+            1 << 31,
+            4_102_444_800,
+            1 << 33,
+            15_000_000_000,
+        ] {
+            let (lo, extra) = encode_time(Timestamp {
+                sec,
+                nsec: 123_456_789,
+            });
+            assert_eq!(decode_time(lo, extra), (sec, 123_456_789), "sec {sec}");
+        }
+    }
+
+    #[test]
+    fn times_out_of_range_are_clamped() {
+        let (lo, extra) = encode_time(Timestamp {
+            sec: i64::MIN,
+            nsec: 5,
+        });
+        assert_eq!(decode_time(lo, extra), (-(1 << 31), 0));
+        let (lo, extra) = encode_time(Timestamp {
+            sec: i64::MAX,
+            nsec: 5,
+        });
+        assert_eq!(decode_time(lo, extra).0, (1 << 31) - 1 + 3 * (1 << 32));
+    }
+
+    #[test]
+    fn device_encodings_match_the_kernel() {
+        assert_eq!(encode_device(1, 3), Some((0x0103, 0)));
+        // new_encode_dev(MKDEV(259, 0x12345)) = 0x45 | 259 << 8 | 0x12300 << 12
+        assert_eq!(
+            encode_device(259, 0x12345),
+            Some((0, 0x45 | (259 << 8) | (0x12300 << 12)))
+        );
+        assert_eq!(encode_device(4096, 0), None);
+        assert_eq!(encode_device(0, 1 << 20), None);
+    }
+
+    #[test]
+    fn xattr_names_split_into_index_and_suffix() {
+        assert_eq!(xattr_index(b"user.foo"), Some((1, &b"foo"[..])));
+        assert_eq!(
+            xattr_index(b"security.capability"),
+            Some((6, &b"capability"[..]))
+        );
+        assert_eq!(
+            xattr_index(b"trusted.overlay.opaque"),
+            Some((4, &b"overlay.opaque"[..]))
+        );
+        assert_eq!(xattr_index(b"user."), None);
+        assert_eq!(xattr_index(b"system.posix_acl_access"), None);
+        assert_eq!(xattr_index(b"foo.bar"), None);
+    }
+
+    #[test]
+    fn dirent_sizes_are_padded() {
+        assert_eq!(dirent_len(1), 12);
+        assert_eq!(dirent_len(4), 12);
+        assert_eq!(dirent_len(5), 16);
+        assert_eq!(dirent_len(255), 264);
+    }
+}

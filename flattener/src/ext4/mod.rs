@@ -1,0 +1,174 @@
+//! A deterministic, dedup-friendly writer of read-only ext4 images.
+//!
+//! [`write_image`] serializes a [`Tree`] and the file contents in its
+//! [`Spool`] as an ext4 filesystem with 4 KiB blocks, extents, no journal and
+//! 256-byte inodes (nanosecond timestamps from 1901 to 2446). The output
+//! depends only on the tree and the [`Ext4Options`]: inode numbers follow a
+//! breadth-first walk from the root with entries in byte order, nothing comes
+//! from the clock (superblock times are 0) and nothing is random.
+//!
+//! # Layout
+//!
+//! | blocks | contents |
+//! | --- | --- |
+//! | first 512 KiB | superblock and group descriptors (`sparse_super2` with no backups: no other copy anywhere) |
+//! | one region per layer, each on a 512 KiB boundary | the data of `tree.layers[i]`'s files, in list order, each file contiguous from a block boundary, holes not allocated |
+//! | after the last region, on a 512 KiB boundary | bitmaps, inode tables, directory blocks, extent tree blocks, long symlinks, xattr blocks |
+//!
+//! A layer's region depends only on the layers up to it, so the 512 KiB
+//! chunks of a base layer's data are byte-identical whatever sits on top.
+//! Files no node references any more (deleted or replaced by an upper layer)
+//! keep their place; [`DeletedData`] says whether their bytes are kept or
+//! zeroed. Their blocks are free in the bitmaps either way. The image size is
+//! a multiple of 512 KiB.
+//!
+//! There is no `lost+found`: it is not part of the image. `e2fsck -fn` does
+//! not complain about its absence (only a repairing run would create it).
+//!
+//! # Example
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use std::io::Cursor;
+//! use flattener::ext4::{write_image, Ext4Options};
+//! use flattener::tree::{DataExtent, FileData, FileId, Metadata, Node, NodeKind, Spool, Tree};
+//!
+//! struct Mem(Vec<u8>);
+//! impl Spool for Mem {
+//!     fn read_at(&self, _layer: u32, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+//!         let start = offset as usize;
+//!         buf.copy_from_slice(&self.0[start..start + buf.len()]);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let mut tree = Tree::new(Metadata { mode: 0o755, ..Metadata::default() });
+//! tree.files.push(FileData {
+//!     layer: 0,
+//!     size: 6,
+//!     extents: vec![DataExtent { file_offset: 0, len: 6, spool_offset: 0 }],
+//! });
+//! tree.layers.push(vec![FileId(0)]);
+//! let hello = tree.push_node(Node {
+//!     meta: Metadata { mode: 0o644, ..Metadata::default() },
+//!     kind: NodeKind::Regular { file: FileId(0) },
+//! });
+//! if let NodeKind::Directory { entries } = &mut tree.node_mut(Tree::ROOT).kind {
+//!     entries.insert(b"hello.txt".to_vec(), hello);
+//! }
+//!
+//! let mut image = Cursor::new(Vec::new());
+//! let summary = write_image(&tree, &Mem(b"hello\n".to_vec()), &Ext4Options::default(), &mut image)?;
+//! assert_eq!(summary.size_bytes, image.get_ref().len() as u64);
+//! assert_eq!(summary.size_bytes % (512 * 1024), 0);
+//! assert_eq!(summary.data_regions[0].start, 512 * 1024);
+//! assert_eq!(&image.get_ref()[512 * 1024..512 * 1024 + 6], b"hello\n");
+//! # Ok::<(), flattener::ext4::WriteError>(())
+//! ```
+
+mod error;
+mod format;
+mod plan;
+mod write;
+
+use std::io::{Seek, Write};
+
+pub use error::WriteError;
+
+use crate::tree::{Spool, Tree};
+
+/// What happens to the bytes of files that no node references any more.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeletedData {
+    /// Keep their place but write zeros (all-zero chunks cost nothing).
+    #[default]
+    Zero,
+    /// Keep their place and their bytes (unreachable from the filesystem,
+    /// but the layer's chunks stay identical to those of images where the
+    /// file is alive).
+    Keep,
+}
+
+/// Options of [`write_image`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Ext4Options {
+    /// Filesystem UUID (derive it from the content for determinism).
+    pub uuid: [u8; 16],
+    /// Directory hash seed (derive it from the content for determinism).
+    pub hash_seed: [u8; 16],
+    /// Volume label, at most 16 bytes.
+    pub label: Vec<u8>,
+    /// Treatment of unreferenced file data.
+    pub deleted_data: DeletedData,
+}
+
+impl Ext4Options {
+    /// Options with this UUID and hash seed, no label, deleted data zeroed.
+    pub fn new(uuid: [u8; 16], hash_seed: [u8; 16]) -> Self {
+        Self {
+            uuid,
+            hash_seed,
+            ..Self::default()
+        }
+    }
+}
+
+/// Where one layer's data landed in the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DataRegion {
+    /// The layer index.
+    pub layer: u32,
+    /// Byte offset of the region (a multiple of 512 KiB).
+    pub start: u64,
+    /// Length in bytes up to the end of the layer's last data block.
+    pub len: u64,
+}
+
+/// What [`write_image`] produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImageSummary {
+    /// Image size in bytes (a multiple of 512 KiB).
+    pub size_bytes: u64,
+    /// Filesystem blocks (4 KiB).
+    pub blocks: u64,
+    /// Inodes in use, the reserved ones (1 to 10) included.
+    pub inodes: u64,
+    /// Per layer, bottom first, its data region.
+    pub data_regions: Vec<DataRegion>,
+    /// Byte offset where metadata starts (after the last data region).
+    pub metadata_start: u64,
+}
+
+/// Writes `tree` as an ext4 image to `out`, reading file contents from
+/// `spool`.
+///
+/// The image is written front to back from `out`'s current position, every
+/// byte of it (zeros included), so `out` need not be empty. Only metadata is
+/// held in memory; file data passes through a 1 MiB buffer.
+///
+/// # Errors
+///
+/// [`WriteError`] when the tree breaks its contract, holds something ext4
+/// cannot represent, the image would be too large, or reading the spool or
+/// writing `out` fails. Nothing is validated lazily: tree errors are found
+/// before the first byte is written.
+pub fn write_image<W: Write + Seek>(
+    tree: &Tree,
+    spool: &dyn Spool,
+    opts: &Ext4Options,
+    out: W,
+) -> Result<ImageSummary, WriteError> {
+    let plan = plan::Plan::new(tree, opts)?;
+    write::write(&plan, spool, opts, out)?;
+    Ok(ImageSummary {
+        size_bytes: plan.geo.blocks_count * format::BLOCK,
+        blocks: plan.geo.blocks_count,
+        inodes: u64::from(format::FIRST_INO) - 1 + plan.inodes.len() as u64 - 1,
+        data_regions: plan.regions.clone(),
+        metadata_start: plan.meta_start * format::BLOCK,
+    })
+}

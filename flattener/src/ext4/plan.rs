@@ -1,0 +1,738 @@
+//! Layout planning: inode numbers, data placement, metadata placement and
+//! group geometry, all computed from the tree before a byte is written.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::error::WriteError;
+use super::format::*;
+use super::{DataRegion, Ext4Options};
+use crate::tree::{FileData, FileId, NodeId, NodeKind, Tree};
+
+/// One ext4 extent: (logical block, length, physical block).
+pub(crate) type Extent = (u32, u16, u64);
+
+/// Where a node's xattrs live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum XattrPlace {
+    None,
+    Inline,
+    /// Index into [`Plan::xattr_blocks`].
+    Block(u32),
+}
+
+/// What an inode stores besides its fixed fields.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Body {
+    /// `blocks` directory blocks then `tree_blocks` extent blocks.
+    Dir { blocks: u64, tree_blocks: u64 },
+    /// Extent tree blocks of a regular file.
+    File { file: FileId, tree_blocks: u64 },
+    /// Target stored in `i_block`.
+    FastSymlink,
+    /// Target stored in one metadata block.
+    SlowSymlink,
+    /// Devices, FIFOs and sockets: nothing beyond the inode.
+    Special,
+}
+
+#[derive(Debug)]
+pub(crate) struct InodePlan {
+    pub(crate) node: NodeId,
+    pub(crate) links: u32,
+    /// Parent directory inode number (directories only).
+    pub(crate) parent: u32,
+    pub(crate) body: Body,
+    pub(crate) xattr: XattrPlace,
+    /// First metadata block of this inode, relative to [`Plan::meta_base`].
+    pub(crate) meta_rel: u64,
+}
+
+/// Placement of one file's data.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FilePlace {
+    /// First physical block (valid when `placed`).
+    pub(crate) phys: u64,
+    /// Number of allocated blocks (holes excluded).
+    pub(crate) blocks: u64,
+    pub(crate) placed: bool,
+    /// The inode index referencing the file, if any.
+    pub(crate) owner: Option<u32>,
+}
+
+/// Group geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub(crate) groups: u64,
+    pub(crate) blocks_per_group: u64,
+    pub(crate) inodes_per_group: u64,
+    /// Inode-table blocks per group.
+    pub(crate) itable_blocks: u64,
+    pub(crate) blocks_count: u64,
+    pub(crate) gdt_blocks: u64,
+}
+
+pub(crate) struct Plan<'t> {
+    pub(crate) tree: &'t Tree,
+    /// Inode plans; index `i` has inode number [`ino_of_index`]`(i)`.
+    pub(crate) inodes: Vec<InodePlan>,
+    /// Inode number per node id (0: not reachable).
+    pub(crate) ino_of: Vec<u32>,
+    pub(crate) files: Vec<FilePlace>,
+    pub(crate) regions: Vec<DataRegion>,
+    /// Distinct xattr blocks: (encoded block without refcount, refcount).
+    pub(crate) xattr_blocks: Vec<(Vec<u8>, u32)>,
+    pub(crate) geo: Geometry,
+    /// First metadata block (512 KiB aligned, after the last data region).
+    pub(crate) meta_start: u64,
+    /// First block after the bitmaps and inode tables.
+    pub(crate) meta_base: u64,
+    /// One past the last metadata block.
+    pub(crate) meta_end: u64,
+    /// Relative start of the xattr blocks.
+    pub(crate) xattr_rel: u64,
+}
+
+/// Inode number of the inode planned at `index` (the root first).
+pub(crate) fn ino_of_index(index: usize) -> u32 {
+    if index == 0 {
+        ROOT_INO
+    } else {
+        index as u32 + FIRST_INO - 1
+    }
+}
+
+/// Index in [`Plan::inodes`] of inode number `ino`, if it is planned.
+pub(crate) fn index_of_ino(ino: u32) -> Option<usize> {
+    match ino {
+        ROOT_INO => Some(0),
+        i if i >= FIRST_INO => Some((i - FIRST_INO + 1) as usize),
+        _ => None,
+    }
+}
+
+fn lossy(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}
+
+fn child_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+    if dir != b"/" {
+        p.extend_from_slice(dir);
+    }
+    p.push(b'/');
+    p.extend_from_slice(name);
+    p
+}
+
+/// Maximal runs of logical blocks that hold any present byte of `file`.
+pub(crate) fn block_runs(file: &FileData) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let mut it = file.extents.iter().peekable();
+    std::iter::from_fn(move || {
+        let first = it.next()?;
+        let start = first.file_offset / BLOCK;
+        let mut end = (first.file_offset + first.len).div_ceil(BLOCK);
+        while let Some(next) = it.peek() {
+            if next.file_offset / BLOCK > end {
+                break;
+            }
+            end = end.max((next.file_offset + next.len).div_ceil(BLOCK));
+            it.next();
+        }
+        Some((start, end - start))
+    })
+}
+
+/// The ext4 extents (logical block, length, physical block) of a file placed
+/// at `phys`.
+pub(crate) fn file_extents(file: &FileData, phys: u64) -> Vec<Extent> {
+    let mut out = Vec::new();
+    let mut p = phys;
+    for (lblk, count) in block_runs(file) {
+        let mut done = 0;
+        while done < count {
+            let len = (count - done).min(MAX_EXTENT_LEN);
+            out.push(((lblk + done) as u32, len as u16, p));
+            p += len;
+            done += len;
+        }
+    }
+    out
+}
+
+/// Extents of `blocks` contiguous blocks at `phys` (directories).
+pub(crate) fn contiguous_extents(blocks: u64, phys: u64) -> Vec<Extent> {
+    let mut out = Vec::new();
+    let mut done = 0;
+    while done < blocks {
+        let len = (blocks - done).min(MAX_EXTENT_LEN);
+        out.push((done as u32, len as u16, phys + done));
+        done += len;
+    }
+    out
+}
+
+/// Number of extent tree blocks (outside the inode) for `n` extents.
+pub(crate) fn tree_block_count(n: u64) -> u64 {
+    if n <= EXTENTS_IN_INODE as u64 {
+        return 0;
+    }
+    let mut total = 0;
+    let mut level = n;
+    while level > EXTENTS_IN_INODE as u64 {
+        level = level.div_ceil(EXTENTS_PER_BLOCK as u64);
+        total += level;
+    }
+    total
+}
+
+fn validate_file(id: FileId, f: &FileData) -> Result<(), WriteError> {
+    let bad = |reason: String| WriteError::InvalidFile {
+        file: id,
+        layer: f.layer,
+        reason,
+    };
+    let max_size = (u64::from(u32::MAX)) * BLOCK;
+    if f.size > max_size {
+        return Err(bad(format!(
+            "size {} exceeds ext4's limit of {max_size} bytes",
+            f.size
+        )));
+    }
+    let mut prev_end = 0u64;
+    for (i, e) in f.extents.iter().enumerate() {
+        let end = e.file_offset.checked_add(e.len);
+        match end {
+            Some(end) if e.len > 0 && end <= f.size && (i == 0 || e.file_offset >= prev_end) => {
+                e.spool_offset
+                    .checked_add(e.len)
+                    .ok_or_else(|| bad(format!("extent {i} spool range overflows")))?;
+                prev_end = end;
+            }
+            _ => {
+                return Err(bad(format!(
+                    "extent {i} (offset {}, len {}) is empty, overlaps its predecessor, is unsorted or exceeds size {}",
+                    e.file_offset, e.len, f.size
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sorted xattr entries of a node, validated.
+pub(crate) fn xattr_entries<'a>(
+    xattrs: &'a BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Result<Vec<XattrEntry<'a>>, String> {
+    let mut out = Vec::with_capacity(xattrs.len());
+    for (name, value) in xattrs {
+        let (index, suffix) = xattr_index(name).ok_or_else(|| {
+            format!(
+                "xattr {:?}: only user.*, trusted.* and security.* names are supported",
+                lossy(name)
+            )
+        })?;
+        out.push((index, suffix, value.as_slice()));
+    }
+    // The kernel searches block entries assuming this order.
+    out.sort_by(|a, b| (a.0, a.1.len(), a.1).cmp(&(b.0, b.1.len(), b.1)));
+    Ok(out)
+}
+
+/// Encodes an xattr block (refcount left 0).
+fn xattr_block(entries: &[XattrEntry<'_>]) -> Vec<u8> {
+    let mut b = vec![0u8; BLOCK as usize];
+    put32(&mut b, 0, XATTR_MAGIC);
+    put32(&mut b, 8, 1); // h_blocks
+    let hashes = encode_xattrs(&mut b[XATTR_BLOCK_HEADER..], XATTR_BLOCK_HEADER, entries);
+    let mut hash: u32 = 0;
+    for h in hashes {
+        hash = (hash << 16) ^ (hash >> 16) ^ h;
+    }
+    put32(&mut b, 12, hash);
+    b
+}
+
+impl<'t> Plan<'t> {
+    pub(crate) fn new(tree: &'t Tree, opts: &Ext4Options) -> Result<Self, WriteError> {
+        if opts.label.len() > 16 {
+            return Err(WriteError::InvalidOptions {
+                reason: format!("label is {} bytes, at most 16 allowed", opts.label.len()),
+            });
+        }
+        let n_nodes = tree.nodes.len();
+        if n_nodes == 0 {
+            return Err(WriteError::InvalidTree {
+                path: "/".into(),
+                reason: "no root node".into(),
+            });
+        }
+        let mut ino_of = vec![0u32; n_nodes];
+        let mut files = vec![FilePlace::default(); tree.files.len()];
+        let mut inodes: Vec<InodePlan> = Vec::new();
+        let mut queue: VecDeque<(NodeId, Vec<u8>)> = VecDeque::new();
+
+        let root = tree.node(Tree::ROOT);
+        if !matches!(root.kind, NodeKind::Directory { .. }) {
+            return Err(WriteError::InvalidTree {
+                path: "/".into(),
+                reason: "root is not a directory".into(),
+            });
+        }
+        ino_of[0] = ROOT_INO;
+        inodes.push(Self::discover(tree, Tree::ROOT, 0, b"/", &mut files)?);
+        queue.push_back((Tree::ROOT, b"/".to_vec()));
+
+        while let Some((dir, path)) = queue.pop_front() {
+            let dir_ino = ino_of[dir.0 as usize];
+            let dir_idx = index_of_ino(dir_ino).expect("planned directory");
+            let NodeKind::Directory { entries } = &tree.node(dir).kind else {
+                unreachable!("queued non-directory")
+            };
+            for (name, &child) in entries {
+                let bad = |reason: &str| WriteError::InvalidTree {
+                    path: lossy(&child_path(&path, name)),
+                    reason: reason.into(),
+                };
+                if name.is_empty() || name.len() > 255 {
+                    return Err(bad("entry name must be 1 to 255 bytes"));
+                }
+                if name.contains(&b'/') || name.contains(&0) || name == b"." || name == b".." {
+                    return Err(bad("entry name contains '/' or NUL, or is '.' or '..'"));
+                }
+                let Some(slot) = ino_of.get(child.0 as usize).copied() else {
+                    return Err(bad(&format!("entry points at missing node {}", child.0)));
+                };
+                let is_dir = matches!(tree.node(child).kind, NodeKind::Directory { .. });
+                if slot != 0 {
+                    if is_dir {
+                        return Err(bad("directory linked twice (hard link or cycle)"));
+                    }
+                    let idx = index_of_ino(slot).expect("planned inode");
+                    inodes[idx].links += 1;
+                    if inodes[idx].links > LINK_MAX {
+                        return Err(WriteError::Unrepresentable {
+                            path: lossy(&child_path(&path, name)),
+                            reason: format!("more than {LINK_MAX} hard links"),
+                        });
+                    }
+                    continue;
+                }
+                let index = inodes.len();
+                if index as u64 + u64::from(FIRST_INO) > u64::from(u32::MAX) {
+                    return Err(WriteError::TooLarge {
+                        reason: "more than 2^32 inodes".into(),
+                    });
+                }
+                let ino = ino_of_index(index);
+                ino_of[child.0 as usize] = ino;
+                let cpath = child_path(&path, name);
+                let mut plan = Self::discover(tree, child, index as u32, &cpath, &mut files)?;
+                if is_dir {
+                    plan.parent = dir_ino;
+                    inodes[dir_idx].links += 1;
+                    queue.push_back((child, cpath));
+                }
+                inodes.push(plan);
+            }
+        }
+        for p in &mut inodes {
+            // dir_nlink: a directory with too many subdirectories counts 1.
+            if matches!(p.body, Body::Dir { .. }) && p.links > LINK_MAX {
+                p.links = 1;
+            }
+        }
+
+        // Data regions, layer by layer.
+        let mut cursor = CHUNK_BLOCKS;
+        let mut regions = Vec::with_capacity(tree.layers.len());
+        for (layer, list) in tree.layers.iter().enumerate() {
+            let layer = layer as u32;
+            cursor = cursor.next_multiple_of(CHUNK_BLOCKS);
+            let start = cursor;
+            for &id in list {
+                let Some(f) = tree.files.get(id.0 as usize) else {
+                    return Err(WriteError::InvalidFile {
+                        file: id,
+                        layer,
+                        reason: "no such file".into(),
+                    });
+                };
+                if f.layer != layer {
+                    return Err(WriteError::InvalidFile {
+                        file: id,
+                        layer,
+                        reason: format!(
+                            "listed in layer {layer} but its data is in layer {}",
+                            f.layer
+                        ),
+                    });
+                }
+                let place = &mut files[id.0 as usize];
+                if place.placed {
+                    return Err(WriteError::InvalidFile {
+                        file: id,
+                        layer,
+                        reason: "listed twice".into(),
+                    });
+                }
+                validate_file(id, f)?;
+                place.placed = true;
+                place.phys = cursor;
+                place.blocks = block_runs(f).map(|(_, n)| n).sum();
+                cursor += place.blocks;
+            }
+            regions.push(DataRegion {
+                layer,
+                start: start * BLOCK,
+                len: (cursor - start) * BLOCK,
+            });
+        }
+        for (i, place) in files.iter().enumerate() {
+            if place.owner.is_some() && !place.placed {
+                return Err(WriteError::InvalidFile {
+                    file: FileId(i as u32),
+                    layer: tree.files[i].layer,
+                    reason: "referenced by a node but listed in no layer".into(),
+                });
+            }
+        }
+        let meta_start = cursor.next_multiple_of(CHUNK_BLOCKS);
+
+        // Metadata blocks that do not depend on the geometry, relative.
+        let mut rel = 0u64;
+        let mut xattr_dedup: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
+        let mut xattr_blocks: Vec<(Vec<u8>, u32)> = Vec::new();
+        for p in &mut inodes {
+            p.meta_rel = rel;
+            rel += match p.body {
+                Body::Dir {
+                    blocks,
+                    tree_blocks,
+                } => blocks + tree_blocks,
+                Body::File { tree_blocks, .. } => tree_blocks,
+                Body::SlowSymlink => 1,
+                Body::FastSymlink | Body::Special => 0,
+            };
+            if p.xattr == XattrPlace::Block(0) {
+                let entries = xattr_entries(&tree.node(p.node).meta.xattrs).expect("validated");
+                let block = xattr_block(&entries);
+                let next = xattr_blocks.len() as u32;
+                let idx = *xattr_dedup.entry(block).or_insert(next);
+                if idx == next {
+                    xattr_blocks.push((Vec::new(), 0));
+                }
+                xattr_blocks[idx as usize].1 += 1;
+                p.xattr = XattrPlace::Block(idx);
+            }
+        }
+        for (block, idx) in xattr_dedup {
+            xattr_blocks[idx as usize].0 = block;
+        }
+        let xattr_rel = rel;
+        rel += xattr_blocks.len() as u64;
+
+        let used_inodes = u64::from(FIRST_INO) - 1 + inodes.len() as u64 - 1;
+        let geo = geometry(meta_start, rel, used_inodes)?;
+        let meta_base = meta_start + 2 * geo.groups + geo.groups * geo.itable_blocks;
+        Ok(Plan {
+            tree,
+            inodes,
+            ino_of,
+            files,
+            regions,
+            xattr_blocks,
+            geo,
+            meta_start,
+            meta_base,
+            meta_end: meta_base + rel,
+            xattr_rel,
+        })
+    }
+
+    /// Plans one newly reached node (links start at 1 for files, 2 for dirs).
+    fn discover(
+        tree: &Tree,
+        id: NodeId,
+        index: u32,
+        path: &[u8],
+        files: &mut [FilePlace],
+    ) -> Result<InodePlan, WriteError> {
+        let node = tree.node(id);
+        let unrep = |reason: String| WriteError::Unrepresentable {
+            path: lossy(path),
+            reason,
+        };
+        let (body, links) = match &node.kind {
+            NodeKind::Directory { entries } => {
+                let blocks = dir_block_count(entries.keys().map(|k| k.len()));
+                let tree_blocks = tree_block_count(contiguous_extents(blocks, 0).len() as u64);
+                (
+                    Body::Dir {
+                        blocks,
+                        tree_blocks,
+                    },
+                    2,
+                )
+            }
+            NodeKind::Regular { file } => {
+                let Some(place) = files.get_mut(file.0 as usize) else {
+                    return Err(WriteError::InvalidTree {
+                        path: lossy(path),
+                        reason: format!("refers to missing file {}", file.0),
+                    });
+                };
+                if place.owner.is_some() {
+                    return Err(WriteError::InvalidTree {
+                        path: lossy(path),
+                        reason: format!(
+                            "file {} is the contents of two nodes (use one node for hard links)",
+                            file.0
+                        ),
+                    });
+                }
+                place.owner = Some(index);
+                let f = tree.file(*file);
+                validate_file(*file, f)?;
+                let n: u64 = block_runs(f).map(|(_, c)| c.div_ceil(MAX_EXTENT_LEN)).sum();
+                (
+                    Body::File {
+                        file: *file,
+                        tree_blocks: tree_block_count(n),
+                    },
+                    1,
+                )
+            }
+            NodeKind::Symlink { target } => {
+                if target.is_empty() || target.contains(&0) {
+                    return Err(unrep("symlink target is empty or contains NUL".into()));
+                }
+                if target.len() >= BLOCK as usize {
+                    return Err(unrep(format!(
+                        "symlink target of {} bytes (at most 4095)",
+                        target.len()
+                    )));
+                }
+                (
+                    if target.len() < 60 {
+                        Body::FastSymlink
+                    } else {
+                        Body::SlowSymlink
+                    },
+                    1,
+                )
+            }
+            NodeKind::CharDevice { major, minor } | NodeKind::BlockDevice { major, minor } => {
+                if encode_device(*major, *minor).is_none() {
+                    return Err(unrep(format!(
+                        "device {major}:{minor} exceeds 12-bit major / 20-bit minor"
+                    )));
+                }
+                (Body::Special, 1)
+            }
+            NodeKind::Fifo | NodeKind::Socket => (Body::Special, 1),
+        };
+        let xattr = if node.meta.xattrs.is_empty() {
+            XattrPlace::None
+        } else {
+            let entries = xattr_entries(&node.meta.xattrs).map_err(unrep)?;
+            let space = xattr_space(&entries);
+            if space <= IBODY_XATTR_SPACE {
+                XattrPlace::Inline
+            } else if space <= BLOCK as usize - XATTR_BLOCK_HEADER {
+                XattrPlace::Block(0)
+            } else {
+                return Err(unrep(format!(
+                    "xattrs need {space} bytes, more than one 4 KiB block"
+                )));
+            }
+        };
+        Ok(InodePlan {
+            node: id,
+            links,
+            parent: ROOT_INO,
+            body,
+            xattr,
+            meta_rel: 0,
+        })
+    }
+
+    /// Physical block of the first metadata block of inode `index`.
+    pub(crate) fn meta_block(&self, index: usize) -> u64 {
+        self.meta_base + self.inodes[index].meta_rel
+    }
+
+    /// Physical block of xattr block `i`.
+    pub(crate) fn xattr_block_no(&self, i: u32) -> u64 {
+        self.meta_base + self.xattr_rel + u64::from(i)
+    }
+
+    /// Sorted, merged ranges of used blocks `[start, end)`.
+    pub(crate) fn used_ranges(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = vec![(0, 1 + self.geo.gdt_blocks)];
+        let mut push = |s: u64, e: u64| {
+            if s == e {
+                return;
+            }
+            match out.last_mut() {
+                Some(last) if last.1 == s => last.1 = e,
+                _ => out.push((s, e)),
+            }
+        };
+        for layer in &self.tree.layers {
+            for id in layer {
+                let p = &self.files[id.0 as usize];
+                if p.owner.is_some() {
+                    push(p.phys, p.phys + p.blocks);
+                }
+            }
+        }
+        push(self.meta_start, self.meta_end);
+        out
+    }
+}
+
+/// Blocks a linear directory with names of these lengths needs ('.' and '..'
+/// first).
+pub(crate) fn dir_block_count(names: impl Iterator<Item = usize>) -> u64 {
+    let mut blocks = 1u64;
+    let mut used = 2 * dirent_len(2);
+    for len in names {
+        let size = dirent_len(len);
+        if used + size > BLOCK as usize {
+            blocks += 1;
+            used = 0;
+        }
+        used += size;
+    }
+    blocks
+}
+
+/// Chooses groups, blocks and inodes per group for `meta_start` data blocks,
+/// `meta_rel` geometry-independent metadata blocks and `used_inodes` inodes.
+///
+/// Normally groups hold 32768 blocks; when the inodes need more groups than
+/// the blocks do, groups get smaller instead of the image bigger.
+fn geometry(meta_start: u64, meta_rel: u64, used_inodes: u64) -> Result<Geometry, WriteError> {
+    let too_large = |reason: String| WriteError::TooLarge { reason };
+    let mut groups = used_inodes.div_ceil(BITS_PER_BLOCK).max(1);
+    let mut extra = 0u64;
+    for _ in 0..64 {
+        let ipg = used_inodes
+            .div_ceil(groups)
+            .next_multiple_of(INODES_PER_BLOCK)
+            .max(INODES_PER_BLOCK);
+        let itable_blocks = ipg / INODES_PER_BLOCK;
+        let used = meta_start + meta_rel + groups * (2 + itable_blocks) + extra;
+        let blocks = used.next_multiple_of(CHUNK_BLOCKS);
+        if blocks > u64::from(u32::MAX) {
+            return Err(too_large(format!("{blocks} blocks exceed 2^32")));
+        }
+        let by_blocks = blocks.div_ceil(BITS_PER_BLOCK);
+        if by_blocks > groups {
+            groups = by_blocks;
+            continue;
+        }
+        let bpg = if by_blocks == groups {
+            BITS_PER_BLOCK
+        } else {
+            blocks
+                .div_ceil(groups)
+                .next_multiple_of(8)
+                .max(itable_blocks + 8)
+        };
+        if bpg > BITS_PER_BLOCK {
+            groups += 1;
+            continue;
+        }
+        // Every group must hold at least one block.
+        let lower = (groups - 1) * bpg + 1;
+        if blocks < lower {
+            extra += lower - blocks;
+            continue;
+        }
+        let gdt_blocks = (groups * 32).div_ceil(BLOCK);
+        if gdt_blocks >= CHUNK_BLOCKS {
+            return Err(too_large(format!(
+                "{groups} groups: descriptors exceed the first 512 KiB"
+            )));
+        }
+        if groups * ipg > u64::from(u32::MAX) {
+            return Err(too_large(format!("{} inodes exceed 2^32", groups * ipg)));
+        }
+        return Ok(Geometry {
+            groups,
+            blocks_per_group: bpg,
+            inodes_per_group: ipg,
+            itable_blocks,
+            blocks_count: blocks,
+            gdt_blocks,
+        });
+    }
+    Err(WriteError::Internal {
+        reason: "group geometry did not converge".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::DataExtent;
+
+    fn file(size: u64, ext: &[(u64, u64)]) -> FileData {
+        FileData {
+            layer: 0,
+            size,
+            extents: ext
+                .iter()
+                .map(|&(o, l)| DataExtent {
+                    file_offset: o,
+                    len: l,
+                    spool_offset: 0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn runs_merge_extents_sharing_or_touching_blocks() {
+        let f = file(
+            40000,
+            &[(0, 10), (100, 10), (4096, 1), (20000, 5), (30000, 5000)],
+        );
+        assert_eq!(
+            block_runs(&f).collect::<Vec<_>>(),
+            vec![(0, 2), (4, 1), (7, 2)]
+        );
+        assert_eq!(block_runs(&file(0, &[])).count(), 0);
+    }
+
+    #[test]
+    fn tree_blocks_grow_by_levels() {
+        assert_eq!(tree_block_count(4), 0);
+        assert_eq!(tree_block_count(5), 1);
+        assert_eq!(tree_block_count(340 * 4), 4);
+        assert_eq!(tree_block_count(340 * 4 + 1), 5 + 1);
+    }
+
+    #[test]
+    fn geometry_is_consistent() {
+        for (meta_start, rel, inodes) in [
+            (128, 10, 11),
+            (128, 0, 200_000),
+            (300_000, 5000, 40),
+            (128, 700, 1_000_000),
+            (5_000_000, 0, 100),
+        ] {
+            let g = geometry(meta_start, rel, inodes).unwrap();
+            assert_eq!(
+                g.blocks_count.div_ceil(g.blocks_per_group),
+                g.groups,
+                "{g:?}"
+            );
+            assert!(g.groups * g.inodes_per_group >= inodes);
+            assert!(g.inodes_per_group <= BITS_PER_BLOCK && g.blocks_per_group <= BITS_PER_BLOCK);
+            assert!(g.blocks_count >= meta_start + rel + g.groups * (2 + g.itable_blocks));
+            assert_eq!(g.blocks_count % CHUNK_BLOCKS, 0);
+        }
+    }
+}

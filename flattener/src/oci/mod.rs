@@ -1,0 +1,402 @@
+//! Image sources: where the manifest, config and layer blobs come from.
+//!
+//! [`ImageSource`] is the small trait a new source (a registry client, say)
+//! implements; [`OciLayout`] and [`DockerArchive`] are the two built in.
+//! Sources verify the small documents (index, manifest, config) themselves;
+//! layer blobs are verified by the flattener while it streams them.
+
+mod docker_archive;
+mod layout;
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+pub use docker_archive::DockerArchive;
+pub use layout::OciLayout;
+
+use crate::error::{Error, Result};
+
+/// Largest index, manifest or config we read (they are small JSON documents).
+pub(crate) const MAX_DOCUMENT: u64 = 16 << 20;
+
+/// A `sha256:` digest, validated (lowercase hex, 64 digits).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest(String);
+
+impl Digest {
+    /// Parses `sha256:<64 hex>`; other algorithms are not supported.
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s.strip_prefix("sha256:")?;
+        (hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| Self(s.to_owned()))
+    }
+
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self::from_hasher(Sha256::new_with_prefix(bytes))
+    }
+
+    pub(crate) fn from_hasher(h: Sha256) -> Self {
+        Self(format!("sha256:{}", hex::encode(h.finalize())))
+    }
+
+    /// The hex part.
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+
+    /// The whole `sha256:...` string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An OS/architecture pair (`linux/amd64`, `linux/arm64/v8`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    /// `linux`.
+    pub os: String,
+    /// `amd64`, `arm64`, ...
+    pub architecture: String,
+    /// `v8`, `v7`, ... if given.
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// Parses `os/arch[/variant]`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut it = s.split('/');
+        let os = it.next().filter(|x| !x.is_empty())?.to_owned();
+        let architecture = it.next().filter(|x| !x.is_empty())?.to_owned();
+        let variant = it.next().map(str::to_owned);
+        if it.next().is_some() {
+            return None;
+        }
+        Some(Self {
+            os,
+            architecture,
+            variant,
+        })
+    }
+
+    pub(crate) fn matches(&self, p: &PlatformJson) -> bool {
+        p.os == self.os
+            && p.architecture == self.architecture
+            && match (&self.variant, &p.variant) {
+                (Some(a), Some(b)) => a == b,
+                (Some(_), None) => false,
+                (None, _) => true,
+            }
+    }
+}
+
+impl Default for Platform {
+    fn default() -> Self {
+        Self {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How a layer blob is compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// A plain tar.
+    None,
+    /// gzip (RFC 1952), possibly several members.
+    Gzip,
+    /// Zstandard.
+    Zstd,
+}
+
+/// One layer of a resolved image.
+#[derive(Clone, Debug)]
+pub struct LayerDescriptor {
+    /// How the source names the blob in errors (its digest or archive path).
+    pub name: String,
+    /// The blob digest to verify, if the source knows it.
+    pub digest: Option<Digest>,
+    /// The blob size to verify, if the source knows it.
+    pub size: Option<u64>,
+    /// Compression the media type announces (`None` when the source has no
+    /// media types; the magic bytes decide then).
+    pub compression: Option<Compression>,
+    /// The uncompressed digest from the config.
+    pub diff_id: Digest,
+}
+
+/// The layers of the selected image, bottom first.
+#[derive(Clone, Debug)]
+pub struct ResolvedImage {
+    /// Layers, bottom first.
+    pub layers: Vec<LayerDescriptor>,
+    /// Digest of the image config.
+    pub config_digest: Digest,
+}
+
+/// A place images come from. Implementations must be usable from several
+/// threads at once (layers are read in parallel).
+pub trait ImageSource: Send + Sync {
+    /// Name for messages, e.g. `oci:/images:python`.
+    fn name(&self) -> String;
+    /// Picks the image (by the source's tag and `platform`) and returns its
+    /// layers; the config's digest and the manifest's are verified.
+    fn resolve(&self, platform: &Platform) -> Result<ResolvedImage>;
+    /// Opens a layer blob for streaming. The caller verifies digest and size.
+    fn open_layer(&self, layer: &LayerDescriptor) -> Result<Box<dyn Read + Send + '_>>;
+}
+
+/// A parsed image reference.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageRef {
+    /// `oci:DIR[:TAG]`: an OCI image layout directory.
+    Oci {
+        /// The layout directory.
+        dir: PathBuf,
+        /// The `org.opencontainers.image.ref.name` to pick.
+        tag: Option<String>,
+    },
+    /// `docker-archive:FILE[:REPO:TAG]`: a `docker save` tarball, plain or gzip.
+    DockerArchive {
+        /// The archive.
+        file: PathBuf,
+        /// A `RepoTags` entry to pick when the archive holds several images.
+        tag: Option<String>,
+    },
+}
+
+impl ImageRef {
+    /// Parses `oci:DIR[:TAG]` or `docker-archive:FILE[:REF]` (skopeo syntax:
+    /// the path ends at the first `:` after the transport).
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |reason: &str| Error::InvalidReference {
+            reference: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (transport, rest) = s
+            .split_once(':')
+            .ok_or_else(|| bad("expected oci:DIR[:TAG] or docker-archive:FILE"))?;
+        let (path, tag) = match rest.split_once(':') {
+            Some((p, t)) => (p, Some(t.to_owned()).filter(|t| !t.is_empty())),
+            None => (rest, None),
+        };
+        if path.is_empty() {
+            return Err(bad("empty path"));
+        }
+        match transport {
+            "oci" => Ok(Self::Oci {
+                dir: path.into(),
+                tag,
+            }),
+            "docker-archive" => Ok(Self::DockerArchive {
+                file: path.into(),
+                tag,
+            }),
+            _ => Err(bad("unknown transport (use oci: or docker-archive:)")),
+        }
+    }
+
+    /// Opens the source. `scratch` is a directory for temporary files (a
+    /// gzip-compressed docker-archive is unpacked there).
+    pub fn open(&self, scratch: &Path) -> Result<Box<dyn ImageSource>> {
+        Ok(match self {
+            Self::Oci { dir, tag } => Box::new(OciLayout::open(dir, tag.clone())?),
+            Self::DockerArchive { file, tag } => {
+                Box::new(DockerArchive::open(file, tag.clone(), scratch)?)
+            }
+        })
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (t, p, tag) = match self {
+            Self::Oci { dir, tag } => ("oci", dir, tag),
+            Self::DockerArchive { file, tag } => ("docker-archive", file, tag),
+        };
+        write!(f, "{t}:{}", p.display())?;
+        if let Some(tag) = tag {
+            write!(f, ":{tag}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `platform` of a descriptor.
+#[derive(Deserialize, Debug, Clone)]
+pub(crate) struct PlatformJson {
+    #[serde(default)]
+    pub(crate) os: String,
+    #[serde(default)]
+    pub(crate) architecture: String,
+    #[serde(default)]
+    pub(crate) variant: Option<String>,
+}
+
+/// An OCI content descriptor.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DescriptorJson {
+    #[serde(default)]
+    pub(crate) media_type: String,
+    pub(crate) digest: String,
+    pub(crate) size: u64,
+    #[serde(default)]
+    pub(crate) platform: Option<PlatformJson>,
+    #[serde(default)]
+    pub(crate) annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// An image index or a manifest (distinguished by which fields are set).
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct IndexOrManifest {
+    #[serde(default)]
+    pub(crate) media_type: String,
+    #[serde(default)]
+    pub(crate) manifests: Option<Vec<DescriptorJson>>,
+    #[serde(default)]
+    pub(crate) config: Option<DescriptorJson>,
+    #[serde(default)]
+    pub(crate) layers: Option<Vec<DescriptorJson>>,
+}
+
+/// The parts of an image config the flattener needs.
+#[derive(Deserialize, Debug)]
+pub(crate) struct ConfigJson {
+    pub(crate) rootfs: RootFsJson,
+}
+
+#[derive(Deserialize, Debug)]
+pub(crate) struct RootFsJson {
+    #[serde(rename = "type", default)]
+    pub(crate) kind: String,
+    pub(crate) diff_ids: Vec<String>,
+}
+
+pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// Compression announced by a layer media type; error for non-layer types.
+pub(crate) fn layer_compression(media_type: &str) -> Option<Compression> {
+    match media_type {
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some(Compression::Gzip),
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+        | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Some(Compression::Zstd),
+        _ => None,
+    }
+}
+
+/// Parses a config and pairs its diff_ids with the layers.
+pub(crate) fn diff_ids(source_name: &str, config: &[u8]) -> Result<Vec<Digest>> {
+    let c: ConfigJson = serde_json::from_slice(config).map_err(|e| Error::Json {
+        source_name: source_name.to_owned(),
+        what: "image config".into(),
+        source: e,
+    })?;
+    if !c.rootfs.kind.is_empty() && c.rootfs.kind != "layers" {
+        return Err(Error::Image {
+            source_name: source_name.to_owned(),
+            reason: format!(
+                "config rootfs.type is {:?}, expected \"layers\"",
+                c.rootfs.kind
+            ),
+        });
+    }
+    c.rootfs
+        .diff_ids
+        .iter()
+        .map(|d| {
+            Digest::parse(d).ok_or_else(|| Error::Image {
+                source_name: source_name.to_owned(),
+                reason: format!("config diff_id {d:?} is not a sha256 digest"),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_refs() {
+        assert_eq!(
+            ImageRef::parse("oci:/a/b:python").unwrap(),
+            ImageRef::Oci {
+                dir: "/a/b".into(),
+                tag: Some("python".into())
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("oci:dir").unwrap(),
+            ImageRef::Oci {
+                dir: "dir".into(),
+                tag: None
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("docker-archive:x.tar").unwrap(),
+            ImageRef::DockerArchive {
+                file: "x.tar".into(),
+                tag: None
+            }
+        );
+        assert!(ImageRef::parse("docker://x").is_err());
+        assert!(ImageRef::parse("oci:").is_err());
+        assert!(ImageRef::parse("nocolon").is_err());
+        assert_eq!(ImageRef::parse("oci:d:t").unwrap().to_string(), "oci:d:t");
+    }
+
+    #[test]
+    fn platforms() {
+        let p = Platform::parse("linux/arm64/v8").unwrap();
+        assert_eq!(p.variant.as_deref(), Some("v8"));
+        assert_eq!(p.to_string(), "linux/arm64/v8");
+        assert!(Platform::parse("linux").is_none());
+        assert!(Platform::parse("a/b/c/d").is_none());
+    }
+
+    #[test]
+    fn digests() {
+        let d = Digest::of(b"");
+        assert_eq!(
+            d.as_str(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert!(Digest::parse("sha256:../../etc/passwd").is_none());
+        assert!(Digest::parse(&d.to_string()).is_some());
+        assert!(Digest::parse("sha512:00").is_none());
+    }
+}
