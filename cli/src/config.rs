@@ -58,9 +58,10 @@ impl Settings {
             None => default_config_path(),
         };
         if let Some(path) = path {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading config {}", path.display()))?;
-            let file: FileSettings =
-                toml::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading config {}", path.display()))?;
+            let file: FileSettings = toml::from_str(&text)
+                .with_context(|| format!("config {} is not valid", path.display()))?;
             self.store = self.store.or(file.store);
             self.kms = self.kms.or(file.kms);
             self.salts = self.salts.or(file.salts);
@@ -74,13 +75,19 @@ impl Settings {
 
     /// The store URL, or an error saying how to give one.
     pub fn store(&self) -> Result<StoreSpec> {
-        let url = self.store.as_deref().context("no store given: use --store URL or LODE_STORE")?;
+        let url = self
+            .store
+            .as_deref()
+            .context("no store given: use --store URL or LODE_STORE")?;
         StoreSpec::parse(url)
     }
 
     /// The KMS spec, or an error saying how to give one.
     pub fn kms(&self) -> Result<KmsSpec> {
-        let spec = self.kms.as_deref().context("no key service given: use --kms SPEC or LODE_KMS")?;
+        let spec = self
+            .kms
+            .as_deref()
+            .context("no key service given: use --kms SPEC or LODE_KMS")?;
         KmsSpec::parse(spec)
     }
 
@@ -96,7 +103,9 @@ impl Settings {
 
     /// The L2 spec, when one is configured.
     pub fn l2(&self) -> Result<Option<L2Spec>> {
-        let Some(url) = self.l2.as_deref() else { return Ok(None) };
+        let Some(url) = self.l2.as_deref() else {
+            return Ok(None);
+        };
         let nodes = url
             .strip_prefix("memcached://")
             .with_context(|| format!("L2 {url:?} must look like memcached://host:port,host:port"))?
@@ -107,8 +116,13 @@ impl Settings {
         let (data, parity) = match self.l2_shards.as_deref() {
             None => (4, 1),
             Some(s) => {
-                let (k, m) = s.split_once('+').with_context(|| format!("L2 shards {s:?} must look like 4+1"))?;
-                (k.trim().parse().context("L2 data shards")?, m.trim().parse().context("L2 parity shards")?)
+                let (k, m) = s
+                    .split_once('+')
+                    .with_context(|| format!("L2 shards {s:?} must look like 4+1"))?;
+                (
+                    k.trim().parse().context("L2 data shards")?,
+                    m.trim().parse().context("L2 parity shards")?,
+                )
             }
         };
         ensure!(data >= 1, "L2 needs at least one data shard");
@@ -118,7 +132,11 @@ impl Settings {
             data + parity,
             nodes.len()
         );
-        Ok(Some(L2Spec { nodes, data, parity }))
+        Ok(Some(L2Spec {
+            nodes,
+            data,
+            parity,
+        }))
     }
 }
 
@@ -127,7 +145,9 @@ fn default_config_path() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
     let user = home.map(|h| h.join("lode/config.toml"));
-    user.into_iter().chain([PathBuf::from("/etc/lode/config.toml")]).find(|p| p.is_file())
+    user.into_iter()
+        .chain([PathBuf::from("/etc/lode/config.toml")])
+        .find(|p| p.is_file())
 }
 
 /// Where chunks and manifests live.
@@ -150,18 +170,26 @@ impl StoreSpec {
     /// Parses `file:///abs`, `s3://bucket/prefix` or `memory://`.
     pub fn parse(url: &str) -> Result<Self> {
         if let Some(path) = url.strip_prefix("file://") {
-            ensure!(path.starts_with('/'), "store {url:?}: a file store needs an absolute path, as in file:///var/lib/lode");
+            ensure!(
+                path.starts_with('/'),
+                "store {url:?}: a file store needs an absolute path, as in file:///var/lib/lode"
+            );
             return Ok(Self::File(PathBuf::from(path)));
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             ensure!(!bucket.is_empty(), "store {url:?}: no bucket name");
-            return Ok(Self::S3 { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() });
+            return Ok(Self::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+            });
         }
         if url == "memory://" || url == "memory:" {
             return Ok(Self::Memory);
         }
-        bail!("store {url:?} is not supported: use file:///abs/path, s3://bucket/prefix or memory://")
+        bail!(
+            "store {url:?} is not supported: use file:///abs/path, s3://bucket/prefix or memory://"
+        )
     }
 }
 
@@ -188,11 +216,16 @@ impl KmsSpec {
         if let Some(rest) = spec.strip_prefix("local:") {
             let (path, key) = rest.split_once('#').unwrap_or((rest, "default"));
             ensure!(!path.is_empty(), "KMS {spec:?}: no keyring path");
-            return Ok(Self::Local { path: PathBuf::from(path), key: key.to_string() });
+            return Ok(Self::Local {
+                path: PathBuf::from(path),
+                key: key.to_string(),
+            });
         }
         if let Some(key) = spec.strip_prefix("aws:") {
             ensure!(!key.is_empty(), "KMS {spec:?}: no key id");
-            return Ok(Self::Aws { key_id: key.to_string() });
+            return Ok(Self::Aws {
+                key_id: key.to_string(),
+            });
         }
         bail!("KMS {spec:?} is not supported: use local:/path/to/keyring or aws:KEY_ID")
     }
@@ -214,7 +247,9 @@ pub fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().with_context(|| format!("size {text:?} must start with a number"))?;
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("size {text:?} must start with a number"))?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -223,7 +258,8 @@ pub fn parse_size(text: &str) -> Result<u64> {
         "t" | "tb" | "tib" => 40,
         other => bail!("size {text:?}: unknown unit {other:?}"),
     };
-    n.checked_mul(1 << shift).with_context(|| format!("size {text:?} is too large"))
+    n.checked_mul(1 << shift)
+        .with_context(|| format!("size {text:?} is too large"))
 }
 
 #[cfg(test)]
@@ -232,18 +268,32 @@ mod tests {
 
     #[test]
     fn parses_specs() {
-        assert_eq!(StoreSpec::parse("file:///tmp/s").unwrap(), StoreSpec::File("/tmp/s".into()));
+        assert_eq!(
+            StoreSpec::parse("file:///tmp/s").unwrap(),
+            StoreSpec::File("/tmp/s".into())
+        );
         assert_eq!(
             StoreSpec::parse("s3://b/p/q/").unwrap(),
-            StoreSpec::S3 { bucket: "b".into(), prefix: "p/q".into() }
+            StoreSpec::S3 {
+                bucket: "b".into(),
+                prefix: "p/q".into()
+            }
         );
         assert!(StoreSpec::parse("file://rel").is_err());
         assert!(StoreSpec::parse("http://x").is_err());
         assert_eq!(
             KmsSpec::parse("local:/k/ring").unwrap(),
-            KmsSpec::Local { path: "/k/ring".into(), key: "default".into() }
+            KmsSpec::Local {
+                path: "/k/ring".into(),
+                key: "default".into()
+            }
         );
-        assert_eq!(KmsSpec::parse("aws:alias/x").unwrap(), KmsSpec::Aws { key_id: "alias/x".into() });
+        assert_eq!(
+            KmsSpec::parse("aws:alias/x").unwrap(),
+            KmsSpec::Aws {
+                key_id: "alias/x".into()
+            }
+        );
         assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
         assert_eq!(parse_size("512k").unwrap(), 512 << 10);
         assert!(parse_size("5 parsecs").is_err());
@@ -255,9 +305,21 @@ mod tests {
         let cfg = dir.path().join("c.toml");
         std::fs::write(&cfg, "store = \"file:///from/file\"\nkms = \"local:/k\"\nl2 = \"memcached://a:1,b:2\"\nl2_shards = \"1+1\"\n")
             .unwrap();
-        let s = Settings { store: Some("memory://".into()), config: Some(cfg), ..Default::default() }.resolve().unwrap();
+        let s = Settings {
+            store: Some("memory://".into()),
+            config: Some(cfg),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
         assert_eq!(s.store().unwrap(), StoreSpec::Memory);
-        assert_eq!(s.kms().unwrap(), KmsSpec::Local { path: "/k".into(), key: "default".into() });
+        assert_eq!(
+            s.kms().unwrap(),
+            KmsSpec::Local {
+                path: "/k".into(),
+                key: "default".into()
+            }
+        );
         let l2 = s.l2().unwrap().unwrap();
         assert_eq!((l2.nodes.len(), l2.data, l2.parity), (2, 1, 1));
     }

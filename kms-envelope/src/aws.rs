@@ -292,9 +292,13 @@ impl AwsKms {
     /// Rotates a key's material now (`RotateKeyOnDemand`); blobs wrapped
     /// under older material keep decrypting.
     pub async fn rotate_key_on_demand(&self, key_id: &str) -> Result<()> {
-        self.call("RotateKeyOnDemand", json!({ "KeyId": key_id }), Some(key_id))
-            .await
-            .map(|_| ())
+        self.call(
+            "RotateKeyOnDemand",
+            json!({ "KeyId": key_id }),
+            Some(key_id),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn call(&self, op: &'static str, body: Value, key_id: Option<&str>) -> Result<Value> {
@@ -311,7 +315,12 @@ impl AwsKms {
         }
     }
 
-    async fn call_once(&self, op: &'static str, body: &[u8], key_id: Option<&str>) -> Result<Value> {
+    async fn call_once(
+        &self,
+        op: &'static str,
+        body: &[u8],
+        key_id: Option<&str>,
+    ) -> Result<Value> {
         let target = format!("TrentService.{op}");
         let headers = [
             ("content-type", "application/x-amz-json-1.1"),
@@ -467,7 +476,10 @@ fn decode_key(op: &'static str, out: &Value, field: &str) -> Result<Zeroizing<[u
     );
     let mut key = Zeroizing::new([0u8; 32]);
     if raw.len() != 32 {
-        return Err(invalid(op, &format!("{field} is {} bytes, not 32", raw.len())));
+        return Err(invalid(
+            op,
+            &format!("{field} is {} bytes, not 32", raw.len()),
+        ));
     }
     key.copy_from_slice(&raw);
     Ok(key)
@@ -597,7 +609,10 @@ mod tests {
         assert_eq!(c.region, "eu-central-1");
         assert_eq!(c.endpoint, "http://localhost:4566");
         assert_eq!(c.credentials.access_key_id, "DEV");
-        assert_eq!(c.credentials.session_token.as_deref().map(|s| s.as_str()), Some("T"));
+        assert_eq!(
+            c.credentials.session_token.as_deref().map(|s| s.as_str()),
+            Some("T")
+        );
 
         let c = AwsConfig::from_sources(&|_| None, Some(home.path())).unwrap();
         assert_eq!(c.region, "us-east-1");
@@ -605,9 +620,9 @@ mod tests {
         assert_eq!(c.credentials.access_key_id, "D");
 
         let ignore = |k: &str| {
-            (k == "AWS_PROFILE").then(|| "dev".to_owned()).or_else(|| {
-                (k == "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").then(|| "true".to_owned())
-            })
+            (k == "AWS_PROFILE")
+                .then(|| "dev".to_owned())
+                .or_else(|| (k == "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").then(|| "true".to_owned()))
         };
         let c = AwsConfig::from_sources(&ignore, Some(home.path())).unwrap();
         assert_eq!(c.endpoint, "https://kms.eu-central-1.amazonaws.com");
@@ -626,11 +641,26 @@ mod tests {
     #[test]
     fn service_errors_map_to_the_contract() {
         let m = |op, code: &str| service_error(op, 400, code.to_owned(), String::new(), Some("k"));
-        assert!(matches!(m("Decrypt", "InvalidCiphertextException"), Error::CannotUnwrap { .. }));
-        assert!(matches!(m("Decrypt", "IncorrectKeyException"), Error::CannotUnwrap { .. }));
-        assert!(matches!(m("Decrypt", "AccessDeniedException"), Error::CannotUnwrap { .. }));
-        assert!(matches!(m("Encrypt", "AccessDeniedException"), Error::AwsService { .. }));
-        assert!(matches!(m("GenerateDataKey", "NotFoundException"), Error::KeyNotFound { .. }));
+        assert!(matches!(
+            m("Decrypt", "InvalidCiphertextException"),
+            Error::CannotUnwrap { .. }
+        ));
+        assert!(matches!(
+            m("Decrypt", "IncorrectKeyException"),
+            Error::CannotUnwrap { .. }
+        ));
+        assert!(matches!(
+            m("Decrypt", "AccessDeniedException"),
+            Error::CannotUnwrap { .. }
+        ));
+        assert!(matches!(
+            m("Encrypt", "AccessDeniedException"),
+            Error::AwsService { .. }
+        ));
+        assert!(matches!(
+            m("GenerateDataKey", "NotFoundException"),
+            Error::KeyNotFound { .. }
+        ));
         assert!(is_transient(&m("Decrypt", "ThrottlingException")));
         assert!(!is_transient(&m("Decrypt", "ValidationException")));
     }

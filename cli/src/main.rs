@@ -1,0 +1,258 @@
+//! `lode`: load container images on demand.
+//!
+//! A thin binary: it parses flags, wires the libraries (`flattener`,
+//! `chunk-core`, `manifest`, `kms-envelope`, `cache-tiers`, `worker`) and
+//! shows progress. See the repository README for the walk-through.
+
+// A binary: `pub` marks what modules share; nothing is exported.
+#![allow(unreachable_pub)]
+
+mod config;
+mod keys;
+mod push;
+mod salts;
+mod store;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+use crate::store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "lode",
+    version,
+    about = "Load container images on demand: flatten, seal, push, mount lazily"
+)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    /// Crypto backend for sealing and opening chunks
+    #[arg(long, global = true, default_value = "aws-lc-rs", value_parser = ["aws-lc-rs", "rustcrypto"])]
+    crypto: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Flatten an OCI image into a deterministic ext4 image file
+    Flatten {
+        /// oci:DIR[:TAG] or docker-archive:FILE
+        image: String,
+        /// Output image file
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Platform to pick from a multi-platform index (os/arch[/variant])
+        #[arg(long)]
+        platform: Option<String>,
+    },
+    /// Flatten, chunk, seal and upload an image, then write its manifest
+    Push {
+        /// oci:DIR[:TAG] or docker-archive:FILE
+        image: String,
+        /// Name of the image in the store
+        #[arg(long)]
+        name: String,
+        /// Platform to pick from a multi-platform index (os/arch[/variant])
+        #[arg(long)]
+        platform: Option<String>,
+        /// Concurrent chunk uploads
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Print the summary as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the images in the store
+    Ls {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage a local keyring (the `local:` KMS)
+    Keyring {
+        #[command(subcommand)]
+        action: KeyringAction,
+    },
+    /// Manage the pusher's salt file
+    Salt {
+        #[command(subcommand)]
+        action: SaltAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyringAction {
+    /// Create a keyring file (mode 0600) with one master key
+    New {
+        /// Keyring file to create
+        path: PathBuf,
+        /// Master key name
+        #[arg(long, default_value = "default")]
+        key: String,
+    },
+    /// Make a new version of a master key primary; old versions still unwrap
+    Rotate {
+        /// Keyring file
+        path: PathBuf,
+        /// Master key name
+        #[arg(long, default_value = "default")]
+        key: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SaltAction {
+    /// Add a fresh salt to the file (creating it, mode 0600) and make it current
+    New {
+        /// Salt file
+        path: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("lode: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn provider(name: &str) -> Result<&'static dyn chunk_core::CryptoProvider> {
+    chunk_core::provider_by_name(name)
+        .with_context(|| format!("crypto backend {name:?} is not compiled in"))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let settings = cli.settings.resolve()?;
+    match cli.command {
+        Command::Flatten {
+            image,
+            output,
+            platform,
+        } => flatten(&image, &output, platform.as_deref()),
+        Command::Push {
+            image,
+            name,
+            platform,
+            concurrency,
+            json,
+        } => {
+            let store_url = settings.store.clone().unwrap_or_default();
+            let store = Store::open(&settings.store()?, &store_url)?;
+            let (kms, key_id) = keys::open_kms(&settings.kms()?)?;
+            let salt = salts::current_salt(settings.salts()?)?;
+            let req = push::PushRequest {
+                image: &image,
+                name: &name,
+                platform: platform.as_deref(),
+                store: &store,
+                kms,
+                key_id: &key_id,
+                salt,
+                provider: provider(&cli.crypto)?,
+                upload_concurrency: concurrency.max(1),
+                spool_dir: None,
+                progress: std::io::stderr().is_terminal() && !json,
+            };
+            let summary = runtime()?.block_on(push::push(req))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                push::print_summary(&summary);
+            }
+            Ok(())
+        }
+        Command::Ls { json } => {
+            let store_url = settings.store.clone().unwrap_or_default();
+            let store = Store::open(&settings.store()?, &store_url)?;
+            let list = runtime()?.block_on(store.list_manifests())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for m in list {
+                    println!(
+                        "{}\t{}\t{} bytes",
+                        m.name, m.last_modified, m.manifest_bytes
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Keyring { action } => match action {
+            KeyringAction::New { path, key } => {
+                salts::create_private_parent(&path)?;
+                let id = kms_envelope::new_keyring(&path, &key)
+                    .with_context(|| format!("creating keyring {}", path.display()))?;
+                println!("created keyring {} with key {id}", path.display());
+                Ok(())
+            }
+            KeyringAction::Rotate { path, key } => {
+                let id = kms_envelope::rotate(&path, &key)
+                    .with_context(|| format!("rotating key {key} in {}", path.display()))?;
+                println!("{id} is now primary; older versions still unwrap");
+                Ok(())
+            }
+        },
+        Command::Salt {
+            action: SaltAction::New { path },
+        } => {
+            let id = salts::new_salt(&path)?;
+            println!("salt {id} added to {} and made current", path.display());
+            Ok(())
+        }
+    }
+}
+
+fn flatten(image: &str, output: &std::path::Path, platform: Option<&str>) -> Result<()> {
+    use flattener::{FlattenOptions, ImageRef, Platform};
+    let image_ref = ImageRef::parse(image).with_context(|| format!("image {image:?}"))?;
+    let platform = match platform {
+        Some(p) => Platform::parse(p)
+            .with_context(|| format!("platform {p:?} must look like linux/amd64"))?,
+        None => Platform::default(),
+    };
+    let pb = if std::io::stderr().is_terminal() {
+        let pb = indicatif::ProgressBar::new(0);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("layers [{bar:30}] {bytes}/{total_bytes}")
+        {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let progress_bar = pb.clone();
+    let progress = move |p: flattener::Progress| {
+        progress_bar.set_length(p.bytes_total);
+        progress_bar.set_position(p.bytes_read);
+    };
+    let opts = FlattenOptions::default()
+        .with_platform(platform)
+        .with_progress(&progress);
+    let summary = flattener::flatten(&image_ref, &opts, output)
+        .with_context(|| format!("flattening {image}"))?;
+    pb.finish_and_clear();
+    println!(
+        "{}: {} bytes ({} layers, {} entries), sha256 {}",
+        output.display(),
+        summary.size,
+        summary.layers,
+        summary.entries,
+        summary.sha256
+    );
+    Ok(())
+}

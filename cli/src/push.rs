@@ -1,0 +1,370 @@
+//! `lode push`: flatten, chunk, seal on all cores, upload what the store
+//! lacks, and write the sealed manifest last.
+//!
+//! Three stages run at once with bounded queues between them, so memory
+//! stays bounded whatever the image size: the flattener streams the ext4
+//! image into 512 KiB chunks (thread), chunks are sealed in batches on all
+//! cores (thread + rayon), and sealed chunks are uploaded with bounded
+//! concurrency (async). The manifest is written only after every chunk it
+//! names is stored, so a crash or Ctrl-C never leaves a manifest that names
+//! a missing chunk.
+
+use std::collections::HashSet;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use cache_tiers::Tier;
+use chunk_core::{ChunkRef, CryptoProvider, DEFAULT_CHUNK_SIZE, Salt, SealedChunk};
+use flattener::{FlattenOptions, ImageRef, Platform};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use kms_envelope::Kms;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::store::{Store, check_image_name};
+
+/// What a push did, printed at the end (`--json` for scripts).
+#[derive(Debug, Clone, Serialize)]
+pub struct PushSummary {
+    /// Image name in the store.
+    pub name: String,
+    /// Where the image came from.
+    pub source: String,
+    /// Flattened image size in bytes.
+    pub image_bytes: u64,
+    /// SHA-256 of the flattened image (equals `lode flatten`'s).
+    pub image_sha256: String,
+    /// Chunk indexes in the image.
+    pub chunks_total: u64,
+    /// All-zero chunks (not stored).
+    pub holes: u64,
+    /// Distinct chunks this push uploaded.
+    pub new: u64,
+    /// Data chunks the store already had, or that repeat within this image.
+    pub already_stored: u64,
+    /// Ciphertext bytes uploaded.
+    pub bytes_uploaded: u64,
+    /// Data chunks per uploaded chunk (higher is better; `null` when nothing was new).
+    pub dedup_ratio: Option<f64>,
+    /// Salt id the chunks were sealed with.
+    pub salt_id: u32,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// Everything `push` needs.
+pub struct PushRequest<'a> {
+    /// The image to push.
+    pub image: &'a str,
+    /// Its name in the store.
+    pub name: &'a str,
+    /// Platform for multi-platform indexes.
+    pub platform: Option<&'a str>,
+    /// Where chunks and the manifest go.
+    pub store: &'a Store,
+    /// Wraps the manifest's data key.
+    pub kms: Arc<dyn Kms>,
+    /// Master key id.
+    pub key_id: &'a str,
+    /// The pusher's salt.
+    pub salt: Salt,
+    /// Crypto backend.
+    pub provider: &'static dyn CryptoProvider,
+    /// Concurrent uploads.
+    pub upload_concurrency: usize,
+    /// Directory for the flattener's spool.
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// Show progress bars (on a terminal).
+    pub progress: bool,
+}
+
+/// Chunks per sealing batch: enough to keep every core busy.
+const SEAL_BATCH: usize = 16;
+/// Full chunks waiting to be sealed, and sealed chunks waiting to be stored.
+const QUEUE_CHUNKS: usize = 32;
+
+enum Sealed {
+    Hole(u64),
+    Data(u64, SealedChunk),
+}
+
+/// Receives the streamed image and hands out full chunks.
+struct ChunkSink {
+    buf: Vec<u8>,
+    index: u64,
+    tx: mpsc::SyncSender<(u64, Vec<u8>)>,
+}
+
+impl ChunkSink {
+    fn send_current(&mut self) -> io::Result<()> {
+        let full = std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(DEFAULT_CHUNK_SIZE + chunk_core::TAG_LEN),
+        );
+        self.tx
+            .send((self.index, full))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the sealing stage stopped"))?;
+        self.index += 1;
+        Ok(())
+    }
+}
+
+impl Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = DEFAULT_CHUNK_SIZE - self.buf.len();
+        let n = room.min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == DEFAULT_CHUNK_SIZE {
+            self.send_current()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn bar(show: bool, template: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(0);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb
+}
+
+/// Pushes one image; see the module docs.
+pub async fn push(req: PushRequest<'_>) -> Result<PushSummary> {
+    check_image_name(req.name)?;
+    let started = Instant::now();
+    let image_ref = ImageRef::parse(req.image).with_context(|| format!("image {:?}", req.image))?;
+    let platform = match req.platform {
+        Some(p) => Platform::parse(p).with_context(|| format!("platform {p:?}"))?,
+        None => Platform::default(),
+    };
+
+    let read_bar = bar(
+        req.progress,
+        "{prefix:>9} [{bar:30}] {bytes}/{total_bytes} {msg}",
+    );
+    read_bar.set_prefix("layers");
+    let store_bar = bar(req.progress, "{prefix:>9} {pos} chunks sealed, {msg}");
+    store_bar.set_prefix("chunks");
+
+    // Stage 1: flatten into chunks (its own thread; blocking I/O and CPU).
+    let (chunk_tx, chunk_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(QUEUE_CHUNKS);
+    let flatten_bar = read_bar.clone();
+    let spool_dir = req.spool_dir.clone();
+    let flatten = std::thread::Builder::new()
+        .name("flatten".into())
+        .spawn(move || {
+            let progress = move |p: flattener::Progress| {
+                flatten_bar.set_length(p.bytes_total);
+                flatten_bar.set_position(p.bytes_read);
+            };
+            let mut opts = FlattenOptions::default()
+                .with_platform(platform)
+                .with_progress(&progress);
+            opts.spool_dir = spool_dir;
+            let mut sink = ChunkSink {
+                buf: Vec::with_capacity(DEFAULT_CHUNK_SIZE + 16),
+                index: 0,
+                tx: chunk_tx,
+            };
+            let summary = flattener::flatten_to_writer(&image_ref, &opts, &mut sink)?;
+            if !sink.buf.is_empty() {
+                sink.send_current().map_err(|e| anyhow!(e))?;
+            }
+            anyhow::Ok(summary)
+        })?;
+
+    // Stage 2: seal in batches on all cores (its own thread, rayon inside).
+    let (sealed_tx, mut sealed_rx) = tokio::sync::mpsc::channel::<Sealed>(QUEUE_CHUNKS);
+    let provider = req.provider;
+    let salt = req.salt.clone();
+    let sealer = std::thread::Builder::new()
+        .name("seal".into())
+        .spawn(move || {
+            let mut batch = Vec::with_capacity(SEAL_BATCH);
+            loop {
+                batch.clear();
+                match chunk_rx.recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => return anyhow::Ok(()),
+                }
+                while batch.len() < SEAL_BATCH {
+                    match chunk_rx.try_recv() {
+                        Ok(c) => batch.push(c),
+                        Err(_) => break,
+                    }
+                }
+                let sealed: Vec<Sealed> = std::mem::take(&mut batch)
+                    .into_par_iter()
+                    .map(|(index, plain)| {
+                        if chunk_core::is_all_zero(&plain) {
+                            Ok(Sealed::Hole(index))
+                        } else {
+                            chunk_core::seal_owned(provider, &salt, plain)
+                                .map(|s| Sealed::Data(index, s))
+                        }
+                    })
+                    .collect::<Result<_, _>>()
+                    .context("sealing chunks")?;
+                for s in sealed {
+                    if sealed_tx.blocking_send(s).is_err() {
+                        return Ok(()); // the upload stage failed; its error is reported
+                    }
+                }
+            }
+        })?;
+
+    // Stage 3: upload what the store lacks, with bounded concurrency.
+    let uploaded_bytes = Arc::new(AtomicU64::new(0));
+    let mut refs: Vec<Option<ChunkRef>> = Vec::new();
+    let mut seen = HashSet::new();
+    let (mut holes, mut new, mut already) = (0u64, 0u64, 0u64);
+    let mut uploads = futures::stream::FuturesUnordered::new();
+    let mut sealed_count = 0u64;
+    let mut done = false;
+    while !done || !uploads.is_empty() {
+        tokio::select! {
+            next = sealed_rx.recv(), if !done && uploads.len() < req.upload_concurrency => match next {
+                None => done = true,
+                Some(s) => {
+                    sealed_count += 1;
+                    store_bar.set_position(sealed_count);
+                    let (index, entry) = match s {
+                        Sealed::Hole(i) => { holes += 1; (i, None) }
+                        Sealed::Data(i, chunk) => {
+                            let r = chunk.chunk_ref();
+                            if seen.insert(chunk.name) {
+                                let tier = req.store.chunks.clone();
+                                let counter = uploaded_bytes.clone();
+                                uploads.push(async move { upload(&tier, chunk, &counter).await });
+                            } else {
+                                already += 1;
+                            }
+                            (i, Some(r))
+                        }
+                    };
+                    let i = usize::try_from(index).context("chunk index")?;
+                    if refs.len() <= i { refs.resize(i + 1, None); }
+                    refs[i] = entry;
+                }
+            },
+            Some(result) = uploads.next(), if !uploads.is_empty() => {
+                if result? { new += 1 } else { already += 1 }
+                store_bar.set_message(format!("{new} new, {already} already stored, {holes} holes"));
+            }
+        }
+    }
+    let sealing = sealer
+        .join()
+        .map_err(|_| anyhow!("the sealing thread panicked"))?;
+    let flattened = flatten
+        .join()
+        .map_err(|_| anyhow!("the flatten thread panicked"))?;
+    let summary = flattened.with_context(|| format!("flattening {}", req.image))?;
+    sealing?;
+    read_bar.finish_and_clear();
+    store_bar.finish_and_clear();
+
+    let expected = summary.size.div_ceil(DEFAULT_CHUNK_SIZE as u64);
+    if refs.len() as u64 != expected {
+        bail!(
+            "internal error: {} chunks for an image of {} bytes",
+            refs.len(),
+            summary.size
+        );
+    }
+    let manifest = manifest::Manifest {
+        source_ref: req.image.to_string(),
+        source_digest: summary.config_digest.to_string(),
+        image_size: summary.size,
+        chunk_size: DEFAULT_CHUNK_SIZE as u32,
+        salt_id: req.salt.id(),
+        tool_version: concat!("lode ", env!("CARGO_PKG_VERSION")).to_string(),
+        chunks: refs,
+    };
+    let ctx = manifest::image_context(req.name);
+    let sealed = manifest
+        .seal(req.kms.as_ref(), req.key_id, &ctx)
+        .await
+        .with_context(|| {
+            format!(
+                "sealing the manifest of {} with KMS key {}",
+                req.name, req.key_id
+            )
+        })?;
+    // Last: only now is every named chunk stored.
+    req.store.put_manifest(req.name, &sealed).await?;
+
+    let data_chunks = expected - holes;
+    Ok(PushSummary {
+        name: req.name.to_string(),
+        source: req.image.to_string(),
+        image_bytes: summary.size,
+        image_sha256: summary.sha256,
+        chunks_total: expected,
+        holes,
+        new,
+        already_stored: already,
+        bytes_uploaded: uploaded_bytes.load(Ordering::Relaxed),
+        dedup_ratio: (new > 0).then(|| data_chunks as f64 / new as f64),
+        salt_id: req.salt.id(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Stores one chunk unless the store has it; true when it was uploaded.
+async fn upload(
+    tier: &cache_tiers::ObjectStoreTier,
+    chunk: SealedChunk,
+    uploaded: &AtomicU64,
+) -> Result<bool> {
+    let key = chunk.name.to_hex();
+    if tier
+        .exists(&key)
+        .await
+        .with_context(|| format!("checking chunk {key} in the store"))?
+    {
+        return Ok(false);
+    }
+    let len = chunk.ciphertext.len() as u64;
+    Tier::put(tier, &key, Bytes::from(chunk.ciphertext))
+        .await
+        .with_context(|| format!("storing chunk {key}"))?;
+    uploaded.fetch_add(len, Ordering::Relaxed);
+    Ok(true)
+}
+
+/// Human-readable summary lines.
+pub fn print_summary(s: &PushSummary) {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!("pushed {} as {} in {:.1} s", s.source, s.name, s.seconds);
+    println!(
+        "  image     {:.1} MiB, sha256 {}",
+        mib(s.image_bytes),
+        s.image_sha256
+    );
+    println!(
+        "  chunks    {} total: {} holes, {} new, {} already stored",
+        s.chunks_total, s.holes, s.new, s.already_stored
+    );
+    match s.dedup_ratio {
+        Some(r) => println!(
+            "  uploaded  {:.1} MiB (dedup ratio {r:.2})",
+            mib(s.bytes_uploaded)
+        ),
+        None => println!("  uploaded  nothing: every chunk was already stored"),
+    }
+}

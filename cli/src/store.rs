@@ -1,0 +1,166 @@
+//! The store: content-addressed chunks under `chunks/`, sealed manifests
+//! under `manifests/NAME`, on a local directory, S3 or memory.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail, ensure};
+use cache_tiers::{ObjectStoreTier, S3Config};
+use futures::TryStreamExt;
+use manifest::SealedManifest;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::config::StoreSpec;
+
+/// Chunks (create-if-absent, retried) and manifests (overwritten) in one store.
+pub struct Store {
+    /// The chunk tier, keyed by chunk name in hex.
+    pub chunks: Arc<ObjectStoreTier>,
+    raw: Arc<dyn ObjectStore>,
+    manifests: String,
+    /// How the store was named, for messages.
+    pub url: String,
+}
+
+/// A manifest listed by [`Store::list_manifests`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ListedManifest {
+    /// Image name.
+    pub name: String,
+    /// Encoded manifest size in bytes.
+    pub manifest_bytes: u64,
+    /// When it was written (RFC 3339).
+    pub last_modified: String,
+}
+
+impl Store {
+    /// Opens (and for a directory, creates) the store.
+    pub fn open(spec: &StoreSpec, url: &str) -> Result<Self> {
+        let (chunks, prefix) = match spec {
+            StoreSpec::File(dir) => (
+                ObjectStoreTier::local(dir, "chunks/")
+                    .with_context(|| format!("opening store {url}"))?,
+                String::new(),
+            ),
+            StoreSpec::Memory => (ObjectStoreTier::in_memory("chunks/"), String::new()),
+            StoreSpec::S3 { bucket, prefix } => {
+                let prefix = if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{prefix}/")
+                };
+                let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+                let endpoint = env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL"));
+                let mut config =
+                    S3Config::new(endpoint.clone().unwrap_or_default(), bucket.clone());
+                config.endpoint = endpoint;
+                if let Some(region) = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")) {
+                    config.region = region;
+                }
+                if let (Some(id), Some(secret)) =
+                    (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"))
+                {
+                    config = config.with_credentials(id, secret);
+                }
+                let tier = ObjectStoreTier::s3(&config, format!("{prefix}chunks/"))
+                    .with_context(|| format!("opening store {url}"))?;
+                (tier, prefix)
+            }
+        };
+        let raw = chunks.store().clone();
+        Ok(Self {
+            chunks: Arc::new(chunks.with_name("store")),
+            raw,
+            manifests: format!("{prefix}manifests/"),
+            url: url.into(),
+        })
+    }
+
+    fn manifest_path(&self, name: &str) -> Result<ObjPath> {
+        check_image_name(name)?;
+        Ok(ObjPath::from(format!("{}{name}", self.manifests)))
+    }
+
+    /// Writes (or replaces) the manifest of `name`. Object stores make a put
+    /// visible whole or not at all, so readers never see half a manifest.
+    pub async fn put_manifest(&self, name: &str, sealed: &SealedManifest) -> Result<()> {
+        let path = self.manifest_path(name)?;
+        self.raw
+            .put(&path, PutPayload::from(sealed.encode()))
+            .await
+            .with_context(|| format!("writing manifest {name} to {}", self.url))?;
+        Ok(())
+    }
+
+    /// Reads and decodes the manifest of `name` (no key needed).
+    pub async fn get_manifest(&self, name: &str) -> Result<SealedManifest> {
+        let path = self.manifest_path(name)?;
+        let bytes = match self.raw.get(&path).await {
+            Ok(r) => r
+                .bytes()
+                .await
+                .with_context(|| format!("reading manifest {name} from {}", self.url))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                bail!("no image named {name:?} in {} (see `lode ls`)", self.url)
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading manifest {name} from {}", self.url));
+            }
+        };
+        SealedManifest::decode(&bytes)
+            .with_context(|| format!("manifest {name} in {} is not valid", self.url))
+    }
+
+    /// All manifests, sorted by name.
+    pub async fn list_manifests(&self) -> Result<Vec<ListedManifest>> {
+        let prefix = ObjPath::from(self.manifests.trim_end_matches('/'));
+        let metas: Vec<_> = self
+            .raw
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .with_context(|| format!("listing manifests in {}", self.url))?;
+        let mut out: Vec<ListedManifest> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.filename()?.to_string();
+                check_image_name(&name).ok()?;
+                Some(ListedManifest {
+                    name,
+                    manifest_bytes: m.size,
+                    last_modified: m.last_modified.to_rfc3339(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
+/// Image names are what object keys, file names and KMS contexts can all
+/// carry unchanged: 1 to 128 of `[A-Za-z0-9._-]`, not starting with `.`.
+pub fn check_image_name(name: &str) -> Result<()> {
+    ensure!(
+        !name.is_empty()
+            && name.len() <= 128
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')),
+        "image name {name:?} is not valid: use 1 to 128 letters, digits, '.', '_' or '-', not starting with '.'"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names() {
+        assert!(check_image_name("python-app_1.2").is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(129)] {
+            assert!(check_image_name(bad).is_err(), "{bad}");
+        }
+    }
+}
