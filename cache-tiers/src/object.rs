@@ -140,7 +140,8 @@ pub struct ObjectInfo {
 ///   with exponential backoff and full jitter ([`RetryPolicy`]); permanent ones
 ///   (4xx, permission, bad path) and exhausted retries are reported as
 ///   [`Error::ObjectStore`] with the key and the number of attempts.
-/// - Not found is a miss (`Ok(None)`).
+/// - Not found is a miss (`Ok(None)`), except when the bucket itself is
+///   missing (S3 `NoSuchBucket`), which is an error.
 #[derive(Debug, Clone)]
 pub struct ObjectStoreTier {
     name: String,
@@ -167,20 +168,37 @@ fn is_transient(e: &object_store::Error) -> bool {
         E::Generic { source, .. } => {
             // The HTTP status is only visible in the message ("... status
             // code: 503 ..."); connection errors carry none and are transient.
-            let mut text = source.to_string();
-            let mut cur: Option<&(dyn std::error::Error + 'static)> = source.source();
-            while let Some(s) = cur {
-                text.push_str(" | ");
-                text.push_str(&s.to_string());
-                cur = s.source();
-            }
-            match status_in(&text) {
+            match status_in(&error_text(source.as_ref())) {
                 Some(code) => code >= 500 || code == 429 || code == 408,
                 None => true,
             }
         }
         _ => true,
     }
+}
+
+/// Not found, and not because the bucket is missing: a misconfigured bucket
+/// must be an error, not a store where every read misses.
+fn is_missing_object(e: &Error) -> bool {
+    match e {
+        Error::ObjectStore {
+            source: source @ object_store::Error::NotFound { .. },
+            ..
+        } => !error_text(source).contains("NoSuchBucket"),
+        _ => false,
+    }
+}
+
+/// An error's message with those of its sources.
+fn error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(" | ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
 }
 
 /// The first HTTP status code named as "status code: NNN" or "status: NNN".
@@ -329,10 +347,7 @@ impl ObjectStoreTier {
             .await;
         match r {
             Ok(meta) => Ok(Some(meta.size)),
-            Err(Error::ObjectStore {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(None),
+            Err(e) if is_missing_object(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -399,10 +414,7 @@ impl<K: CacheKey> Tier<K, Bytes> for ObjectStoreTier {
             .await;
         match r {
             Ok(b) => Ok(Some(b)),
-            Err(Error::ObjectStore {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(None),
+            Err(e) if is_missing_object(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
