@@ -1,6 +1,9 @@
 //! Criterion micro-benchmarks: MemoryTier hits and the L2 shard codec
 //! (put = encode 4+1, get = rebuild) on in-memory nodes, 512 KiB values.
 
+// `criterion_group!` generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -8,12 +11,16 @@ use cache_tiers::{ErasureCodedTier, MemoryTier, Node, Tier};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn benches(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let value = Bytes::from(vec![0x5au8; 512 * 1024]);
     let key = "k".to_string();
 
     let mem = MemoryTier::new(64 << 20);
-    rt.block_on(Tier::put(&mem, &key, value.clone())).expect("put");
+    rt.block_on(Tier::put(&mem, &key, value.clone()))
+        .expect("put");
     c.bench_function("memory_tier_hit", |b| {
         b.iter(|| rt.block_on(Tier::get(&mem, &key)).expect("get"));
     });

@@ -55,7 +55,10 @@ async fn measure(tier: &dyn Tier<String, Bytes>, keys: &[String], samples: usize
         let t = Instant::now();
         let v = tier.get(k).await;
         lat.push(t.elapsed());
-        assert!(matches!(v, Ok(Some(ref b)) if b.len() == VALUE), "bench get of {k} failed: {v:?}");
+        assert!(
+            matches!(v, Ok(Some(ref b)) if b.len() == VALUE),
+            "bench get of {k} failed: {v:?}"
+        );
     }
     lat
 }
@@ -88,22 +91,39 @@ fn main() {
     println!("| tier (512 KiB values, sequential gets) | samples | p50 | p99 | note |");
     println!("|---|---:|---:|---:|---|");
     for r in &rows {
-        println!("| {} | {} | {} | {} | {} |", r.name, r.samples, fmt(r.p50), fmt(r.p99), r.note);
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.name,
+            r.samples,
+            fmt(r.p50),
+            fmt(r.p99),
+            r.note
+        );
     }
     let find = |n: &str| rows.iter().find(|r| r.name == n);
     println!();
     if let Some(m) = find("MemoryTier hit") {
         let ok = m.p50 < Duration::from_micros(5);
-        println!("target MemoryTier hit p50 < 5 µs: {} ({})", if ok { "met" } else { "NOT met" }, fmt(m.p50));
+        println!(
+            "target MemoryTier hit p50 < 5 µs: {} ({})",
+            if ok { "met" } else { "NOT met" },
+            fmt(m.p50)
+        );
     }
-    if let (Some(a), Some(b)) = (find("L2 4-of-5, no fault"), find("L2 4-of-5, 1 node +20 ms")) {
+    if let (Some(a), Some(b)) = (
+        find("L2 4-of-5, no fault"),
+        find("L2 4-of-5, 1 node +20 ms"),
+    ) {
         let ratio = b.p99.as_secs_f64() / a.p99.as_secs_f64();
         println!(
             "target 4-of-5 p99 with a slow node within 1.5x of no-fault p99: {} ({ratio:.2}x)",
             if ratio <= 1.5 { "met" } else { "NOT met" }
         );
     }
-    if let (Some(a), Some(b)) = (find("L2 4-of-4, no fault"), find("L2 4-of-4, 1 node +20 ms")) {
+    if let (Some(a), Some(b)) = (
+        find("L2 4-of-4, no fault"),
+        find("L2 4-of-4, 1 node +20 ms"),
+    ) {
         println!(
             "4-of-4 p99 with a slow node: {} vs {} without ({:.1}x): the delay shows",
             fmt(b.p99),
@@ -115,7 +135,9 @@ fn main() {
 
 async fn run(samples: usize) -> Vec<Row> {
     let mut rows = Vec::new();
-    let keys: Vec<String> = (0..64).map(|i| format!("{:064x}", i * 0x9e37_79b9_u64)).collect();
+    let keys: Vec<String> = (0..64)
+        .map(|i| format!("{:064x}", i * 0x9e37_79b9_u64))
+        .collect();
     let values: Vec<Bytes> = (0..keys.len() as u64).map(value).collect();
 
     // L1 memory.
@@ -124,21 +146,38 @@ async fn run(samples: usize) -> Vec<Row> {
         Tier::put(&mem, k, v.clone()).await.expect("memory put");
     }
     let lat = measure(&mem, &keys, samples * 100).await;
-    rows.push(summarize("MemoryTier hit", lat, "through the async Tier trait".into()));
+    rows.push(summarize(
+        "MemoryTier hit",
+        lat,
+        "through the async Tier trait".into(),
+    ));
 
     // L1 disk.
     let dir = tempfile::tempdir().expect("tempdir");
-    let disk = DiskTier::open(dir.path(), 1 << 30).await.expect("disk open");
+    let disk = DiskTier::open(dir.path(), 1 << 30)
+        .await
+        .expect("disk open");
     for (k, v) in keys.iter().zip(&values) {
         Tier::put(&disk, k, v.clone()).await.expect("disk put");
     }
     let lat = measure(&disk, &keys, samples).await;
-    rows.push(summarize("DiskTier hit", lat, "page cache warm; read + checksum".into()));
+    rows.push(summarize(
+        "DiskTier hit",
+        lat,
+        "page cache warm; read + checksum".into(),
+    ));
 
     // L2 over 5 memcached servers, each behind a proxy.
-    let servers: Option<Vec<MemcachedServer>> = (0..5).map(|_| MemcachedServer::start(128)).collect();
+    let servers: Option<Vec<MemcachedServer>> =
+        (0..5).map(|_| MemcachedServer::start(128)).collect();
     let Some(servers) = servers else {
-        rows.push(Row { name: "L2 rows".into(), samples: 0, p50: Duration::ZERO, p99: Duration::ZERO, note: "skipped: memcached not installed".into() });
+        rows.push(Row {
+            name: "L2 rows".into(),
+            samples: 0,
+            p50: Duration::ZERO,
+            p99: Duration::ZERO,
+            note: "skipped: memcached not installed".into(),
+        });
         return rows;
     };
     let mut proxies = Vec::new();
@@ -150,12 +189,18 @@ async fn run(samples: usize) -> Vec<Row> {
         .enumerate()
         .map(|(i, p)| {
             Arc::new(
-                MemcachedNode::new(p.addr().to_string(), MemcachedConfig::default().with_max_connections(8))
-                    .with_name(format!("mc{i}")),
+                MemcachedNode::new(
+                    p.addr().to_string(),
+                    MemcachedConfig::default().with_max_connections(8),
+                )
+                .with_name(format!("mc{i}")),
             ) as Node
         })
         .collect();
-    let l2_45 = ErasureCodedTier::builder(nodes.clone()).name("l2-4of5").build().expect("l2");
+    let l2_45 = ErasureCodedTier::builder(nodes.clone())
+        .name("l2-4of5")
+        .build()
+        .expect("l2");
     let l2_44 = ErasureCodedTier::builder(
         nodes
             .iter()
@@ -194,7 +239,10 @@ async fn run(samples: usize) -> Vec<Row> {
         lat[0].extend(measure(&l2_45, &keys, per_round).await);
         lat[1].extend(measure(&l2_44, &keys, per_round).await);
         proxies[slow].set_delay(Duration::from_millis(20));
-        let r = [l2_45.shard_stats().reconstructions, l2_44.shard_stats().reconstructions];
+        let r = [
+            l2_45.shard_stats().reconstructions,
+            l2_44.shard_stats().reconstructions,
+        ];
         lat[2].extend(measure(&l2_45, &keys, per_round).await);
         lat[3].extend(measure(&l2_44, &keys, per_round).await);
         fault_recon[0] += l2_45.shard_stats().reconstructions - r[0];
@@ -211,8 +259,16 @@ async fn run(samples: usize) -> Vec<Row> {
             keys.len()
         )
     };
-    rows.push(summarize("L2 4-of-5, 1 node +20 ms", c, slow_note(fault_recon[0])));
-    rows.push(summarize("L2 4-of-4, 1 node +20 ms", d, slow_note(fault_recon[1])));
+    rows.push(summarize(
+        "L2 4-of-5, 1 node +20 ms",
+        c,
+        slow_note(fault_recon[0]),
+    ));
+    rows.push(summarize(
+        "L2 4-of-4, 1 node +20 ms",
+        d,
+        slow_note(fault_recon[1]),
+    ));
     rows
 }
 

@@ -294,7 +294,10 @@ impl DiskInner {
 
 /// Lists valid-looking files (header and length), removes temp files and
 /// files that cannot be ours; returns (key, size, mtime) oldest first.
-fn scan(dir: &Path) -> Result<Vec<(Box<[u8]>, u64, SystemTime)>> {
+/// A file found by a rescan: key bytes, file size, modification time.
+type Found = (Box<[u8]>, u64, SystemTime);
+
+fn scan(dir: &Path) -> Result<Vec<Found>> {
     let err = |op, source| io_err("disk", &dir.display().to_string(), op, source);
     fs::create_dir_all(dir.join("objects")).map_err(|e| err("create", e))?;
     let tmp = dir.join("tmp");
@@ -334,7 +337,7 @@ fn scan(dir: &Path) -> Result<Vec<(Box<[u8]>, u64, SystemTime)>> {
     Ok(found)
 }
 
-fn scan_file(path: &Path) -> io::Result<Option<(Box<[u8]>, u64, SystemTime)>> {
+fn scan_file(path: &Path) -> io::Result<Option<Found>> {
     let mut f = fs::File::open(path)?;
     let meta = f.metadata()?;
     if !meta.is_file() || meta.len() < HEADER as u64 {

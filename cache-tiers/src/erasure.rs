@@ -125,6 +125,9 @@ struct Counters {
 /// - **Errors**: a get that cannot gather `k` shards returns `Ok(None)` when
 ///   more than `m` nodes lack the key, and [`Error::Unavailable`] when node
 ///   failures are why.
+/// - **Shard keys** are `<storage name>.<index>`: two tiers with different
+///   `k`/`m` sharing one fleet need different node key prefixes
+///   ([`MemcachedConfig::with_key_prefix`](crate::MemcachedConfig::with_key_prefix)).
 pub struct ErasureCodedTier {
     name: String,
     nodes: Vec<Node>,
@@ -377,8 +380,8 @@ fn rebuild(
         Default::default()
     };
     let mut out = BytesMut::with_capacity(value_len);
-    for i in 0..k {
-        let part: &[u8] = match data[i] {
+    for (i, d) in data.iter().enumerate() {
+        let part: &[u8] = match *d {
             Some(p) => p,
             None => match restored.get(&i) {
                 Some(p) => p,

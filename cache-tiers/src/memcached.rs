@@ -133,7 +133,7 @@ impl MemcachedNode {
             node: self.name.clone(),
             key: key.to_owned(),
             op,
-            source,
+            source: Box::new(source),
         }
     }
 

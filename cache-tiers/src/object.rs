@@ -181,10 +181,11 @@ fn is_transient(e: &object_store::Error) -> bool {
 /// must be an error, not a store where every read misses.
 fn is_missing_object(e: &Error) -> bool {
     match e {
-        Error::ObjectStore {
-            source: source @ object_store::Error::NotFound { .. },
-            ..
-        } => !error_text(source).contains("NoSuchBucket"),
+        Error::ObjectStore { source, .. }
+            if matches!(**source, object_store::Error::NotFound { .. }) =>
+        {
+            !error_text(source.as_ref()).contains("NoSuchBucket")
+        }
         _ => false,
     }
 }
@@ -332,7 +333,7 @@ impl ObjectStoreTier {
                         key: key.to_owned(),
                         op: op_name,
                         attempts: attempt,
-                        source,
+                        source: Box::new(source),
                     });
                 }
             }
@@ -433,11 +434,15 @@ impl<K: CacheKey> Tier<K, Bytes> for ObjectStoreTier {
             .await;
         match r {
             Ok(_) => Ok(()),
-            Err(Error::ObjectStore {
-                source:
-                    object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
-                ..
-            }) => Ok(()),
+            Err(Error::ObjectStore { source, .. })
+                if matches!(
+                    *source,
+                    object_store::Error::AlreadyExists { .. }
+                        | object_store::Error::Precondition { .. }
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -449,10 +454,11 @@ impl<K: CacheKey> Tier<K, Bytes> for ObjectStoreTier {
             .await;
         match r {
             Ok(()) => Ok(()),
-            Err(Error::ObjectStore {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(()),
+            Err(Error::ObjectStore { source, .. })
+                if matches!(*source, object_store::Error::NotFound { .. }) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
