@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cache_tiers::testing::{MemcachedServer, TcpProxy};
 use cache_tiers::{
-    DiskTier, ErasureCodedTier, MemcachedConfig, MemcachedNode, MemoryTier, Node, Tier,
+    DiskTier, ErasureCodedTier, MemcachedConfig, MemcachedNode, MemoryTier, Node, Tier, Tiered,
 };
 
 const VALUE: usize = 512 * 1024;
@@ -151,6 +151,24 @@ async fn run(samples: usize) -> Vec<Row> {
         lat,
         "through the async Tier trait".into(),
     ));
+    let stacked: Tiered<String, Bytes> = Tiered::builder()
+        .tier(mem)
+        .tier(MemoryTier::new(1 << 20).with_name("below"))
+        .build()
+        .expect("tiered");
+    let mut lat = Vec::with_capacity(samples * 100);
+    for i in 0..samples * 100 {
+        let k = &keys[i % keys.len()];
+        let t = Instant::now();
+        let v = stacked.get(k).await;
+        lat.push(t.elapsed());
+        assert!(matches!(v, Ok(Some((_, 0)))), "tiered get of {k}: {v:?}");
+    }
+    rows.push(summarize(
+        "Tiered hit in its MemoryTier",
+        lat,
+        "with stats and latency histogram".into(),
+    ));
 
     // L1 disk.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -230,12 +248,28 @@ async fn run(samples: usize) -> Vec<Row> {
 
     // Machines here are shared and noisy: measure the four L2 rows in
     // interleaved rounds, so that drift in background load hits them alike.
+    // Baseline: one whole 512 KiB value from one memcached node (what plain
+    // consistent hashing without coding would read), through a proxy too.
+    let direct_node = {
+        let fast = (0..5).find(|&i| i != slow).unwrap_or(0);
+        MemcachedNode::new(
+            proxies[fast].addr().to_string(),
+            MemcachedConfig::default().with_key_prefix("whole-"),
+        )
+    };
+    for (k, v) in keys.iter().zip(&values) {
+        Tier::put(&direct_node, k, v.clone())
+            .await
+            .expect("baseline put");
+    }
     let rounds = 5;
     let per_round = samples.div_ceil(rounds);
     let mut lat: [Vec<Duration>; 4] = Default::default();
+    let mut whole = Vec::new();
     let mut fault_recon = [0u64; 2];
     for _ in 0..rounds {
         proxies[slow].set_delay(Duration::ZERO);
+        whole.extend(measure(&direct_node, &keys, per_round).await);
         lat[0].extend(measure(&l2_45, &keys, per_round).await);
         lat[1].extend(measure(&l2_44, &keys, per_round).await);
         proxies[slow].set_delay(Duration::from_millis(20));
@@ -249,6 +283,11 @@ async fn run(samples: usize) -> Vec<Row> {
         fault_recon[1] += l2_44.shard_stats().reconstructions - r[1];
     }
     let [a, b, c, d] = lat;
+    rows.push(summarize(
+        "baseline: 1 memcached node, whole value",
+        whole,
+        "no coding; via a proxy".into(),
+    ));
     let base = "5 memcached nodes via proxies".to_string();
     rows.push(summarize("L2 4-of-5, no fault", a, base.clone()));
     rows.push(summarize("L2 4-of-4, no fault", b, base));

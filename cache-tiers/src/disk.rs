@@ -491,6 +491,22 @@ impl<K: CacheKey> Tier<K, Bytes> for DiskTier {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn arbitrary_file_contents_are_never_a_hit(body in proptest::collection::vec(proptest::num::u8::ANY, 0..300), magic: bool) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("f");
+            let mut raw = body.clone();
+            if magic && raw.len() >= 4 {
+                raw[..4].copy_from_slice(MAGIC);
+            }
+            fs::write(&p, &raw).unwrap();
+            proptest::prop_assert!(!matches!(read_verified(&p, b"k").unwrap(), ReadOutcome::Hit(_)));
+            proptest::prop_assert!(scan_file(&p).is_ok());
+        }
+    }
+
     #[tokio::test]
     async fn corrupt_and_truncated_files_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
