@@ -54,6 +54,16 @@ pub enum Error {
         #[source]
         source: Box<async_memcached::Error>,
     },
+    /// A cache node is skipped for a while after it refused a connection.
+    #[error("node {node} is down (retrying in {for_:?}); {key:?} not asked")]
+    NodeDown {
+        /// Name of the node.
+        node: String,
+        /// The key.
+        key: String,
+        /// How long until the node is tried again.
+        for_: Duration,
+    },
     /// An operation did not finish in time.
     #[error("tier {tier}: {op} of key {key:?} timed out after {after:?}")]
     Timeout {
