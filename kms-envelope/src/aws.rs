@@ -311,7 +311,13 @@ impl AwsKms {
         }
     }
 
-    async fn call_once(&self, op: &'static str, body: &[u8], key_id: Option<&str>) -> Result<Value> {
+    /// The headers of a signed request for `op` with `body`, signed at `time`.
+    fn signed_headers(
+        &self,
+        op: &'static str,
+        body: &[u8],
+        time: SystemTime,
+    ) -> Result<Vec<(String, String)>> {
         let target = format!("TrentService.{op}");
         let headers = [
             ("content-type", "application/x-amz-json-1.1"),
@@ -334,7 +340,7 @@ impl AwsKms {
             .identity(&identity)
             .region(&self.config.region)
             .name("kms")
-            .time(SystemTime::now())
+            .time(time)
             .settings(SigningSettings::default())
             .build()
             .map_err(|e| signing_error(&e))?
@@ -349,8 +355,17 @@ impl AwsKms {
         let (instructions, _signature) = sign(signable, &params)
             .map_err(|e| signing_error(&e))?
             .into_parts();
+        Ok(headers
+            .iter()
+            .copied()
+            .chain(instructions.headers())
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect())
+    }
+
+    async fn call_once(&self, op: &'static str, body: &[u8], key_id: Option<&str>) -> Result<Value> {
         let mut request = self.client.post(self.url.clone()).body(body.to_vec());
-        for (name, value) in headers.iter().copied().chain(instructions.headers()) {
+        for (name, value) in self.signed_headers(op, body, SystemTime::now())? {
             request = request.header(name, value);
         }
         let transport = |source| Error::AwsTransport {
@@ -621,6 +636,73 @@ mod tests {
         let env = |k: &str| (k == "AWS_REGION").then(|| "eu-west-1".to_owned());
         let e = AwsConfig::from_sources(&env, Some(home.path())).unwrap_err();
         assert!(e.to_string().contains("no credentials"), "{e}");
+    }
+
+    /// Signs one request with our code and with botocore (Python, installed
+    /// with moto) at the same instant and compares the `Authorization` headers.
+    #[test]
+    fn signature_matches_botocore() {
+        let kms = AwsKms::new(AwsConfig {
+            region: "eu-west-1".into(),
+            endpoint: "http://127.0.0.1:4566".into(),
+            credentials: AwsCredentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", Some("TOKEN/+=".into())),
+        })
+        .unwrap();
+        let body = br#"{"KeyId":"alias/x","KeySpec":"AES_256","EncryptionContext":{"lode:image":"a b"}}"#;
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let ours = kms.signed_headers("GenerateDataKey", body, time).unwrap();
+        let auth = ours
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        let script = r#"
+import sys, datetime
+import botocore.auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+fixed = datetime.datetime(2023, 11, 14, 22, 13, 20)
+class Fixed(datetime.datetime):
+    @classmethod
+    def utcnow(cls): return fixed
+    @classmethod
+    def now(cls, tz=None): return fixed.replace(tzinfo=tz) if tz else fixed
+botocore.auth.datetime.datetime = Fixed
+body = sys.stdin.buffer.read()
+req = AWSRequest(method="POST", url="http://127.0.0.1:4566/", data=body, headers={
+    "Content-Type": "application/x-amz-json-1.1",
+    "X-Amz-Target": "TrentService.GenerateDataKey"})
+botocore.auth.SigV4Auth(Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "TOKEN/+="), "kms", "eu-west-1").add_auth(req)
+print(req.headers["Authorization"])
+"#;
+        let child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let require = std::env::var("LODE_REQUIRE_SERVERS").is_ok_and(|v| v == "1");
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(!require, "python3 missing: {e}");
+                println!("skipped: python3 not available ({e})");
+                return;
+            }
+        };
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(body).unwrap();
+        let out = child.wait_with_output().unwrap();
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!require, "botocore signing failed: {err}");
+            println!("skipped: botocore not available: {err}");
+            return;
+        }
+        let theirs = String::from_utf8(out.stdout).unwrap();
+        assert!(theirs.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20231114/eu-west-1/kms/aws4_request"), "{theirs}");
+        assert_eq!(auth, theirs.trim());
+        assert!(auth.contains("SignedHeaders=content-type;host;x-amz-date;x-amz-security-token;x-amz-target"), "{auth}");
     }
 
     #[test]

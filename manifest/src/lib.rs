@@ -65,8 +65,11 @@
 //! [`SealedManifest::rewrap`] re-wraps the same data key without encrypting
 //! anything new.
 //!
-//! Size: 64⅛ bytes per present chunk, ⅛ byte per hole, plus about 100 bytes
-//! and the KMS blob (64 bytes for `LocalKms`, about 180 for AWS KMS).
+//! Size: 64⅛ bytes per present chunk (name, sealed key, presence bit), ⅛
+//! byte per hole, plus a fixed part: 16 tag bytes, the strings, the context
+//! and the KMS blob (`LocalKms`: 69 bytes plus the key name). A 10 GiB image
+//! (20,480 chunks of 512 KiB, none a hole) seals to about 1.31 MB with
+//! `LocalKms`: 64.1 bytes per chunk.
 //!
 //! # Example
 //!
