@@ -1,32 +1,4 @@
 //! `AwsKms`: AWS KMS over its JSON protocol (feature `aws`).
-//!
-//! Requests are `POST /` with `Content-Type: application/x-amz-json-1.1` and
-//! `X-Amz-Target: TrentService.<Operation>`, signed with SigV4 (`aws-sigv4`)
-//! and sent with reqwest over rustls. Operations used: `GenerateDataKey`
-//! (`KeySpec: AES_256`), `Encrypt`, `Decrypt` (with `KeyId` for
-//! [`Kms::decrypt_with_key`]), all with `EncryptionContext`; plus `CreateKey`
-//! and `RotateKeyOnDemand` for setup and tests.
-//!
-//! # Configuration ([`AwsConfig::from_env`])
-//!
-//! - Profile: `AWS_PROFILE`, else `default`.
-//! - Files: `AWS_CONFIG_FILE` (default `~/.aws/config`, section `[default]`
-//!   or `[profile NAME]`) and `AWS_SHARED_CREDENTIALS_FILE` (default
-//!   `~/.aws/credentials`, section `[NAME]`).
-//! - Region: `AWS_REGION`, `AWS_DEFAULT_REGION`, then `region` in the config
-//!   file.
-//! - Credentials: `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+
-//!   `AWS_SESSION_TOKEN`), then `aws_access_key_id` /
-//!   `aws_secret_access_key` / `aws_session_token` in the credentials file,
-//!   then in the config file. Not supported: SSO, `credential_process`,
-//!   assume-role profiles, container and instance-metadata credentials.
-//! - Endpoint: `AWS_ENDPOINT_URL_KMS`, `AWS_ENDPOINT_URL`, then
-//!   `endpoint_url` in the config file (all ignored when
-//!   `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`), else
-//!   `https://kms.REGION.amazonaws.com`.
-//!
-//! Transient failures (connection errors, HTTP 5xx, throttling) are retried
-//! up to three times with exponential backoff, re-signing every attempt.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -216,6 +188,34 @@ fn read_ini_section(path: &Path, section: &str) -> Result<BTreeMap<String, Strin
 
 /// AWS KMS as a [`Kms`].
 ///
+/// Requests are `POST /` with `Content-Type: application/x-amz-json-1.1` and
+/// `X-Amz-Target: TrentService.<Operation>`, signed with SigV4 (`aws-sigv4`)
+/// and sent with reqwest over rustls. Operations used: `GenerateDataKey`
+/// (`KeySpec: AES_256`), `Encrypt`, `Decrypt` (with `KeyId` for
+/// [`Kms::decrypt_with_key`]), all with `EncryptionContext`; plus `CreateKey`
+/// and `RotateKeyOnDemand` for setup and tests.
+///
+/// # Configuration ([`AwsConfig::from_env`])
+///
+/// - Profile: `AWS_PROFILE`, else `default`.
+/// - Files: `AWS_CONFIG_FILE` (default `~/.aws/config`, section `[default]`
+///   or `[profile NAME]`) and `AWS_SHARED_CREDENTIALS_FILE` (default
+///   `~/.aws/credentials`, section `[NAME]`).
+/// - Region: `AWS_REGION`, `AWS_DEFAULT_REGION`, then `region` in the config
+///   file.
+/// - Credentials: `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+
+///   `AWS_SESSION_TOKEN`), then `aws_access_key_id` /
+///   `aws_secret_access_key` / `aws_session_token` in the credentials file,
+///   then in the config file. Not supported: SSO, `credential_process`,
+///   assume-role profiles, container and instance-metadata credentials.
+/// - Endpoint: `AWS_ENDPOINT_URL_KMS`, `AWS_ENDPOINT_URL`, then
+///   `endpoint_url` in the config file (all ignored when
+///   `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`), else
+///   `https://kms.REGION.amazonaws.com`.
+///
+/// Transient failures (connection errors, HTTP 5xx, throttling) are retried
+/// up to three times with exponential backoff, re-signing every attempt.
+///
 /// Needs a tokio runtime (reqwest); [`crate::block_on`] provides one for
 /// blocking callers.
 #[derive(Debug)]
@@ -292,9 +292,13 @@ impl AwsKms {
     /// Rotates a key's material now (`RotateKeyOnDemand`); blobs wrapped
     /// under older material keep decrypting.
     pub async fn rotate_key_on_demand(&self, key_id: &str) -> Result<()> {
-        self.call("RotateKeyOnDemand", json!({ "KeyId": key_id }), Some(key_id))
-            .await
-            .map(|_| ())
+        self.call(
+            "RotateKeyOnDemand",
+            json!({ "KeyId": key_id }),
+            Some(key_id),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn call(&self, op: &'static str, body: Value, key_id: Option<&str>) -> Result<Value> {
@@ -363,7 +367,12 @@ impl AwsKms {
             .collect())
     }
 
-    async fn call_once(&self, op: &'static str, body: &[u8], key_id: Option<&str>) -> Result<Value> {
+    async fn call_once(
+        &self,
+        op: &'static str,
+        body: &[u8],
+        key_id: Option<&str>,
+    ) -> Result<Value> {
         let mut request = self.client.post(self.url.clone()).body(body.to_vec());
         for (name, value) in self.signed_headers(op, body, SystemTime::now())? {
             request = request.header(name, value);
@@ -482,7 +491,10 @@ fn decode_key(op: &'static str, out: &Value, field: &str) -> Result<Zeroizing<[u
     );
     let mut key = Zeroizing::new([0u8; 32]);
     if raw.len() != 32 {
-        return Err(invalid(op, &format!("{field} is {} bytes, not 32", raw.len())));
+        return Err(invalid(
+            op,
+            &format!("{field} is {} bytes, not 32", raw.len()),
+        ));
     }
     key.copy_from_slice(&raw);
     Ok(key)
@@ -612,7 +624,10 @@ mod tests {
         assert_eq!(c.region, "eu-central-1");
         assert_eq!(c.endpoint, "http://localhost:4566");
         assert_eq!(c.credentials.access_key_id, "DEV");
-        assert_eq!(c.credentials.session_token.as_deref().map(|s| s.as_str()), Some("T"));
+        assert_eq!(
+            c.credentials.session_token.as_deref().map(|s| s.as_str()),
+            Some("T")
+        );
 
         let c = AwsConfig::from_sources(&|_| None, Some(home.path())).unwrap();
         assert_eq!(c.region, "us-east-1");
@@ -620,9 +635,9 @@ mod tests {
         assert_eq!(c.credentials.access_key_id, "D");
 
         let ignore = |k: &str| {
-            (k == "AWS_PROFILE").then(|| "dev".to_owned()).or_else(|| {
-                (k == "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").then(|| "true".to_owned())
-            })
+            (k == "AWS_PROFILE")
+                .then(|| "dev".to_owned())
+                .or_else(|| (k == "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").then(|| "true".to_owned()))
         };
         let c = AwsConfig::from_sources(&ignore, Some(home.path())).unwrap();
         assert_eq!(c.endpoint, "https://kms.eu-central-1.amazonaws.com");
@@ -645,10 +660,15 @@ mod tests {
         let kms = AwsKms::new(AwsConfig {
             region: "eu-west-1".into(),
             endpoint: "http://127.0.0.1:4566".into(),
-            credentials: AwsCredentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", Some("TOKEN/+=".into())),
+            credentials: AwsCredentials::new(
+                "AKIDEXAMPLE",
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                Some("TOKEN/+=".into()),
+            ),
         })
         .unwrap();
-        let body = br#"{"KeyId":"alias/x","KeySpec":"AES_256","EncryptionContext":{"lode:image":"a b"}}"#;
+        let body =
+            br#"{"KeyId":"alias/x","KeySpec":"AES_256","EncryptionContext":{"lode:image":"a b"}}"#;
         let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let ours = kms.signed_headers("GenerateDataKey", body, time).unwrap();
         let auth = ours
@@ -700,19 +720,44 @@ print(req.headers["Authorization"])
             return;
         }
         let theirs = String::from_utf8(out.stdout).unwrap();
-        assert!(theirs.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20231114/eu-west-1/kms/aws4_request"), "{theirs}");
+        assert!(
+            theirs.starts_with(
+                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20231114/eu-west-1/kms/aws4_request"
+            ),
+            "{theirs}"
+        );
         assert_eq!(auth, theirs.trim());
-        assert!(auth.contains("SignedHeaders=content-type;host;x-amz-date;x-amz-security-token;x-amz-target"), "{auth}");
+        assert!(
+            auth.contains(
+                "SignedHeaders=content-type;host;x-amz-date;x-amz-security-token;x-amz-target"
+            ),
+            "{auth}"
+        );
     }
 
     #[test]
     fn service_errors_map_to_the_contract() {
         let m = |op, code: &str| service_error(op, 400, code.to_owned(), String::new(), Some("k"));
-        assert!(matches!(m("Decrypt", "InvalidCiphertextException"), Error::CannotUnwrap { .. }));
-        assert!(matches!(m("Decrypt", "IncorrectKeyException"), Error::CannotUnwrap { .. }));
-        assert!(matches!(m("Decrypt", "AccessDeniedException"), Error::CannotUnwrap { .. }));
-        assert!(matches!(m("Encrypt", "AccessDeniedException"), Error::AwsService { .. }));
-        assert!(matches!(m("GenerateDataKey", "NotFoundException"), Error::KeyNotFound { .. }));
+        assert!(matches!(
+            m("Decrypt", "InvalidCiphertextException"),
+            Error::CannotUnwrap { .. }
+        ));
+        assert!(matches!(
+            m("Decrypt", "IncorrectKeyException"),
+            Error::CannotUnwrap { .. }
+        ));
+        assert!(matches!(
+            m("Decrypt", "AccessDeniedException"),
+            Error::CannotUnwrap { .. }
+        ));
+        assert!(matches!(
+            m("Encrypt", "AccessDeniedException"),
+            Error::AwsService { .. }
+        ));
+        assert!(matches!(
+            m("GenerateDataKey", "NotFoundException"),
+            Error::KeyNotFound { .. }
+        ));
         assert!(is_transient(&m("Decrypt", "ThrottlingException")));
         assert!(!is_transient(&m("Decrypt", "ValidationException")));
     }

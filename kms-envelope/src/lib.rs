@@ -160,7 +160,7 @@ impl fmt::Debug for WrappedKey {
 
 /// A key management service that wraps and unwraps 32-byte data keys.
 ///
-/// Contract, checked by the conformance suite in [`testing`] (feature
+/// Contract, checked by the conformance suite in module `testing` (feature
 /// `testing`) for every backend:
 /// - [`generate_data_key`](Kms::generate_data_key) returns a fresh random key
 ///   on every call, wrapped under the current (primary) version of `key_id`,

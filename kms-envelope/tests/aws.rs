@@ -20,7 +20,11 @@ struct Moto {
 impl Moto {
     fn start() -> Option<Moto> {
         let require = std::env::var("LODE_REQUIRE_SERVERS").is_ok_and(|v| v == "1");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = match Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
@@ -30,7 +34,10 @@ impl Moto {
         {
             Ok(c) => c,
             Err(e) => {
-                assert!(!require, "LODE_REQUIRE_SERVERS=1 but moto_server cannot start: {e}");
+                assert!(
+                    !require,
+                    "LODE_REQUIRE_SERVERS=1 but moto_server cannot start: {e}"
+                );
                 println!("skipped: moto_server not available ({e}); pip install 'moto[server]'");
                 return None;
             }
@@ -38,7 +45,10 @@ impl Moto {
         let moto = Moto { child, port };
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not listen on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Some(moto)
@@ -48,7 +58,11 @@ impl Moto {
         AwsKms::new(AwsConfig {
             region: "us-east-1".into(),
             endpoint: format!("http://127.0.0.1:{}", self.port),
-            credentials: AwsCredentials::new("testing", "testing-secret", Some("testing-token".into())),
+            credentials: AwsCredentials::new(
+                "testing",
+                "testing-secret",
+                Some("testing-token".into()),
+            ),
         })
         .unwrap()
     }
@@ -64,13 +78,16 @@ impl Drop for Moto {
 #[tokio::test(flavor = "current_thread")]
 async fn conformance_suite_against_moto() {
     let Some(server) = Moto::start() else { return };
-    let Some(other_server) = Moto::start() else { return };
+    let Some(other_server) = Moto::start() else {
+        return;
+    };
     let kms = server.kms();
     let foreign = other_server.kms();
     let key_a = kms.create_key("lode test key a").await.unwrap();
     let key_b = kms.create_key("lode test key b").await.unwrap();
     assert!(key_a.starts_with("arn:aws:kms:us-east-1:"), "{key_a}");
-    let rotate_a = || -> kms_envelope::KmsFuture<'_, ()> { Box::pin(kms.rotate_key_on_demand(&key_a)) };
+    let rotate_a =
+        || -> kms_envelope::KmsFuture<'_, ()> { Box::pin(kms.rotate_key_on_demand(&key_a)) };
     Suite {
         kms: &kms,
         key_a: &key_a,
@@ -98,7 +115,11 @@ fn blocking_use_and_arc_dyn_kms() {
 
 #[test]
 fn unreachable_endpoint_is_a_transport_error() {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let kms = AwsKms::new(AwsConfig {
         region: "us-east-1".into(),
         endpoint: format!("http://127.0.0.1:{port}"),
@@ -106,5 +127,14 @@ fn unreachable_endpoint_is_a_transport_error() {
     })
     .unwrap();
     let err = block_on(kms.generate_data_key("k", &EncryptionContext::new())).unwrap_err();
-    assert!(matches!(err, Error::AwsTransport { operation: "GenerateDataKey", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::AwsTransport {
+                operation: "GenerateDataKey",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
