@@ -126,9 +126,14 @@ impl LocalKms {
     }
 
     /// Creates a new keyring file (mode 0600; fails if the file exists) with
-    /// one fresh key `name` at version 1, and opens it.
-    pub fn create(path: impl AsRef<Path>, name: &str) -> Result<Self> {
-        new_keyring(path.as_ref(), name)?;
+    /// one fresh key [`DEFAULT_KEY_NAME`] at version 1, and opens it.
+    pub fn create(path: impl AsRef<Path>) -> Result<Self> {
+        Self::create_with_key(path, DEFAULT_KEY_NAME)
+    }
+
+    /// Like [`create`](Self::create), with the first key named `name`.
+    pub fn create_with_key(path: impl AsRef<Path>, name: &str) -> Result<Self> {
+        new_keyring_with_key(path.as_ref(), name)?;
         Self::open(path)
     }
 
@@ -457,10 +462,18 @@ fn parse_key_id(key_id: &str) -> Result<(&str, Option<u32>)> {
     Ok((name, version))
 }
 
+/// The name of the first key of a keyring made by [`new_keyring`].
+pub const DEFAULT_KEY_NAME: &str = "default";
+
 /// Creates a new keyring file at `path` (mode 0600; fails if it exists)
-/// holding one fresh key `name` at version 1. Returns its resolved key id
-/// (`name@1`). Backs `lode keyring new`.
-pub fn new_keyring(path: impl AsRef<Path>, name: &str) -> Result<String> {
+/// holding one fresh key [`DEFAULT_KEY_NAME`] at version 1. Returns its
+/// resolved key id (`default@1`). Backs `lode keyring new`.
+pub fn new_keyring(path: impl AsRef<Path>) -> Result<String> {
+    new_keyring_with_key(path, DEFAULT_KEY_NAME)
+}
+
+/// Like [`new_keyring`], with the first key named `name`.
+pub fn new_keyring_with_key(path: impl AsRef<Path>, name: &str) -> Result<String> {
     let path = path.as_ref();
     check_name(name)?;
     let kms = LocalKms::from_keys([])?;
