@@ -145,12 +145,13 @@ fn rotation_persists_and_old_versions_unwrap_after_reopen() {
         add_key(&path, "img"),
         Err(Error::KeyExists { .. })
     ));
-    // No temporary files left behind.
-    let names: Vec<_> = std::fs::read_dir(dir.path())
+    // No temporary files left behind (the lock file stays, empty).
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("k")]);
+    names.sort();
+    assert_eq!(names, vec![std::ffi::OsString::from(".k.lock"), "k".into()]);
 }
 
 #[test]
@@ -175,4 +176,32 @@ fn seeded_rng_is_deterministic() {
     let b = block_on(make().generate_data_key("img", &ctx())).unwrap();
     assert_eq!(a.plaintext(), b.plaintext());
     assert_eq!(a.wrapped, b.wrapped);
+}
+
+#[test]
+fn concurrent_rotations_never_lose_a_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k");
+    new_keyring_with_key(&path, "img").unwrap();
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                // Each thread has its own keyring handle, like separate processes.
+                let kms = LocalKms::open(&path).unwrap();
+                (0..5)
+                    .map(|_| kms.rotate_key("img").unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut ids: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 30, "two rotations got the same version");
+    let kms = LocalKms::open(&path).unwrap();
+    assert_eq!(kms.key_versions(), vec![("img".into(), (1..=31).collect())]);
 }
