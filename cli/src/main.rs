@@ -194,7 +194,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Keyring { action } => match action {
             KeyringAction::New { path, key } => {
                 salts::create_private_parent(&path)?;
-                let id = kms_envelope::new_keyring(&path, &key)
+                let id = kms_envelope::new_keyring_with_key(&path, &key)
                     .with_context(|| format!("creating keyring {}", path.display()))?;
                 println!("created keyring {} with key {id}", path.display());
                 Ok(())
