@@ -178,7 +178,12 @@ fn same_layers_give_the_same_bytes_from_every_format() {
 fn golden_digest_of_the_rich_fixture() {
     let dir = tempfile::tempdir().unwrap();
     let img = make_layout(dir.path(), &rich_layers(), Comp::None);
-    let zero = flatten_to_writer(&img, &FlattenOptions::default(), std::io::sink()).unwrap();
+    let zero = flatten_to_writer(
+        &img,
+        &FlattenOptions::default().with_deleted_data(DeletedData::Zero),
+        std::io::sink(),
+    )
+    .unwrap();
     let keep = flatten_to_writer(
         &img,
         &FlattenOptions::default().with_deleted_data(DeletedData::Keep),
