@@ -5,6 +5,8 @@
 #   baseline  `umoci unpack` + `mke2fs -d` (the pipeline lode replaces)
 # Prints the median of RUNS runs, the two ratios and lode's peak RSS.
 # Usage: bench/flatten.sh [CORPUS] [IMAGE]   (defaults: $LODE_CORPUS or ../shared/corpus, python-numpy)
+# BIG=10 also generates a synthetic ~10 GiB image (200,000 small files + large ones,
+# needs ~35 GiB free in TMPDIR) and reports lode's time and peak RSS on it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORPUS=${1:-${LODE_CORPUS:-../shared/corpus}}
@@ -90,3 +92,16 @@ print(f"| lode throughput / gzip -dc throughput | {G/L:.2f}x | >= 1.0x |")
 print(f"| baseline time / lode time | {B/L:.2f}x | >= 2.0x |")
 print(f"| lode peak RSS | {rss/1024:.0f} MiB | |")
 PY
+
+if [[ -n "${BIG:-}" ]]; then
+  cargo build --release -q -p flattener --example make_big_image
+  target/release/examples/make_big_image "$WORK/big" "$BIG" 2>/dev/null
+  stats=$( { /usr/bin/time -v target/release/examples/flatten "oci:$WORK/big:big" "$WORK/big.img" >/dev/null; } 2>&1 )
+  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' <<<"$stats")
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' <<<"$stats")
+  size=$(stat -c %s "$WORK/big.img")
+  echo
+  echo "| synthetic image | image GiB | wall | lode peak RSS |"
+  echo "|---|---:|---:|---:|"
+  echo "| $BIG GiB, 200,000 small files | $(python3 -c "print(f'{$size/2**30:.1f}')") | $wall | $((rss / 1024)) MiB |"
+fi
