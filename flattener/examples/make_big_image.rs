@@ -8,7 +8,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unreachable_pub, missing_docs)]
+#[allow(missing_docs)]
 mod common;
 
 use common::{E, header};
@@ -62,7 +62,11 @@ fn main() {
     let mut diff_ids = Vec::new();
     for l in 0..4u64 {
         let tmp = dir.join("layer.tmp");
-        let mut w = Layer { w: BufWriter::with_capacity(1 << 20, File::create(&tmp).unwrap()), h: Sha256::new(), n: 0 };
+        let mut w = Layer {
+            w: BufWriter::with_capacity(1 << 20, File::create(&tmp).unwrap()),
+            h: Sha256::new(),
+            n: 0,
+        };
         if l == 0 {
             for d in 0..2000 {
                 w.entry(&E::dir(&format!("small/{d:04}")), 0, |_| {});

@@ -433,7 +433,10 @@ pub fn add_image(dir: &Path, layers: &[(Vec<u8>, Comp)], arch: &str) -> serde_js
 }
 
 /// A layout with one image per (tag, layers).
-pub fn oci_layout(dir: &Path, images: &[(&str, Vec<(Vec<u8>, Comp)>)]) {
+/// A layer blob's tar and compression.
+pub type LayerBlob = (Vec<u8>, Comp);
+
+pub fn oci_layout(dir: &Path, images: &[(&str, Vec<LayerBlob>)]) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let mut manifests = Vec::new();
