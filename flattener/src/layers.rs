@@ -76,8 +76,10 @@ pub(crate) struct ParsedLayer {
     pub(crate) entries: Vec<LayerEntry>,
     /// File contents, indexed by [`Op::File`].
     pub(crate) files: Vec<FileData>,
-    /// SHA-256 of each file's stored bytes, same index.
-    pub(crate) file_hashes: Vec<[u8; 32]>,
+    /// XXH3-128 of each file's stored bytes, same index (only feeds the
+    /// content id, which needs no collision resistance against attackers:
+    /// it only picks the UUID).
+    pub(crate) file_hashes: Vec<u128>,
     pub(crate) spool: File,
 }
 
@@ -439,10 +441,10 @@ pub(crate) fn parse_tar(
                             ));
                         }
                         let mut extents: Vec<DataExtent> = Vec::new();
-                        let mut fh = Sha256::new();
+                        let mut fh = twox_hash::XxHash3_128::new();
                         tar.read_data(&e, &mut |file_offset, bytes| {
                             out.write_all(bytes)?;
-                            fh.update(bytes);
+                            fh.write(bytes);
                             match extents.last_mut() {
                                 Some(x)
                                     if x.file_offset + x.len == file_offset
@@ -466,7 +468,7 @@ pub(crate) fn parse_tar(
                         {
                             return Err(entry_err(&e.path, "data beyond the file size"));
                         }
-                        file_hashes.push(fh.finalize().into());
+                        file_hashes.push(fh.finish_128());
                         files.push(FileData {
                             layer: layer_u32,
                             size: e.size,
@@ -866,8 +868,8 @@ impl Builder {
 
 /// A digest of a layer's content that ignores tar entry order,
 /// compression and archive format: its entries sorted by path, each with
-/// its operation, metadata and the SHA-256 of its data.
-fn content_digest(entries: &[LayerEntry], files: &[FileData], hashes: &[[u8; 32]]) -> Digest {
+/// its operation, metadata and a hash of its data.
+fn content_digest(entries: &[LayerEntry], files: &[FileData], hashes: &[u128]) -> Digest {
     fn bytes(h: &mut Sha256, b: &[u8]) {
         h.update((b.len() as u64).to_le_bytes());
         h.update(b);
@@ -891,7 +893,7 @@ fn content_digest(entries: &[LayerEntry], files: &[FileData], hashes: &[[u8; 32]
                     h.update(x.file_offset.to_le_bytes());
                     h.update(x.len.to_le_bytes());
                 }
-                h.update(hashes[*i]);
+                h.update(hashes[*i].to_le_bytes());
             }
             Op::HardLink(t) => {
                 h.update(b"h");

@@ -144,7 +144,7 @@ pub struct Flattened {
 /// per-layer content digests ([`Flattened::content_ids`]).
 ///
 /// A layer's content digest hashes its entries sorted by path (operation,
-/// metadata, SHA-256 of the data). Like the diff_id it identifies the
+/// metadata, XXH3-128 of the data). Like the diff_id it identifies the
 /// layer's content, so the same layers give the same image whether they
 /// arrive compressed or not, from an OCI layout or a docker-archive; unlike
 /// the diff_id it does not change when only the tar entry order does, so

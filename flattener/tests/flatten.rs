@@ -193,8 +193,8 @@ fn golden_digest_of_the_rich_fixture() {
     assert_eq!(
         (zero.sha256.as_str(), keep.sha256.as_str()),
         (
-            "5b863dba052a90a3970ee086b3b79c1028bb178b3a9505114cc0a4d52d03aadd",
-            "c65faeae898518738375000e34ed57a90b1a67f6429fb34c58c3738b66364724"
+            "870bc6354f476865feb5e90dbdd598fcfc82239de0a3a857b9244f5ec2838078",
+            "e22c9a93f4d4ed12afc8bc56a71f29f551ae7c9a60a8d92d998785591bdeb461"
         ),
         "image format changed; update the golden digests only if that was intended"
     );
