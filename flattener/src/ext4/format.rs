@@ -84,10 +84,15 @@ pub(crate) fn put32(b: &mut [u8], off: usize, v: u32) {
 
 /// Encodes a timestamp as ext4's (seconds low 32 bits, extra) pair: extra holds
 /// the nanoseconds in bits 2..32 and the epoch (bits 32..34 of the signed
-/// seconds) in bits 0..2. Times outside 1901..2446 are clamped.
+/// seconds) in bits 0..2.
+///
+/// Times are clamped to 1901-12-13T20:45:52Z ..= 2310-04-04T00:00:00Z (nanoseconds
+/// dropped when clamping). The format reaches 2446, but e2fsck takes a time
+/// with epoch 3 and the sign bit set (2310 to 2378) for a mis-encoded pre-1970
+/// one and complains, so the range stops where that starts.
 pub(crate) fn encode_time(t: Timestamp) -> (u32, u32) {
     const MIN: i64 = -(1 << 31);
-    const MAX: i64 = (1 << 31) - 1 + 3 * (1 << 32);
+    const MAX: i64 = 3 * (1 << 32) - (1 << 31) - 1;
     let sec = t.sec.clamp(MIN, MAX);
     let nsec = if t.sec != sec {
         0
@@ -234,6 +239,8 @@ pub(crate) fn encode_device(major: u32, minor: u32) -> Option<(u32, u32)> {
 mod tests {
     use super::*;
 
+    const MAX_TIME: i64 = 3 * (1 << 32) - (1 << 31) - 1;
+
     fn decode_time(lo: u32, extra: u32) -> (i64, u32) {
         (
             i64::from(lo as i32) + (i64::from(extra & 3) << 32),
@@ -244,6 +251,7 @@ mod tests {
     #[test]
     fn times_round_trip_across_epochs() {
         for sec in [
+            MAX_TIME,
             0i64,
             -1,
             -(1 << 31),
@@ -251,7 +259,7 @@ mod tests {
             1 << 31,
             4_102_444_800,
             1 << 33,
-            15_000_000_000,
+            10_000_000_000,
         ] {
             let (lo, extra) = encode_time(Timestamp {
                 sec,
@@ -272,7 +280,18 @@ mod tests {
             sec: i64::MAX,
             nsec: 5,
         });
-        assert_eq!(decode_time(lo, extra).0, (1 << 31) - 1 + 3 * (1 << 32));
+        assert_eq!(decode_time(lo, extra).0, MAX_TIME);
+        // The first second e2fsck would take for a mis-encoded pre-1970 time.
+        let (lo, extra) = encode_time(Timestamp {
+            sec: MAX_TIME + 1,
+            nsec: 0,
+        });
+        assert!(!(lo & (1 << 31) != 0 && extra & 3 == 3));
+        let (lo, extra) = encode_time(Timestamp {
+            sec: 3 * (1 << 32) - 1,
+            nsec: 0,
+        });
+        assert_eq!(decode_time(lo, extra).0, MAX_TIME);
     }
 
     #[test]
