@@ -379,6 +379,7 @@ fn expected_chunk(spool: &MemSpool, f: &FileData, off: u64, len: usize) -> Vec<u
 /// number of entries compared.
 pub fn compare_tree(tree: &Tree, spool: &MemSpool, root: &Path) -> usize {
     let mut ino_of: HashMap<NodeId, u64> = HashMap::new();
+    let mut seen_inos: std::collections::HashSet<u64> = std::collections::HashSet::new();
     let mut links: HashMap<NodeId, u64> = HashMap::new();
     // Count expected links first.
     let mut stack = vec![Tree::ROOT];
@@ -419,7 +420,7 @@ pub fn compare_tree(tree: &Tree, spool: &MemSpool, root: &Path) -> usize {
             Some(&ino) => assert_eq!(md.ino(), ino, "hard link {ctx} has another inode"),
             None => {
                 assert!(
-                    !ino_of.values().any(|&i| i == md.ino()),
+                    seen_inos.insert(md.ino()),
                     "{ctx} shares an inode with another node"
                 );
                 ino_of.insert(id, md.ino());
@@ -540,16 +541,31 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
 pub fn check_image(b: &Builder, opts: &Ext4Options) -> (tempfile::TempDir, PathBuf, ImageSummary) {
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("image.ext4");
+    let t = std::time::Instant::now();
     let summary = b.write(opts, &image);
-    assert_eq!(
-        std::fs::metadata(&image).expect("image").len(),
-        summary.size_bytes
-    );
+    println!("write: {:?} for {} bytes", t.elapsed(), summary.size_bytes);
+    if let Ok(keep) = std::env::var("LODE_EXT4_KEEP_DIR") {
+        // Debugging aid: keep a copy of every checked image.
+        let name = format!(
+            "{}.ext4",
+            std::thread::current()
+                .name()
+                .unwrap_or("image")
+                .replace("::", "-")
+        );
+        std::fs::copy(&image, Path::new(&keep).join(name)).expect("keep image");
+    }
+    let len = std::fs::metadata(&image).expect("image").len();
+    assert_eq!(len, summary.size_bytes);
     if have("e2fsck", "checking images") {
+        let t = std::time::Instant::now();
         e2fsck_clean(&image);
+        println!("e2fsck -fn: {:?}", t.elapsed());
     }
     if let Some(m) = Mount::new(&image) {
+        let t = std::time::Instant::now();
         let n = compare_tree(&b.tree, &b.spool, m.path());
+        println!("mount + compare of {n} entries: {:?}", t.elapsed());
         assert!(n >= 1);
     }
     (dir, image, summary)
