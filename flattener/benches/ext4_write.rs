@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Seek, SeekFrom, Write};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_main};
 use flattener::ext4::{Ext4Options, write_image};
 use flattener::tree::{DataExtent, FileData, FileId, Metadata, Node, NodeKind, Spool, Tree};
 
@@ -130,5 +130,9 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+mod group {
+    #![allow(missing_docs)]
+    criterion::criterion_group!(benches, super::bench);
+}
+
+criterion_main!(group::benches);
