@@ -120,10 +120,17 @@ fn unrepresentable_nodes_are_rejected() {
     }
     let mut m = meta(0o644);
     m.xattrs
-        .insert(b"system.posix_acl_access".to_vec(), vec![2, 0, 0, 0]);
+        .insert(b"system.sockprotoname".to_vec(), vec![2, 0, 0, 0]);
+    let mut b = Builder::new();
+    b.file(Tree::ROOT, b"sys", m, 0, b"");
+    assert_tree_error(&b, "/sys", "only user.*");
+    let mut m = meta(0o644);
+    let bad_acl = vec![2, 0, 0, 0, 0x40, 0, 7, 0, 0, 0, 0, 0];
+    m.xattrs
+        .insert(b"system.posix_acl_access".to_vec(), bad_acl);
     let mut b = Builder::new();
     b.file(Tree::ROOT, b"acl", m, 0, b"");
-    assert_tree_error(&b, "/acl", "only user.*");
+    assert_tree_error(&b, "/acl", "not a valid POSIX ACL");
     let mut m = meta(0o644);
     m.xattrs.insert(b"user.huge".to_vec(), vec![0; 5000]);
     let mut b = Builder::new();

@@ -292,9 +292,19 @@ pub(crate) fn dirent(b: &mut [u8], ino: u32, rec_len: usize, ftype: u8, name: &[
     b[8..8 + name.len()].copy_from_slice(name);
 }
 
+/// Name index of `system.posix_acl_access` (stored with an empty name).
+pub(crate) const XATTR_INDEX_ACL_ACCESS: u8 = 2;
+/// Name index of `system.posix_acl_default`.
+pub(crate) const XATTR_INDEX_ACL_DEFAULT: u8 = 3;
+
 /// Splits an xattr name into ext4's name index and the stored suffix, for the
 /// namespaces this writer supports.
 pub(crate) fn xattr_index(name: &[u8]) -> Option<(u8, &[u8])> {
+    match name {
+        b"system.posix_acl_access" => return Some((XATTR_INDEX_ACL_ACCESS, &[])),
+        b"system.posix_acl_default" => return Some((XATTR_INDEX_ACL_DEFAULT, &[])),
+        _ => {}
+    }
     const PREFIXES: [(&[u8], u8); 3] = [(b"user.", 1), (b"trusted.", 4), (b"security.", 6)];
     PREFIXES
         .iter()
@@ -326,8 +336,30 @@ pub(crate) fn xattr_entry_hash(name: &[u8], value: &[u8]) -> u32 {
     hash
 }
 
-/// One xattr ready to encode: (index, stored name, value).
-pub(crate) type XattrEntry<'a> = (u8, &'a [u8], &'a [u8]);
+/// One xattr ready to encode: (index, stored name, stored value).
+pub(crate) type XattrEntry<'a> = (u8, &'a [u8], std::borrow::Cow<'a, [u8]>);
+
+/// Converts a POSIX ACL from the xattr interface's format (version 2, every
+/// entry with an id) to ext4's on-disk format (version 1, ids only on named
+/// user and group entries). None if it is not a well-formed ACL.
+pub(crate) fn acl_to_disk(value: &[u8]) -> Option<Vec<u8>> {
+    let body = value.strip_prefix(&2u32.to_le_bytes())?;
+    if body.len() % 8 != 0 {
+        return None;
+    }
+    let mut out = 1u32.to_le_bytes().to_vec();
+    for e in body.chunks(8) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        match tag {
+            // USER_OBJ, GROUP_OBJ, MASK, OTHER: tag and permissions.
+            0x01 | 0x04 | 0x10 | 0x20 => out.extend_from_slice(&e[..4]),
+            // USER, GROUP: with the id.
+            0x02 | 0x08 => out.extend_from_slice(e),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
 
 /// Bytes that `entries` need: entries, the 4-byte terminator and the values.
 pub(crate) fn xattr_space(entries: &[XattrEntry<'_>]) -> usize {
@@ -349,7 +381,8 @@ pub(crate) fn encode_xattrs(
     let mut hashes = Vec::with_capacity(entries.len());
     let mut at = 0usize;
     let mut vend = area.len();
-    for &(index, name, value) in entries {
+    for (index, name, value) in entries {
+        let (index, name, value) = (*index, *name, &value[..]);
         let hash = xattr_entry_hash(name, value);
         hashes.push(hash);
         let voffs = if value.is_empty() {
@@ -467,7 +500,12 @@ mod tests {
             Some((4, &b"overlay.opaque"[..]))
         );
         assert_eq!(xattr_index(b"user."), None);
-        assert_eq!(xattr_index(b"system.posix_acl_access"), None);
+        assert_eq!(xattr_index(b"system.posix_acl_access"), Some((2, &b""[..])));
+        assert_eq!(
+            xattr_index(b"system.posix_acl_default"),
+            Some((3, &b""[..]))
+        );
+        assert_eq!(xattr_index(b"system.other"), None);
         assert_eq!(xattr_index(b"foo.bar"), None);
     }
 
@@ -485,6 +523,31 @@ mod tests {
         // superblock, differs only in how str2hashbuf widens bytes.
         assert_eq!(dx_hash_variant("café".as_bytes(), &seed, true), 0x0c7955f4);
         assert_eq!(dx_hash("café".as_bytes(), &seed), 0x2055_27f0);
+    }
+
+    #[test]
+    fn acls_convert_to_the_disk_format() {
+        let mut x = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (1u16, 6u16, u32::MAX),
+            (2, 4, 1000),
+            (4, 4, u32::MAX),
+            (0x10, 4, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ] {
+            x.extend_from_slice(&tag.to_le_bytes());
+            x.extend_from_slice(&perm.to_le_bytes());
+            x.extend_from_slice(&id.to_le_bytes());
+        }
+        let d = acl_to_disk(&x).unwrap();
+        assert_eq!(d.len(), 4 + 4 + 8 + 4 + 4 + 4);
+        assert_eq!(&d[..4], &1u32.to_le_bytes());
+        assert_eq!(&d[8..16], &[2, 0, 4, 0, 0xe8, 3, 0, 0]);
+        assert_eq!(acl_to_disk(&x[..x.len() - 1]), None);
+        assert_eq!(acl_to_disk(&[1, 0, 0, 0]), None);
+        let mut bad = x.clone();
+        bad[4] = 0x40;
+        assert_eq!(acl_to_disk(&bad), None);
     }
 
     #[test]

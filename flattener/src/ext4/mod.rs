@@ -22,6 +22,14 @@
 //! zeroed. Their blocks are free in the bitmaps either way. The image size is
 //! a multiple of 512 KiB.
 //!
+//! Extended attributes go in the inode's spare 92 bytes when they fit, else
+//! in one xattr block shared by all inodes with identical attributes.
+//! Supported names: `user.*`, `trusted.*`, `security.*` and the POSIX ACLs
+//! `system.posix_acl_access`/`system.posix_acl_default` (given in the
+//! xattr interface's format, stored in ext4's); others are an error.
+//! Directories over one block are hashed (htree, half-MD4 with
+//! [`Ext4Options::hash_seed`]), so lookups in huge directories stay fast.
+//!
 //! There is no `lost+found`: it is not part of the image. `e2fsck -fn` does
 //! not complain about its absence (only a repairing run would create it).
 //!

@@ -1,6 +1,7 @@
 //! Layout planning: inode numbers, data placement, metadata placement and
 //! group geometry, all computed from the tree before a byte is written.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 
 use super::error::WriteError;
@@ -232,11 +233,19 @@ pub(crate) fn xattr_entries<'a>(
     for (name, value) in xattrs {
         let (index, suffix) = xattr_index(name).ok_or_else(|| {
             format!(
-                "xattr {:?}: only user.*, trusted.* and security.* names are supported",
+                "xattr {:?}: only user.*, trusted.*, security.* and POSIX ACL names are supported",
                 lossy(name)
             )
         })?;
-        out.push((index, suffix, value.as_slice()));
+        let value = if index == XATTR_INDEX_ACL_ACCESS || index == XATTR_INDEX_ACL_DEFAULT {
+            Cow::Owned(
+                acl_to_disk(value)
+                    .ok_or_else(|| format!("xattr {:?} is not a valid POSIX ACL", lossy(name)))?,
+            )
+        } else {
+            Cow::Borrowed(value.as_slice())
+        };
+        out.push((index, suffix, value));
     }
     // The kernel searches block entries assuming this order.
     out.sort_by(|a, b| (a.0, a.1.len(), a.1).cmp(&(b.0, b.1.len(), b.1)));
