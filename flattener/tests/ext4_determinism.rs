@@ -4,7 +4,9 @@
 mod ext4_support;
 
 use ext4_support::{Builder, e2fsck_clean, have, meta, test_opts};
-use flattener::ext4::DeletedData;
+use std::io::Cursor;
+
+use flattener::ext4::{DeletedData, write_image};
 use flattener::tree::{NodeId, NodeKind, Timestamp, Tree};
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
@@ -272,6 +274,35 @@ fn build(ops: &[Op], times: &[(i64, u32)]) -> Builder {
     b
 }
 
+/// The same filesystem with its nodes stored in another order (the root
+/// stays first): node ids must not leak into the image.
+fn permute_nodes(tree: &Tree, seed: u64) -> Tree {
+    let n = tree.nodes.len();
+    let mut order: Vec<usize> = (1..n).collect();
+    let mut x = seed | 1;
+    for i in (1..order.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order.insert(0, 0);
+    let mut new_id = vec![0u32; n];
+    for (new, &old) in order.iter().enumerate() {
+        new_id[old] = new as u32;
+    }
+    let mut out = tree.clone();
+    out.nodes = order.iter().map(|&old| tree.nodes[old].clone()).collect();
+    for node in &mut out.nodes {
+        if let NodeKind::Directory { entries } = &mut node.kind {
+            for id in entries.values_mut() {
+                *id = NodeId(new_id[id.0 as usize]);
+            }
+        }
+    }
+    out
+}
+
 fn times() -> impl Strategy<Value = Vec<(i64, u32)>> {
     prop::collection::vec((-(1i64 << 31)..(1i64 << 34), 0u32..1_000_000_000), 1..4)
 }
@@ -280,13 +311,20 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_trees_write_identically_and_check_clean(ops in prop::collection::vec(op(), 0..80), times in times()) {
+    fn random_trees_write_identically_and_check_clean(
+        ops in prop::collection::vec(op(), 0..80),
+        times in times(),
+        seed in any::<u64>(),
+    ) {
         let b = build(&ops, &times);
         let opts = test_opts();
         let first = b.write_vec(&opts);
         // A rebuilt (equal) tree and a second run give the same bytes.
         let again = build(&ops, &times).write_vec(&opts);
         prop_assert!(first == again, "two writes of the same tree differ");
+        let mut shuffled = Cursor::new(Vec::new());
+        write_image(&permute_nodes(&b.tree, seed), &b.spool, &opts, &mut shuffled).unwrap();
+        prop_assert!(first == shuffled.into_inner(), "node order changed the image");
         let mut keep = opts.clone();
         keep.deleted_data = DeletedData::Keep;
         let kept = b.write_vec(&keep);
