@@ -827,4 +827,35 @@ mod tests {
             assert_eq!(g.blocks_count % CHUNK_BLOCKS, 0);
         }
     }
+
+    fn check_geometry(meta_start: u64, rel: u64, inodes: u64) {
+        let g = geometry(meta_start, rel, inodes).unwrap();
+        assert_eq!(
+            g.blocks_count.div_ceil(g.blocks_per_group),
+            g.groups,
+            "{g:?}"
+        );
+        assert!(g.groups * g.inodes_per_group >= inodes, "{g:?}");
+        assert!(g.inodes_per_group <= BITS_PER_BLOCK && g.blocks_per_group <= BITS_PER_BLOCK);
+        assert_eq!(g.inodes_per_group % INODES_PER_BLOCK, 0);
+        assert_eq!(g.blocks_per_group % 8, 0);
+        assert!(
+            g.inodes_per_group <= INODES_PER_BLOCK * (g.blocks_per_group - 4),
+            "{g:?}"
+        );
+        assert!(g.blocks_count >= meta_start + rel + g.groups * (2 + g.itable_blocks));
+        assert_eq!(g.blocks_count % CHUNK_BLOCKS, 0);
+        assert!(g.gdt_blocks < CHUNK_BLOCKS);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn geometry_holds_its_invariants(
+            chunks in 1u64..200_000,
+            rel in 0u64..2_000_000,
+            inodes in 11u64..20_000_000,
+        ) {
+            check_geometry(chunks * CHUNK_BLOCKS, rel, inodes);
+        }
+    }
 }
