@@ -339,3 +339,52 @@ proptest! {
         }
     }
 }
+
+/// A name of 1 to 60 arbitrary bytes (no '/', no NUL, not '.' or '..').
+fn long_name() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(1u8..=255, 1..60).prop_filter("valid name", |n| {
+        !n.contains(&b'/') && n.as_slice() != b"." && n.as_slice() != b".."
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    /// Random directories big enough to be hashed, with arbitrary byte
+    /// names: the kernel must find every entry and show exactly the tree.
+    #[test]
+    fn random_big_directories_mount_and_match(
+        entries in prop::collection::vec((0usize..3, long_name(), 0u8..4, any::<u32>()), 200..900),
+        sec in -(1i64 << 31)..(1i64 << 33),
+    ) {
+        let mut b = Builder::new();
+        let dirs: Vec<NodeId> = (0..3).map(|i| b.dir(Tree::ROOT, format!("dir{i}").as_bytes(), meta(0o755))).collect();
+        let mut first_file = None;
+        for (i, (d, name, kind, x)) in entries.iter().enumerate() {
+            let mut m = meta(0o644 | (x & 0o7000));
+            m.mtime = Timestamp { sec: sec + i64::from(*x % 1000), nsec: x % 1_000_000_000 };
+            m.uid = x >> 8;
+            let dir = dirs[*d];
+            match kind {
+                0 => {
+                    let data = x.to_le_bytes().repeat((*x % 3000) as usize);
+                    let id = b.file(dir, name, m, 0, &data);
+                    first_file.get_or_insert(id);
+                }
+                1 => {
+                    b.add(dir, name, m, NodeKind::Symlink { target: name.repeat(1 + (*x % 3) as usize) });
+                }
+                2 => {
+                    b.dir(dir, name, m);
+                }
+                _ => match first_file {
+                    Some(f) => b.link(dir, name, f),
+                    None => {
+                        b.add(dir, name, m, NodeKind::Fifo);
+                    }
+                },
+            }
+        }
+        ext4_support::check_image(&b, &test_opts());
+    }
+}
