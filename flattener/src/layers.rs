@@ -22,8 +22,9 @@
 //!   ignored); an upper layer replacing one of the names gives that name a
 //!   new node and the other names keep the old one. A hard link to a
 //!   missing path or to a directory is an error.
-//! - xattrs outside `user.`, `trusted.` and `security.` are dropped (ext4
-//!   stores POSIX ACLs in its own format; tar carries them differently).
+//! - xattrs outside `user.`, `trusted.`, `security.` and the two POSIX ACL
+//!   names (`system.posix_acl_access`, `system.posix_acl_default`, in the
+//!   kernel's xattr format as Go's archive/tar writes them) are dropped.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
@@ -122,7 +123,11 @@ fn check_components(raw: &[u8], comps: &[Vec<u8>]) -> Result<(), LayerError> {
 }
 
 fn keep_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"user.") || name.starts_with(b"trusted.") || name.starts_with(b"security.")
+    name.starts_with(b"user.")
+        || name.starts_with(b"trusted.")
+        || name.starts_with(b"security.")
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
 }
 
 /// Shared progress counter of compressed bytes read.

@@ -53,7 +53,8 @@ fn basic_types_modes_owners_times_xattrs() {
             .xattr("security.capability", b"\x01\x00\x00\x02")
             .xattr("user.note", b"hi")
             .xattr("trusted.t", b"1")
-            .xattr("system.posix_acl_access", b"dropped"),
+            .xattr("system.posix_acl_access", &common::acl_xattr())
+            .xattr("system.other", b"dropped"),
     ])]);
     assert!(kind(&l, "/etc/passwd").starts_with("file size=11"));
     assert!(kind(&l, "/usr/bin/sudo").contains("mode=4755"));
@@ -74,7 +75,8 @@ fn basic_types_modes_owners_times_xattrs() {
     assert!(cap.contains("security.capability="), "{cap}");
     assert!(cap.contains("user.note=hi"));
     assert!(cap.contains("trusted.t=1"));
-    assert!(!cap.contains("system.posix_acl_access"));
+    assert!(cap.contains("system.posix_acl_access="));
+    assert!(!cap.contains("system.other"));
     // Implicit parents: 0755, root, epoch.
     assert!(kind(&l, "/usr").contains("dir mode=755 0:0 t=0.000000000"));
     assert_eq!(l.len(), 18, "{l:#?}");

@@ -12,6 +12,24 @@ use std::path::Path;
 use flattener::tree::{FileData, NodeId, NodeKind, Spool, Tree};
 use sha2::{Digest as _, Sha256};
 
+/// A POSIX ACL in the kernel's xattr format: owner rw, user 1000 r,
+/// group r, mask r, other none.
+pub fn acl_xattr() -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 1000),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
 pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
