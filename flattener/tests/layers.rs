@@ -606,3 +606,38 @@ fn progress_reports_bytes_read() {
         .unwrap();
     assert_eq!(max.load(std::sync::atomic::Ordering::Relaxed), total);
 }
+
+#[test]
+fn docker_archive_with_blob_layout_is_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = vec![tar(&[E::file("a", b"one")]), tar(&[E::file("b", b"two")])];
+    let p = dir.path().join("new.tar");
+    common::docker_archive_blobs(&p, &layers);
+    for r in ["", ":b:2"] {
+        let src = ImageRef::parse(&format!("docker-archive:{}{r}", p.display()))
+            .unwrap()
+            .open(dir.path())
+            .unwrap();
+        let f = build_tree(&*src, &FlattenOptions::default(), dir.path()).unwrap();
+        assert!(dump(&f.tree, &f.spool).contains_key(&b"/b"[..]));
+    }
+    let src = ImageRef::parse(&format!("docker-archive:{}:c:3", p.display()))
+        .unwrap()
+        .open(dir.path())
+        .unwrap();
+    assert!(build_tree(&*src, &FlattenOptions::default(), dir.path()).is_err());
+    // Flip a byte of the first layer's file data inside the archive.
+    let mut bytes = std::fs::read(&p).unwrap();
+    let pos = bytes.windows(3).position(|w| w == b"one").unwrap();
+    bytes[pos] = b'O';
+    std::fs::write(&p, bytes).unwrap();
+    let src = ImageRef::parse(&format!("docker-archive:{}", p.display()))
+        .unwrap()
+        .open(dir.path())
+        .unwrap();
+    let err = build_tree(&*src, &FlattenOptions::default(), dir.path()).unwrap_err();
+    assert!(
+        matches!(&err, Error::DigestMismatch { blob, .. } if blob.starts_with("blobs/sha256/")),
+        "{err:?}"
+    );
+}

@@ -494,6 +494,28 @@ pub fn docker_archive(path: &Path, layers: &[Vec<u8>], gzip: bool) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// A docker-archive in the newer layout: layers and config under
+/// `blobs/sha256/<hex>` (what `docker save` writes since Docker 25).
+pub fn docker_archive_blobs(path: &Path, layers: &[Vec<u8>]) {
+    let config = config_for(layers);
+    let mut t = TarBuilder::new();
+    let mut names = Vec::new();
+    for l in layers {
+        let name = format!("blobs/sha256/{}", sha256_hex(l));
+        t.add(&E::file(&name, l));
+        names.push(name);
+    }
+    let cname = format!("blobs/sha256/{}", sha256_hex(&config));
+    t.add(&E::file(&cname, &config));
+    let manifest =
+        serde_json::json!([{"Config": cname, "RepoTags": ["a:1", "b:2"], "Layers": names}]);
+    t.add(&E::file(
+        "manifest.json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    ));
+    std::fs::write(path, t.finish()).unwrap();
+}
+
 pub fn file_bytes(spool: &dyn Spool, f: &FileData) -> Vec<u8> {
     let mut out = vec![0u8; usize::try_from(f.size).unwrap()];
     for x in &f.extents {
