@@ -249,43 +249,48 @@ pub struct FlattenSummary {
     pub image: ext4::ImageSummary,
 }
 
-/// Hashes what goes through on another thread (the writer is the
-/// sequential part of a flatten); tolerates only seeks that do not move.
-struct HashingWriter<W> {
-    inner: W,
+/// Hands what the ext4 writer produces to a thread that hashes it and
+/// writes it out, so the writer (the sequential part of a flatten) only
+/// plans and copies; tolerates only seeks that do not move.
+struct ThreadedWriter {
     pending: Vec<u8>,
-    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pos: u64,
 }
 
-const HASH_BATCH: usize = 1 << 20;
+const OUT_BATCH: usize = 1 << 20;
 
-impl<W: Write> HashingWriter<W> {
-    fn send(&mut self) {
-        if !self.pending.is_empty() {
-            let full = std::mem::replace(&mut self.pending, Vec::with_capacity(HASH_BATCH));
-            // The hasher only goes away when this writer is done.
-            let _ = self.tx.send(full);
+impl ThreadedWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.pending, Vec::with_capacity(OUT_BATCH));
+        match &self.tx {
+            Some(tx) if !self.failed.load(Ordering::Relaxed) => tx
+                .send(full)
+                .map_err(|_| io::Error::other("output thread stopped")),
+            _ => Err(io::Error::other("output thread stopped")),
         }
     }
 }
 
-impl<W: Write> Write for HashingWriter<W> {
+impl Write for ThreadedWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.pending.extend_from_slice(&buf[..n]);
-        if self.pending.len() >= HASH_BATCH {
-            self.send();
+        self.pending.extend_from_slice(buf);
+        if self.pending.len() >= OUT_BATCH {
+            self.send()?;
         }
-        self.pos += n as u64;
-        Ok(n)
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.send()
     }
 }
 
-impl<W> Seek for HashingWriter<W> {
+impl Seek for ThreadedWriter {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         let target = match to {
             SeekFrom::Start(p) => Some(p),
@@ -305,7 +310,7 @@ impl<W> Seek for HashingWriter<W> {
 
 /// Writes an already built tree as ext4 to a sequential writer; returns
 /// the writer's report and the image's SHA-256 (hex).
-pub fn write_flattened<W: Write>(
+pub fn write_flattened<W: Write + Send>(
     f: &Flattened,
     deleted_data: ext4::DeletedData,
     out: W,
@@ -314,37 +319,49 @@ pub fn write_flattened<W: Write>(
     let mut o = ext4::Ext4Options::new(uuid, hash_seed);
     o.deleted_data = deleted_data;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let thread_failed = failed.clone();
     std::thread::scope(|s| {
-        let hasher = s.spawn(move || {
+        let output = s.spawn(move || -> io::Result<String> {
+            let mut out = out;
             let mut h = Sha256::new();
             for chunk in rx {
                 h.update(&chunk);
+                if let Err(e) = out.write_all(&chunk) {
+                    thread_failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
             }
-            hex::encode(h.finalize())
+            out.flush()?;
+            Ok(hex::encode(h.finalize()))
         });
-        let mut w = HashingWriter {
-            inner: out,
-            pending: Vec::with_capacity(HASH_BATCH),
-            tx,
+        let mut w = ThreadedWriter {
+            pending: Vec::with_capacity(OUT_BATCH),
+            tx: Some(tx),
+            failed,
             pos: 0,
         };
-        let result = ext4::write_image(&f.tree, &f.spool, &o, &mut w)
-            .map_err(Error::Write)
-            .and_then(|summary| {
-                w.flush().map_err(|source| {
-                    Error::Write(ext4::WriteError::Write {
-                        offset: w.pos,
-                        source,
-                    })
-                })?;
-                Ok(summary)
-            });
-        w.send();
+        let result = ext4::write_image(&f.tree, &f.spool, &o, &mut w).and_then(|summary| {
+            w.flush().map_err(|source| ext4::WriteError::Write {
+                offset: w.pos,
+                source,
+            })?;
+            Ok(summary)
+        });
+        let end = w.pos;
         drop(w);
-        let sha = hasher
+        let written = output
             .join()
-            .map_err(|_| Error::Internal("image hasher panicked".into()))?;
-        result.map(|summary| (summary, sha))
+            .map_err(|_| Error::Internal("image output thread panicked".into()))?;
+        match (result, written) {
+            (Ok(summary), Ok(sha)) => Ok((summary, sha)),
+            // The output's own error explains a writer failure best.
+            (_, Err(source)) => Err(Error::Write(ext4::WriteError::Write {
+                offset: end,
+                source,
+            })),
+            (Err(e), Ok(_)) => Err(Error::Write(e)),
+        }
     })
 }
 
@@ -408,7 +425,7 @@ pub fn flatten(image: &ImageRef, opts: &FlattenOptions<'_>, out: &Path) -> Resul
 /// seeks), e.g. straight into a chunker. The spool goes to
 /// [`FlattenOptions::spool_dir`] or the system temp directory. On error
 /// `out` has received a prefix of the image; the caller discards it.
-pub fn flatten_to_writer<W: Write>(
+pub fn flatten_to_writer<W: Write + Send>(
     image: &ImageRef,
     opts: &FlattenOptions<'_>,
     out: W,
