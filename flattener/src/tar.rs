@@ -441,6 +441,13 @@ impl<R: Read> TarReader<R> {
             }
         }
 
+        // Old tars mark directories by a trailing slash on a NUL-type entry
+        // (Go's archive/tar does the same).
+        let kind = if typeflag == 0 && kind == EntryType::Regular && path.ends_with(b"/") {
+            EntryType::Directory
+        } else {
+            kind
+        };
         let kind_has_data = matches!(kind, EntryType::Regular);
         if !kind_has_data {
             size = 0;

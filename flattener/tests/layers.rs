@@ -641,3 +641,11 @@ fn docker_archive_with_blob_layout_is_verified() {
         "{err:?}"
     );
 }
+
+#[test]
+fn old_style_directory_with_trailing_slash() {
+    let mut e = E::file("olddir/", b"");
+    e.typeflag = 0;
+    let l = listing(vec![tar(&[e, E::file("olddir/f", b"x")])]);
+    assert!(kind(&l, "/olddir").starts_with("dir"), "{l:?}");
+}
