@@ -155,9 +155,11 @@ impl<R: Read> Read for HashingReader<'_, R> {
     }
 }
 
-/// Receives decompressed chunks from the decoder thread.
+/// Receives decompressed chunks from the decoder thread (and hands the
+/// emptied buffers back for reuse).
 struct ChannelReader {
     rx: Receiver<io::Result<Vec<u8>>>,
+    free: SyncSender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
     hasher: Sha256,
@@ -173,7 +175,10 @@ impl Read for ChannelReader {
             match self.rx.recv() {
                 Ok(Ok(chunk)) => {
                     self.hasher.update(&chunk);
-                    self.cur = chunk;
+                    let old = std::mem::replace(&mut self.cur, chunk);
+                    if old.capacity() > 0 {
+                        let _ = self.free.try_send(old);
+                    }
                     self.pos = 0;
                 }
                 Ok(Err(e)) => {
@@ -213,6 +218,7 @@ fn decompress<R: BufRead>(
     r: &mut R,
     codec: Compression,
     tx: &SyncSender<io::Result<Vec<u8>>>,
+    free: &Receiver<Vec<u8>>,
     cancel: &AtomicBool,
 ) -> io::Result<()> {
     let pump = |src: &mut dyn Read| -> io::Result<()> {
@@ -220,7 +226,9 @@ fn decompress<R: BufRead>(
             if cancel.load(Ordering::Relaxed) {
                 return Err(io::Error::other("cancelled"));
             }
-            let mut chunk = vec![0u8; CHUNK];
+            let mut chunk = free.try_recv().unwrap_or_default();
+            // A recycled buffer is already CHUNK long: no zeroing.
+            chunk.resize(CHUNK, 0);
             let mut filled = 0;
             while filled < CHUNK {
                 match src.read(&mut chunk[filled..]) {
@@ -309,9 +317,10 @@ pub(crate) fn read_layer(
     })?;
 
     let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(4);
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(8);
     let (parsed, decoded, blob_digest, blob_size, diff) = std::thread::scope(|s| {
         let decoder = s.spawn(move || {
-            let mut result = decompress(&mut input, found, &tx, cancel);
+            let mut result = decompress(&mut input, found, &tx, &free_rx, cancel);
             if result.is_ok() {
                 // Hash whatever follows (nothing, for a valid blob).
                 result = io::copy(&mut input, &mut io::sink()).map(|_| ());
@@ -325,6 +334,7 @@ pub(crate) fn read_layer(
         });
         let mut chan = ChannelReader {
             rx,
+            free: free_tx,
             cur: Vec::new(),
             pos: 0,
             hasher: Sha256::new(),
@@ -402,7 +412,8 @@ pub(crate) fn parse_tar(
 ) -> Result<ParsedLayer, LayerError> {
     let layer_u32 =
         u32::try_from(layer).map_err(|_| LayerError::Format("too many layers".into()))?;
-    let mut tar = TarReader::new(BufReader::with_capacity(CHUNK, r));
+    // The channel reader hands out whole chunks: no extra buffer needed.
+    let mut tar = TarReader::new(r);
     let mut out = BufWriter::with_capacity(CHUNK, spool);
     let mut spool_pos = 0u64;
     let mut entries = Vec::new();
