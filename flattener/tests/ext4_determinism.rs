@@ -360,7 +360,7 @@ proptest! {
         let mut b = Builder::new();
         let dirs: Vec<NodeId> = (0..3).map(|i| b.dir(Tree::ROOT, format!("dir{i}").as_bytes(), meta(0o755))).collect();
         let mut first_file = None;
-        for (i, (d, name, kind, x)) in entries.iter().enumerate() {
+        for (d, name, kind, x) in &entries {
             let mut m = meta(0o644 | (x & 0o7000));
             m.mtime = Timestamp { sec: sec + i64::from(*x % 1000), nsec: x % 1_000_000_000 };
             m.uid = x >> 8;

@@ -234,3 +234,20 @@ fn deep_paths() {
     b.file(d, b"bottom", meta(0o644), 0, b"deep");
     check_image(&b, &test_opts());
 }
+
+#[test]
+fn hashed_directory_with_default_options() {
+    // An all-zero hash seed makes ext4 use its built-in default seed.
+    let mut b = Builder::new();
+    let d = b.dir(Tree::ROOT, b"d", meta(0o755));
+    for i in 0..2000 {
+        b.file(
+            d,
+            format!("file-{i}-\u{e9}").as_bytes(),
+            meta(0o644),
+            0,
+            b"",
+        );
+    }
+    check_image(&b, &flattener::ext4::Ext4Options::default());
+}
