@@ -254,7 +254,7 @@ pub struct FlattenSummary {
 /// plans and copies; tolerates only seeks that do not move.
 struct ThreadedWriter {
     pending: Vec<u8>,
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    tx: Option<std::sync::mpsc::SyncSender<std::sync::Arc<Vec<u8>>>>,
     failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pos: u64,
 }
@@ -269,7 +269,7 @@ impl ThreadedWriter {
         let full = std::mem::replace(&mut self.pending, Vec::with_capacity(OUT_BATCH));
         match &self.tx {
             Some(tx) if !self.failed.load(Ordering::Relaxed) => tx
-                .send(full)
+                .send(std::sync::Arc::new(full))
                 .map_err(|_| io::Error::other("output thread stopped")),
             _ => Err(io::Error::other("output thread stopped")),
         }
@@ -318,22 +318,31 @@ pub fn write_flattened<W: Write + Send>(
     let (uuid, hash_seed) = image_ids(&f.content_ids);
     let mut o = ext4::Ext4Options::new(uuid, hash_seed);
     o.deleted_data = deleted_data;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    // Writer thread → output thread (write) → hasher thread (SHA-256):
+    // the sequential part of a flatten is spread over three threads.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<Vec<u8>>>(8);
+    let (htx, hrx) = std::sync::mpsc::sync_channel::<std::sync::Arc<Vec<u8>>>(8);
     let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let thread_failed = failed.clone();
     std::thread::scope(|s| {
-        let output = s.spawn(move || -> io::Result<String> {
-            let mut out = out;
+        let hasher = s.spawn(move || {
             let mut h = Sha256::new();
+            for chunk in hrx {
+                h.update(&chunk[..]);
+            }
+            hex::encode(h.finalize())
+        });
+        let output = s.spawn(move || -> io::Result<()> {
+            let mut out = out;
             for chunk in rx {
-                h.update(&chunk);
                 if let Err(e) = out.write_all(&chunk) {
                     thread_failed.store(true, Ordering::Relaxed);
                     return Err(e);
                 }
+                // The hasher lives until this sender is dropped.
+                let _ = htx.send(chunk);
             }
-            out.flush()?;
-            Ok(hex::encode(h.finalize()))
+            out.flush()
         });
         let mut w = ThreadedWriter {
             pending: Vec::with_capacity(OUT_BATCH),
@@ -353,6 +362,10 @@ pub fn write_flattened<W: Write + Send>(
         let written = output
             .join()
             .map_err(|_| Error::Internal("image output thread panicked".into()))?;
+        let sha = hasher
+            .join()
+            .map_err(|_| Error::Internal("image hasher thread panicked".into()))?;
+        let written = written.map(|()| sha);
         match (result, written) {
             (Ok(summary), Ok(sha)) => Ok((summary, sha)),
             // The output's own error explains a writer failure best.
