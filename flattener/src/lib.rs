@@ -14,11 +14,22 @@
 //! layers' content).
 //!
 //! ```
-//! use flattener::{ImageRef, FlattenOptions};
-//! let r = ImageRef::parse("oci:/images/layout:python").unwrap();
+//! use flattener::oci::MemorySource;
+//! use flattener::{build_tree, write_flattened, FlattenOptions, ImageRef};
+//!
+//! // `lode flatten` does `flatten(&ImageRef::parse("oci:DIR:TAG")?, &opts, out)`;
+//! // here, an image of one empty layer held in memory.
+//! let r = ImageRef::parse("oci:/images/layout:python")?;
 //! assert_eq!(r.to_string(), "oci:/images/layout:python");
+//! let source = MemorySource::from_tars(vec![vec![0u8; 1024]]);
 //! let opts = FlattenOptions::default();
-//! assert_eq!(opts.platform.to_string(), "linux/amd64");
+//! let flat = build_tree(&source, &opts, &std::env::temp_dir())?;
+//! let mut image = Vec::new();
+//! let (summary, sha256) = write_flattened(&flat, opts.deleted_data, &mut image)?;
+//! assert_eq!(summary.size_bytes, image.len() as u64);
+//! assert_eq!(image.len() % (512 * 1024), 0);
+//! assert_eq!(sha256.len(), 64);
+//! # Ok::<(), flattener::Error>(())
 //! ```
 //!
 //! Features: none; gzip uses flate2 with the pure-Rust zlib-rs backend,
