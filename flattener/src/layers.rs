@@ -22,8 +22,9 @@
 //!   ignored); an upper layer replacing one of the names gives that name a
 //!   new node and the other names keep the old one. A hard link to a
 //!   missing path or to a directory is an error.
-//! - xattrs outside `user.`, `trusted.` and `security.` are dropped (ext4
-//!   stores POSIX ACLs in its own format; tar carries them differently).
+//! - xattrs outside `user.`, `trusted.`, `security.` and the two POSIX ACL
+//!   names (`system.posix_acl_access`, `system.posix_acl_default`, in the
+//!   kernel's xattr format as Go's archive/tar writes them) are dropped.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
@@ -76,8 +77,10 @@ pub(crate) struct ParsedLayer {
     pub(crate) entries: Vec<LayerEntry>,
     /// File contents, indexed by [`Op::File`].
     pub(crate) files: Vec<FileData>,
-    /// SHA-256 of each file's stored bytes, same index.
-    pub(crate) file_hashes: Vec<[u8; 32]>,
+    /// XXH3-128 of each file's stored bytes, same index (only feeds the
+    /// content id, which needs no collision resistance against attackers:
+    /// it only picks the UUID).
+    pub(crate) file_hashes: Vec<u128>,
     pub(crate) spool: File,
 }
 
@@ -120,7 +123,11 @@ fn check_components(raw: &[u8], comps: &[Vec<u8>]) -> Result<(), LayerError> {
 }
 
 fn keep_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"user.") || name.starts_with(b"trusted.") || name.starts_with(b"security.")
+    name.starts_with(b"user.")
+        || name.starts_with(b"trusted.")
+        || name.starts_with(b"security.")
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
 }
 
 /// Shared progress counter of compressed bytes read.
@@ -148,9 +155,11 @@ impl<R: Read> Read for HashingReader<'_, R> {
     }
 }
 
-/// Receives decompressed chunks from the decoder thread.
+/// Receives decompressed chunks from the decoder thread (and hands the
+/// emptied buffers back for reuse).
 struct ChannelReader {
     rx: Receiver<io::Result<Vec<u8>>>,
+    free: SyncSender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
     hasher: Sha256,
@@ -166,7 +175,10 @@ impl Read for ChannelReader {
             match self.rx.recv() {
                 Ok(Ok(chunk)) => {
                     self.hasher.update(&chunk);
-                    self.cur = chunk;
+                    let old = std::mem::replace(&mut self.cur, chunk);
+                    if old.capacity() > 0 {
+                        let _ = self.free.try_send(old);
+                    }
                     self.pos = 0;
                 }
                 Ok(Err(e)) => {
@@ -206,6 +218,7 @@ fn decompress<R: BufRead>(
     r: &mut R,
     codec: Compression,
     tx: &SyncSender<io::Result<Vec<u8>>>,
+    free: &Receiver<Vec<u8>>,
     cancel: &AtomicBool,
 ) -> io::Result<()> {
     let pump = |src: &mut dyn Read| -> io::Result<()> {
@@ -213,7 +226,9 @@ fn decompress<R: BufRead>(
             if cancel.load(Ordering::Relaxed) {
                 return Err(io::Error::other("cancelled"));
             }
-            let mut chunk = vec![0u8; CHUNK];
+            let mut chunk = free.try_recv().unwrap_or_default();
+            // A recycled buffer is already CHUNK long: no zeroing.
+            chunk.resize(CHUNK, 0);
             let mut filled = 0;
             while filled < CHUNK {
                 match src.read(&mut chunk[filled..]) {
@@ -302,9 +317,10 @@ pub(crate) fn read_layer(
     })?;
 
     let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(4);
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(8);
     let (parsed, decoded, blob_digest, blob_size, diff) = std::thread::scope(|s| {
         let decoder = s.spawn(move || {
-            let mut result = decompress(&mut input, found, &tx, cancel);
+            let mut result = decompress(&mut input, found, &tx, &free_rx, cancel);
             if result.is_ok() {
                 // Hash whatever follows (nothing, for a valid blob).
                 result = io::copy(&mut input, &mut io::sink()).map(|_| ());
@@ -318,6 +334,7 @@ pub(crate) fn read_layer(
         });
         let mut chan = ChannelReader {
             rx,
+            free: free_tx,
             cur: Vec::new(),
             pos: 0,
             hasher: Sha256::new(),
@@ -395,7 +412,8 @@ pub(crate) fn parse_tar(
 ) -> Result<ParsedLayer, LayerError> {
     let layer_u32 =
         u32::try_from(layer).map_err(|_| LayerError::Format("too many layers".into()))?;
-    let mut tar = TarReader::new(BufReader::with_capacity(CHUNK, r));
+    // The channel reader hands out whole chunks: no extra buffer needed.
+    let mut tar = TarReader::new(r);
     let mut out = BufWriter::with_capacity(CHUNK, spool);
     let mut spool_pos = 0u64;
     let mut entries = Vec::new();
@@ -439,10 +457,10 @@ pub(crate) fn parse_tar(
                             ));
                         }
                         let mut extents: Vec<DataExtent> = Vec::new();
-                        let mut fh = Sha256::new();
+                        let mut fh = twox_hash::XxHash3_128::new();
                         tar.read_data(&e, &mut |file_offset, bytes| {
                             out.write_all(bytes)?;
-                            fh.update(bytes);
+                            fh.write(bytes);
                             match extents.last_mut() {
                                 Some(x)
                                     if x.file_offset + x.len == file_offset
@@ -466,7 +484,7 @@ pub(crate) fn parse_tar(
                         {
                             return Err(entry_err(&e.path, "data beyond the file size"));
                         }
-                        file_hashes.push(fh.finalize().into());
+                        file_hashes.push(fh.finish_128());
                         files.push(FileData {
                             layer: layer_u32,
                             size: e.size,
@@ -866,8 +884,8 @@ impl Builder {
 
 /// A digest of a layer's content that ignores tar entry order,
 /// compression and archive format: its entries sorted by path, each with
-/// its operation, metadata and the SHA-256 of its data.
-fn content_digest(entries: &[LayerEntry], files: &[FileData], hashes: &[[u8; 32]]) -> Digest {
+/// its operation, metadata and a hash of its data.
+fn content_digest(entries: &[LayerEntry], files: &[FileData], hashes: &[u128]) -> Digest {
     fn bytes(h: &mut Sha256, b: &[u8]) {
         h.update((b.len() as u64).to_le_bytes());
         h.update(b);
@@ -891,7 +909,7 @@ fn content_digest(entries: &[LayerEntry], files: &[FileData], hashes: &[[u8; 32]
                     h.update(x.file_offset.to_le_bytes());
                     h.update(x.len.to_le_bytes());
                 }
-                h.update(hashes[*i]);
+                h.update(hashes[*i].to_le_bytes());
             }
             Op::HardLink(t) => {
                 h.update(b"h");

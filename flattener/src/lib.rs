@@ -14,11 +14,22 @@
 //! layers' content).
 //!
 //! ```
-//! use flattener::{ImageRef, FlattenOptions};
-//! let r = ImageRef::parse("oci:/images/layout:python").unwrap();
+//! use flattener::oci::MemorySource;
+//! use flattener::{build_tree, write_flattened, FlattenOptions, ImageRef};
+//!
+//! // `lode flatten` does `flatten(&ImageRef::parse("oci:DIR:TAG")?, &opts, out)`;
+//! // here, an image of one empty layer held in memory.
+//! let r = ImageRef::parse("oci:/images/layout:python")?;
 //! assert_eq!(r.to_string(), "oci:/images/layout:python");
+//! let source = MemorySource::from_tars(vec![vec![0u8; 1024]]);
 //! let opts = FlattenOptions::default();
-//! assert_eq!(opts.platform.to_string(), "linux/amd64");
+//! let flat = build_tree(&source, &opts, &std::env::temp_dir())?;
+//! let mut image = Vec::new();
+//! let (summary, sha256) = write_flattened(&flat, opts.deleted_data, &mut image)?;
+//! assert_eq!(summary.size_bytes, image.len() as u64);
+//! assert_eq!(image.len() % (512 * 1024), 0);
+//! assert_eq!(sha256.len(), 64);
+//! # Ok::<(), flattener::Error>(())
 //! ```
 //!
 //! Features: none; gzip uses flate2 with the pure-Rust zlib-rs backend,
@@ -83,7 +94,10 @@ pub struct FlattenOptions<'a> {
     /// Where the spool goes (default: the output file's directory; the
     /// system temp directory for [`flatten_to_writer`]).
     pub spool_dir: Option<PathBuf>,
-    /// What the image keeps of file data an upper layer deleted or replaced.
+    /// What the image keeps of file data an upper layer deleted or
+    /// replaced. Default [`ext4::DeletedData::Keep`]: it keeps a base
+    /// layer's chunks identical in every image built on it (measured in
+    /// the crate README); the bytes are in the image's layers anyway.
     pub deleted_data: ext4::DeletedData,
 }
 
@@ -94,7 +108,7 @@ impl Default for FlattenOptions<'_> {
             progress: None,
             threads: 0,
             spool_dir: None,
-            deleted_data: ext4::DeletedData::default(),
+            deleted_data: ext4::DeletedData::Keep,
         }
     }
 }
@@ -141,7 +155,7 @@ pub struct Flattened {
 /// per-layer content digests ([`Flattened::content_ids`]).
 ///
 /// A layer's content digest hashes its entries sorted by path (operation,
-/// metadata, SHA-256 of the data). Like the diff_id it identifies the
+/// metadata, XXH3-128 of the data). Like the diff_id it identifies the
 /// layer's content, so the same layers give the same image whether they
 /// arrive compressed or not, from an OCI layout or a docker-archive; unlike
 /// the diff_id it does not change when only the tar entry order does, so
@@ -246,26 +260,48 @@ pub struct FlattenSummary {
     pub image: ext4::ImageSummary,
 }
 
-/// Hashes what goes through; tolerates only seeks that do not move.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
+/// Hands what the ext4 writer produces to a thread that hashes it and
+/// writes it out, so the writer (the sequential part of a flatten) only
+/// plans and copies; tolerates only seeks that do not move.
+struct ThreadedWriter {
+    pending: Vec<u8>,
+    tx: Option<std::sync::mpsc::SyncSender<std::sync::Arc<Vec<u8>>>>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pos: u64,
 }
 
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.pos += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+const OUT_BATCH: usize = 1 << 20;
+
+impl ThreadedWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.pending, Vec::with_capacity(OUT_BATCH));
+        match &self.tx {
+            Some(tx) if !self.failed.load(Ordering::Relaxed) => tx
+                .send(std::sync::Arc::new(full))
+                .map_err(|_| io::Error::other("output thread stopped")),
+            _ => Err(io::Error::other("output thread stopped")),
+        }
     }
 }
 
-impl<W> Seek for HashingWriter<W> {
+impl Write for ThreadedWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        if self.pending.len() >= OUT_BATCH {
+            self.send()?;
+        }
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+impl Seek for ThreadedWriter {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         let target = match to {
             SeekFrom::Start(p) => Some(p),
@@ -285,7 +321,7 @@ impl<W> Seek for HashingWriter<W> {
 
 /// Writes an already built tree as ext4 to a sequential writer; returns
 /// the writer's report and the image's SHA-256 (hex).
-pub fn write_flattened<W: Write>(
+pub fn write_flattened<W: Write + Send>(
     f: &Flattened,
     deleted_data: ext4::DeletedData,
     out: W,
@@ -293,19 +329,64 @@ pub fn write_flattened<W: Write>(
     let (uuid, hash_seed) = image_ids(&f.content_ids);
     let mut o = ext4::Ext4Options::new(uuid, hash_seed);
     o.deleted_data = deleted_data;
-    let mut w = HashingWriter {
-        inner: out,
-        hasher: Sha256::new(),
-        pos: 0,
-    };
-    let summary = ext4::write_image(&f.tree, &f.spool, &o, &mut w).map_err(Error::Write)?;
-    w.flush().map_err(|source| {
-        Error::Write(ext4::WriteError::Write {
-            offset: w.pos,
-            source,
-        })
-    })?;
-    Ok((summary, hex::encode(w.hasher.finalize())))
+    // Writer thread → output thread (write) → hasher thread (SHA-256):
+    // the sequential part of a flatten is spread over three threads.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<Vec<u8>>>(8);
+    let (htx, hrx) = std::sync::mpsc::sync_channel::<std::sync::Arc<Vec<u8>>>(8);
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let thread_failed = failed.clone();
+    std::thread::scope(|s| {
+        let hasher = s.spawn(move || {
+            let mut h = Sha256::new();
+            for chunk in hrx {
+                h.update(&chunk[..]);
+            }
+            hex::encode(h.finalize())
+        });
+        let output = s.spawn(move || -> io::Result<()> {
+            let mut out = out;
+            for chunk in rx {
+                if let Err(e) = out.write_all(&chunk) {
+                    thread_failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+                // The hasher lives until this sender is dropped.
+                let _ = htx.send(chunk);
+            }
+            out.flush()
+        });
+        let mut w = ThreadedWriter {
+            pending: Vec::with_capacity(OUT_BATCH),
+            tx: Some(tx),
+            failed,
+            pos: 0,
+        };
+        let result = ext4::write_image(&f.tree, &f.spool, &o, &mut w).and_then(|summary| {
+            w.flush().map_err(|source| ext4::WriteError::Write {
+                offset: w.pos,
+                source,
+            })?;
+            Ok(summary)
+        });
+        let end = w.pos;
+        drop(w);
+        let written = output
+            .join()
+            .map_err(|_| Error::Internal("image output thread panicked".into()))?;
+        let sha = hasher
+            .join()
+            .map_err(|_| Error::Internal("image hasher thread panicked".into()))?;
+        let written = written.map(|()| sha);
+        match (result, written) {
+            (Ok(summary), Ok(sha)) => Ok((summary, sha)),
+            // The output's own error explains a writer failure best.
+            (_, Err(source)) => Err(Error::Write(ext4::WriteError::Write {
+                offset: end,
+                source,
+            })),
+            (Err(e), Ok(_)) => Err(Error::Write(e)),
+        }
+    })
 }
 
 fn summarize(f: &Flattened, image: ext4::ImageSummary, sha256: String) -> FlattenSummary {
@@ -355,7 +436,12 @@ pub fn flatten(image: &ImageRef, opts: &FlattenOptions<'_>, out: &Path) -> Resul
         .suffix(".partial")
         .tempfile_in(&dir)
         .map_err(io_err(&dir))?;
-    let (image, sha256) = write_flattened(&f, opts.deleted_data, tmp.as_file_mut())?;
+    let out_file = EarlyWriteback {
+        file: tmp.as_file_mut(),
+        pos: 0,
+        started: 0,
+    };
+    let (image, sha256) = write_flattened(&f, opts.deleted_data, out_file)?;
     tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
     tmp.persist(out).map_err(|e| Error::Io {
         path: out.to_owned(),
@@ -364,11 +450,47 @@ pub fn flatten(image: &ImageRef, opts: &FlattenOptions<'_>, out: &Path) -> Resul
     Ok(summarize(&f, image, sha256))
 }
 
+/// Writes to a file and starts writeback of every finished 32 MiB in the
+/// background, so the final `fsync` waits only for the tail.
+struct EarlyWriteback<'a> {
+    file: &'a mut File,
+    pos: u64,
+    started: u64,
+}
+
+const WRITEBACK_STEP: u64 = 32 << 20;
+
+impl Write for EarlyWriteback<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.pos += n as u64;
+        if self.pos - self.started >= WRITEBACK_STEP {
+            use std::os::unix::io::AsRawFd;
+            let len = self.pos - self.started;
+            // SAFETY: plain syscall on an open descriptor; a failure only
+            // means writeback starts later, at the final fsync.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.started as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            self.started = self.pos;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// Flattens `image` and streams the ext4 image to `out` (the writer never
 /// seeks), e.g. straight into a chunker. The spool goes to
 /// [`FlattenOptions::spool_dir`] or the system temp directory. On error
 /// `out` has received a prefix of the image; the caller discards it.
-pub fn flatten_to_writer<W: Write>(
+pub fn flatten_to_writer<W: Write + Send>(
     image: &ImageRef,
     opts: &FlattenOptions<'_>,
     out: W,

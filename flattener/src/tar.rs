@@ -103,6 +103,8 @@ pub(crate) struct TarReader<R: Read> {
     padding: u64,
     global: Pax,
     done: bool,
+    /// Reused for file data (allocated once, not per entry).
+    data_buf: Vec<u8>,
 }
 
 impl<R: Read> TarReader<R> {
@@ -114,6 +116,7 @@ impl<R: Read> TarReader<R> {
             padding: 0,
             global: Pax::default(),
             done: false,
+            data_buf: Vec::new(),
         }
     }
 
@@ -441,6 +444,13 @@ impl<R: Read> TarReader<R> {
             }
         }
 
+        // Old tars mark directories by a trailing slash on a NUL-type entry
+        // (Go's archive/tar does the same).
+        let kind = if typeflag == 0 && kind == EntryType::Regular && path.ends_with(b"/") {
+            EntryType::Directory
+        } else {
+            kind
+        };
         let kind_has_data = matches!(kind, EntryType::Regular);
         if !kind_has_data {
             size = 0;
@@ -520,7 +530,23 @@ impl<R: Read> TarReader<R> {
             Some(m) => m,
             None => &single,
         };
-        let mut buf = vec![0u8; 256 * 1024];
+        let mut buf = std::mem::take(&mut self.data_buf);
+        if buf.is_empty() {
+            buf = vec![0u8; 1 << 20];
+        }
+        let result = self.copy_runs(entry, runs, &mut buf, sink);
+        self.data_buf = buf;
+        result?;
+        self.finish_current(entry.offset)
+    }
+
+    fn copy_runs(
+        &mut self,
+        entry: &Entry,
+        runs: &[(u64, u64)],
+        buf: &mut [u8],
+        sink: &mut dyn FnMut(u64, &[u8]) -> io::Result<()>,
+    ) -> Result<(), TarError> {
         for &(off, len) in runs {
             let mut done = 0u64;
             while done < len {
@@ -537,7 +563,7 @@ impl<R: Read> TarReader<R> {
                 done += k as u64;
             }
         }
-        self.finish_current(entry.offset)
+        Ok(())
     }
 }
 

@@ -161,6 +161,39 @@ fn special_files_modes_owners_times_and_xattrs() {
             target: b"ping".to_vec(),
         },
     );
+    // POSIX ACLs (xattr format: version 2, ids -1 on unnamed entries).
+    let acl = |entries: &[(u16, u16, u32)]| {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for &(tag, perm, id) in entries {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+        }
+        v
+    };
+    let none = u32::MAX;
+    let mut acl_file = meta(0o640);
+    acl_file.xattrs.insert(
+        b"system.posix_acl_access".to_vec(),
+        acl(&[
+            (1, 6, none),
+            (2, 4, 1000),
+            (4, 4, none),
+            (8, 4, 50),
+            (0x10, 4, none),
+            (0x20, 0, none),
+        ]),
+    );
+    b.file(root, b"with-acl", acl_file, 0, b"acl");
+    let mut acl_dir = meta(0o750);
+    let dflt = acl(&[(1, 7, none), (4, 5, none), (0x20, 0, none)]);
+    acl_dir
+        .xattrs
+        .insert(b"system.posix_acl_default".to_vec(), dflt);
+    acl_dir
+        .xattrs
+        .insert(b"user.note".to_vec(), b"inherits".to_vec());
+    b.dir(root, b"acl-dir", acl_dir);
     // Root metadata too.
     b.tree.node_mut(root).meta.mode = 0o700;
     b.tree.node_mut(root).meta.uid = 1;
@@ -200,4 +233,21 @@ fn deep_paths() {
     }
     b.file(d, b"bottom", meta(0o644), 0, b"deep");
     check_image(&b, &test_opts());
+}
+
+#[test]
+fn hashed_directory_with_default_options() {
+    // An all-zero hash seed makes ext4 use its built-in default seed.
+    let mut b = Builder::new();
+    let d = b.dir(Tree::ROOT, b"d", meta(0o755));
+    for i in 0..2000 {
+        b.file(
+            d,
+            format!("file-{i}-\u{e9}").as_bytes(),
+            meta(0o644),
+            0,
+            b"",
+        );
+    }
+    check_image(&b, &flattener::ext4::Ext4Options::default());
 }

@@ -53,7 +53,8 @@ fn basic_types_modes_owners_times_xattrs() {
             .xattr("security.capability", b"\x01\x00\x00\x02")
             .xattr("user.note", b"hi")
             .xattr("trusted.t", b"1")
-            .xattr("system.posix_acl_access", b"dropped"),
+            .xattr("system.posix_acl_access", &common::acl_xattr())
+            .xattr("system.other", b"dropped"),
     ])]);
     assert!(kind(&l, "/etc/passwd").starts_with("file size=11"));
     assert!(kind(&l, "/usr/bin/sudo").contains("mode=4755"));
@@ -74,7 +75,8 @@ fn basic_types_modes_owners_times_xattrs() {
     assert!(cap.contains("security.capability="), "{cap}");
     assert!(cap.contains("user.note=hi"));
     assert!(cap.contains("trusted.t=1"));
-    assert!(!cap.contains("system.posix_acl_access"));
+    assert!(cap.contains("system.posix_acl_access="));
+    assert!(!cap.contains("system.other"));
     // Implicit parents: 0755, root, epoch.
     assert!(kind(&l, "/usr").contains("dir mode=755 0:0 t=0.000000000"));
     assert_eq!(l.len(), 18, "{l:#?}");
@@ -603,4 +605,47 @@ fn progress_reports_bytes_read() {
         .map(|p| std::fs::metadata(p).unwrap().len())
         .unwrap();
     assert_eq!(max.load(std::sync::atomic::Ordering::Relaxed), total);
+}
+
+#[test]
+fn docker_archive_with_blob_layout_is_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = vec![tar(&[E::file("a", b"one")]), tar(&[E::file("b", b"two")])];
+    let p = dir.path().join("new.tar");
+    common::docker_archive_blobs(&p, &layers);
+    for r in ["", ":b:2"] {
+        let src = ImageRef::parse(&format!("docker-archive:{}{r}", p.display()))
+            .unwrap()
+            .open(dir.path())
+            .unwrap();
+        let f = build_tree(&*src, &FlattenOptions::default(), dir.path()).unwrap();
+        assert!(dump(&f.tree, &f.spool).contains_key(&b"/b"[..]));
+    }
+    let src = ImageRef::parse(&format!("docker-archive:{}:c:3", p.display()))
+        .unwrap()
+        .open(dir.path())
+        .unwrap();
+    assert!(build_tree(&*src, &FlattenOptions::default(), dir.path()).is_err());
+    // Flip a byte of the first layer's file data inside the archive.
+    let mut bytes = std::fs::read(&p).unwrap();
+    let pos = bytes.windows(3).position(|w| w == b"one").unwrap();
+    bytes[pos] = b'O';
+    std::fs::write(&p, bytes).unwrap();
+    let src = ImageRef::parse(&format!("docker-archive:{}", p.display()))
+        .unwrap()
+        .open(dir.path())
+        .unwrap();
+    let err = build_tree(&*src, &FlattenOptions::default(), dir.path()).unwrap_err();
+    assert!(
+        matches!(&err, Error::DigestMismatch { blob, .. } if blob.starts_with("blobs/sha256/")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn old_style_directory_with_trailing_slash() {
+    let mut e = E::file("olddir/", b"");
+    e.typeflag = 0;
+    let l = listing(vec![tar(&[e, E::file("olddir/f", b"x")])]);
+    assert!(kind(&l, "/olddir").starts_with("dir"), "{l:?}");
 }

@@ -39,6 +39,7 @@ pub(crate) const XATTR_MAGIC: u32 = 0xEA02_0000;
 /// Feature flags.
 pub(crate) mod feature {
     pub(crate) const COMPAT_EXT_ATTR: u32 = 0x0008;
+    pub(crate) const COMPAT_DIR_INDEX: u32 = 0x0020;
     pub(crate) const COMPAT_SPARSE_SUPER2: u32 = 0x0200;
     pub(crate) const INCOMPAT_FILETYPE: u32 = 0x0002;
     pub(crate) const INCOMPAT_EXTENTS: u32 = 0x0040;
@@ -52,6 +53,154 @@ pub(crate) mod feature {
 
 /// Inode flags.
 pub(crate) const EXTENTS_FL: u32 = 0x0008_0000;
+
+/// Hashed-directory inode flag.
+pub(crate) const INDEX_FL: u32 = 0x0000_1000;
+/// Index entries in an htree root block: (4096 - 32) / 8.
+pub(crate) const DX_ROOT_LIMIT: usize = 508;
+/// Index entries in an htree interior block: (4096 - 8) / 8.
+pub(crate) const DX_NODE_LIMIT: usize = 511;
+/// `s_def_hash_version` and `dx_root_info.hash_version`: half MD4 (the
+/// unsigned variant, selected by the superblock flag).
+pub(crate) const DX_HASH_HALF_MD4: u8 = 1;
+
+/// Packs up to 32 name bytes into eight words as the kernel's unsigned
+/// `str2hashbuf` does: big-endian groups of four, padded with a length pattern.
+/// `signed` selects the variant for platforms with signed `char` (tests only).
+fn str2hashbuf(msg: &[u8], signed: bool) -> [u32; 8] {
+    let len = msg.len() as u32;
+    let mut pad = len | (len << 8);
+    pad |= pad << 16;
+    let mut out = [pad; 8];
+    let mut val = pad;
+    let mut o = 0;
+    for (i, &c) in msg.iter().take(32).enumerate() {
+        let c = if signed {
+            i32::from(c as i8) as u32
+        } else {
+            u32::from(c)
+        };
+        val = c.wrapping_add(val << 8);
+        if i % 4 == 3 {
+            out[o] = val;
+            o += 1;
+            val = pad;
+        }
+    }
+    if o < 8 {
+        out[o] = val;
+    }
+    out
+}
+
+/// The half-MD4 compression of one 32-byte input into `buf`.
+fn half_md4_transform(buf: &mut [u32; 4], x: &[u32; 8]) {
+    const K2: u32 = 0x5A82_7999;
+    const K3: u32 = 0x6ED9_EBA1;
+    let f = |x: u32, y: u32, z: u32| z ^ (x & (y ^ z));
+    let g = |x: u32, y: u32, z: u32| (x & y).wrapping_add((x ^ y) & z);
+    let h = |x: u32, y: u32, z: u32| x ^ y ^ z;
+    let [mut a, mut b, mut c, mut d] = *buf;
+    let step =
+        |fun: &dyn Fn(u32, u32, u32) -> u32, a: u32, b: u32, c: u32, d: u32, v: u32, s: u32| {
+            a.wrapping_add(fun(b, c, d)).wrapping_add(v).rotate_left(s)
+        };
+    for (i, s) in [
+        (0, 3),
+        (1, 7),
+        (2, 11),
+        (3, 19),
+        (4, 3),
+        (5, 7),
+        (6, 11),
+        (7, 19),
+    ]
+    .chunks(4)
+    .flat_map(|c| c.to_vec())
+    {
+        match i % 4 {
+            0 => a = step(&f, a, b, c, d, x[i], s),
+            1 => d = step(&f, d, a, b, c, x[i], s),
+            2 => c = step(&f, c, d, a, b, x[i], s),
+            _ => b = step(&f, b, c, d, a, x[i], s),
+        }
+    }
+    for (n, (i, s)) in [
+        (1, 3),
+        (3, 5),
+        (5, 9),
+        (7, 13),
+        (0, 3),
+        (2, 5),
+        (4, 9),
+        (6, 13),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let v = x[i].wrapping_add(K2);
+        match n % 4 {
+            0 => a = step(&g, a, b, c, d, v, s),
+            1 => d = step(&g, d, a, b, c, v, s),
+            2 => c = step(&g, c, d, a, b, v, s),
+            _ => b = step(&g, b, c, d, a, v, s),
+        }
+    }
+    for (n, (i, s)) in [
+        (3, 3),
+        (7, 9),
+        (2, 11),
+        (6, 15),
+        (1, 3),
+        (5, 9),
+        (0, 11),
+        (4, 15),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let v = x[i].wrapping_add(K3);
+        match n % 4 {
+            0 => a = step(&h, a, b, c, d, v, s),
+            1 => d = step(&h, d, a, b, c, v, s),
+            2 => c = step(&h, c, d, a, b, v, s),
+            _ => b = step(&h, b, c, d, a, v, s),
+        }
+    }
+    buf[0] = buf[0].wrapping_add(a);
+    buf[1] = buf[1].wrapping_add(b);
+    buf[2] = buf[2].wrapping_add(c);
+    buf[3] = buf[3].wrapping_add(d);
+}
+
+/// The htree hash of a name (half MD4, unsigned characters), as ext4
+/// computes it for lookups: the low bit is clear and the end-of-directory
+/// value is never produced.
+pub(crate) fn dx_hash(name: &[u8], seed: &[u8; 16]) -> u32 {
+    dx_hash_variant(name, seed, false)
+}
+
+fn dx_hash_variant(name: &[u8], seed: &[u8; 16], signed: bool) -> u32 {
+    let mut buf = [0x6745_2301u32, 0xEFCD_AB89, 0x98BA_DCFE, 0x1032_5476];
+    let words: Vec<u32> = seed
+        .chunks(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if words.iter().any(|&w| w != 0) {
+        buf.copy_from_slice(&words);
+    }
+    let mut p = name;
+    while !p.is_empty() {
+        half_md4_transform(&mut buf, &str2hashbuf(p, signed));
+        p = &p[p.len().min(32)..];
+    }
+    let hash = buf[1] & !1;
+    if hash == 0xFFFF_FFFE {
+        0xFFFF_FFFC
+    } else {
+        hash
+    }
+}
 
 /// Directory entry file types.
 pub(crate) mod ftype {
@@ -84,10 +233,15 @@ pub(crate) fn put32(b: &mut [u8], off: usize, v: u32) {
 
 /// Encodes a timestamp as ext4's (seconds low 32 bits, extra) pair: extra holds
 /// the nanoseconds in bits 2..32 and the epoch (bits 32..34 of the signed
-/// seconds) in bits 0..2. Times outside 1901..2446 are clamped.
+/// seconds) in bits 0..2.
+///
+/// Times are clamped to 1901-12-13T20:45:52Z ..= 2310-04-04T00:00:00Z (nanoseconds
+/// dropped when clamping). The format reaches 2446, but e2fsck takes a time
+/// with epoch 3 and the sign bit set (2310 to 2378) for a mis-encoded pre-1970
+/// one and complains, so the range stops where that starts.
 pub(crate) fn encode_time(t: Timestamp) -> (u32, u32) {
     const MIN: i64 = -(1 << 31);
-    const MAX: i64 = (1 << 31) - 1 + 3 * (1 << 32);
+    const MAX: i64 = 3 * (1 << 32) - (1 << 31) - 1;
     let sec = t.sec.clamp(MIN, MAX);
     let nsec = if t.sec != sec {
         0
@@ -138,9 +292,19 @@ pub(crate) fn dirent(b: &mut [u8], ino: u32, rec_len: usize, ftype: u8, name: &[
     b[8..8 + name.len()].copy_from_slice(name);
 }
 
+/// Name index of `system.posix_acl_access` (stored with an empty name).
+pub(crate) const XATTR_INDEX_ACL_ACCESS: u8 = 2;
+/// Name index of `system.posix_acl_default`.
+pub(crate) const XATTR_INDEX_ACL_DEFAULT: u8 = 3;
+
 /// Splits an xattr name into ext4's name index and the stored suffix, for the
 /// namespaces this writer supports.
 pub(crate) fn xattr_index(name: &[u8]) -> Option<(u8, &[u8])> {
+    match name {
+        b"system.posix_acl_access" => return Some((XATTR_INDEX_ACL_ACCESS, &[])),
+        b"system.posix_acl_default" => return Some((XATTR_INDEX_ACL_DEFAULT, &[])),
+        _ => {}
+    }
     const PREFIXES: [(&[u8], u8); 3] = [(b"user.", 1), (b"trusted.", 4), (b"security.", 6)];
     PREFIXES
         .iter()
@@ -172,8 +336,30 @@ pub(crate) fn xattr_entry_hash(name: &[u8], value: &[u8]) -> u32 {
     hash
 }
 
-/// One xattr ready to encode: (index, stored name, value).
-pub(crate) type XattrEntry<'a> = (u8, &'a [u8], &'a [u8]);
+/// One xattr ready to encode: (index, stored name, stored value).
+pub(crate) type XattrEntry<'a> = (u8, &'a [u8], std::borrow::Cow<'a, [u8]>);
+
+/// Converts a POSIX ACL from the xattr interface's format (version 2, every
+/// entry with an id) to ext4's on-disk format (version 1, ids only on named
+/// user and group entries). None if it is not a well-formed ACL.
+pub(crate) fn acl_to_disk(value: &[u8]) -> Option<Vec<u8>> {
+    let body = value.strip_prefix(&2u32.to_le_bytes())?;
+    if body.len() % 8 != 0 {
+        return None;
+    }
+    let mut out = 1u32.to_le_bytes().to_vec();
+    for e in body.chunks(8) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        match tag {
+            // USER_OBJ, GROUP_OBJ, MASK, OTHER: tag and permissions.
+            0x01 | 0x04 | 0x10 | 0x20 => out.extend_from_slice(&e[..4]),
+            // USER, GROUP: with the id.
+            0x02 | 0x08 => out.extend_from_slice(e),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
 
 /// Bytes that `entries` need: entries, the 4-byte terminator and the values.
 pub(crate) fn xattr_space(entries: &[XattrEntry<'_>]) -> usize {
@@ -195,7 +381,8 @@ pub(crate) fn encode_xattrs(
     let mut hashes = Vec::with_capacity(entries.len());
     let mut at = 0usize;
     let mut vend = area.len();
-    for &(index, name, value) in entries {
+    for (index, name, value) in entries {
+        let (index, name, value) = (*index, *name, &value[..]);
         let hash = xattr_entry_hash(name, value);
         hashes.push(hash);
         let voffs = if value.is_empty() {
@@ -234,6 +421,8 @@ pub(crate) fn encode_device(major: u32, minor: u32) -> Option<(u32, u32)> {
 mod tests {
     use super::*;
 
+    const MAX_TIME: i64 = 3 * (1 << 32) - (1 << 31) - 1;
+
     fn decode_time(lo: u32, extra: u32) -> (i64, u32) {
         (
             i64::from(lo as i32) + (i64::from(extra & 3) << 32),
@@ -244,6 +433,7 @@ mod tests {
     #[test]
     fn times_round_trip_across_epochs() {
         for sec in [
+            MAX_TIME,
             0i64,
             -1,
             -(1 << 31),
@@ -251,7 +441,7 @@ mod tests {
             1 << 31,
             4_102_444_800,
             1 << 33,
-            15_000_000_000,
+            10_000_000_000,
         ] {
             let (lo, extra) = encode_time(Timestamp {
                 sec,
@@ -272,7 +462,18 @@ mod tests {
             sec: i64::MAX,
             nsec: 5,
         });
-        assert_eq!(decode_time(lo, extra).0, (1 << 31) - 1 + 3 * (1 << 32));
+        assert_eq!(decode_time(lo, extra).0, MAX_TIME);
+        // The first second e2fsck would take for a mis-encoded pre-1970 time.
+        let (lo, extra) = encode_time(Timestamp {
+            sec: MAX_TIME + 1,
+            nsec: 0,
+        });
+        assert!(!(lo & (1 << 31) != 0 && extra & 3 == 3));
+        let (lo, extra) = encode_time(Timestamp {
+            sec: 3 * (1 << 32) - 1,
+            nsec: 0,
+        });
+        assert_eq!(decode_time(lo, extra).0, MAX_TIME);
     }
 
     #[test]
@@ -299,8 +500,54 @@ mod tests {
             Some((4, &b"overlay.opaque"[..]))
         );
         assert_eq!(xattr_index(b"user."), None);
-        assert_eq!(xattr_index(b"system.posix_acl_access"), None);
+        assert_eq!(xattr_index(b"system.posix_acl_access"), Some((2, &b""[..])));
+        assert_eq!(
+            xattr_index(b"system.posix_acl_default"),
+            Some((3, &b""[..]))
+        );
+        assert_eq!(xattr_index(b"system.other"), None);
         assert_eq!(xattr_index(b"foo.bar"), None);
+    }
+
+    #[test]
+    fn dx_hash_matches_e2fsprogs() {
+        // Reference values from `debugfs -R "dx_hash -h half_md4 [-s SEED] NAME"`.
+        let seed = *b"lode-ext4-seed-1";
+        assert_eq!(dx_hash(b"a", &seed), 0xe6ba3554);
+        assert_eq!(dx_hash(b"hello.txt", &seed), 0x9d7d7c2c);
+        assert_eq!(dx_hash(b"entry-000001-x", &seed), 0x3cc6643a);
+        assert_eq!(dx_hash(&[b'n'; 40], &seed), 0x8a546e6c);
+        assert_eq!(dx_hash(b"hello.txt", &[0; 16]), 0xa26e1d86);
+        // Bytes over 0x7f: e2fsprogs (built with signed char) gives the signed
+        // variant; the unsigned one, which this writer selects in the
+        // superblock, differs only in how str2hashbuf widens bytes.
+        assert_eq!(dx_hash_variant("café".as_bytes(), &seed, true), 0x0c7955f4);
+        assert_eq!(dx_hash("café".as_bytes(), &seed), 0x2055_27f0);
+    }
+
+    #[test]
+    fn acls_convert_to_the_disk_format() {
+        let mut x = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (1u16, 6u16, u32::MAX),
+            (2, 4, 1000),
+            (4, 4, u32::MAX),
+            (0x10, 4, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ] {
+            x.extend_from_slice(&tag.to_le_bytes());
+            x.extend_from_slice(&perm.to_le_bytes());
+            x.extend_from_slice(&id.to_le_bytes());
+        }
+        let d = acl_to_disk(&x).unwrap();
+        assert_eq!(d.len(), 4 + 4 + 8 + 4 + 4 + 4);
+        assert_eq!(&d[..4], &1u32.to_le_bytes());
+        assert_eq!(&d[8..16], &[2, 0, 4, 0, 0xe8, 3, 0, 0]);
+        assert_eq!(acl_to_disk(&x[..x.len() - 1]), None);
+        assert_eq!(acl_to_disk(&[1, 0, 0, 0]), None);
+        let mut bad = x.clone();
+        bad[4] = 0x40;
+        assert_eq!(acl_to_disk(&bad), None);
     }
 
     #[test]

@@ -2,10 +2,15 @@
 //!
 //! [`write_image`] serializes a [`Tree`] and the file contents in its
 //! [`Spool`] as an ext4 filesystem with 4 KiB blocks, extents, no journal and
-//! 256-byte inodes (nanosecond timestamps from 1901 to 2446). The output
-//! depends only on the tree and the [`Ext4Options`]: inode numbers follow a
-//! breadth-first walk from the root with entries in byte order, nothing comes
-//! from the clock (superblock times are 0) and nothing is random.
+//! 256-byte inodes (nanosecond timestamps from 1901-12-13 to 2310-04-04;
+//! times outside are clamped, as e2fsck reads later ones as corrupt). The
+//! output depends only on the tree and the [`Ext4Options`]: inode numbers
+//! follow a breadth-first walk from the root with entries in byte order (node
+//! ids and their storage order do not matter), nothing comes from the clock
+//! (superblock times are 0) and nothing is random. Features:
+//! `ext_attr dir_index sparse_super2 filetype extent flex_bg sparse_super
+//! large_file huge_file dir_nlink extra_isize`; no journal, no checksums (the
+//! chunk store authenticates every byte), no `resize_inode`.
 //!
 //! # Layout
 //!
@@ -22,8 +27,22 @@
 //! zeroed. Their blocks are free in the bitmaps either way. The image size is
 //! a multiple of 512 KiB.
 //!
+//! Extended attributes go in the inode's spare 92 bytes when they fit, else
+//! in one xattr block shared by all inodes with identical attributes.
+//! Supported names: `user.*`, `trusted.*`, `security.*` and the POSIX ACLs
+//! `system.posix_acl_access`/`system.posix_acl_default` (given in the
+//! xattr interface's format, stored in ext4's); others are an error.
+//! Directories over one block are hashed (htree, half-MD4 with
+//! [`Ext4Options::hash_seed`]), so lookups in huge directories stay fast.
+//!
+//! Hard links share one inode with the right link count; a directory with
+//! more than 65,000 subdirectories gets link count 1 (`dir_nlink`). Symlinks
+//! under 60 bytes live in the inode, longer ones (up to 4095) in a block;
+//! device numbers use the kernel's old or new encoding.
+//!
 //! There is no `lost+found`: it is not part of the image. `e2fsck -fn` does
-//! not complain about its absence (only a repairing run would create it).
+//! not complain about its absence; a repairing run (`-p`, `-y`) would create
+//! it, which a read-only image never sees.
 //!
 //! # Example
 //!

@@ -1,6 +1,7 @@
 //! Layout planning: inode numbers, data placement, metadata placement and
 //! group geometry, all computed from the tree before a byte is written.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 
 use super::error::WriteError;
@@ -23,8 +24,13 @@ pub(crate) enum XattrPlace {
 /// What an inode stores besides its fixed fields.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Body {
-    /// `blocks` directory blocks then `tree_blocks` extent blocks.
-    Dir { blocks: u64, tree_blocks: u64 },
+    /// `blocks` directory blocks then `tree_blocks` extent blocks; `indexed`
+    /// directories are htrees (more than one block of entries).
+    Dir {
+        blocks: u64,
+        tree_blocks: u64,
+        indexed: bool,
+    },
     /// Extent tree blocks of a regular file.
     File { file: FileId, tree_blocks: u64 },
     /// Target stored in `i_block`.
@@ -227,11 +233,19 @@ pub(crate) fn xattr_entries<'a>(
     for (name, value) in xattrs {
         let (index, suffix) = xattr_index(name).ok_or_else(|| {
             format!(
-                "xattr {:?}: only user.*, trusted.* and security.* names are supported",
+                "xattr {:?}: only user.*, trusted.*, security.* and POSIX ACL names are supported",
                 lossy(name)
             )
         })?;
-        out.push((index, suffix, value.as_slice()));
+        let value = if index == XATTR_INDEX_ACL_ACCESS || index == XATTR_INDEX_ACL_DEFAULT {
+            Cow::Owned(
+                acl_to_disk(value)
+                    .ok_or_else(|| format!("xattr {:?} is not a valid POSIX ACL", lossy(name)))?,
+            )
+        } else {
+            Cow::Borrowed(value.as_slice())
+        };
+        out.push((index, suffix, value));
     }
     // The kernel searches block entries assuming this order.
     out.sort_by(|a, b| (a.0, a.1.len(), a.1).cmp(&(b.0, b.1.len(), b.1)));
@@ -279,7 +293,14 @@ impl<'t> Plan<'t> {
             });
         }
         ino_of[0] = ROOT_INO;
-        inodes.push(Self::discover(tree, Tree::ROOT, 0, b"/", &mut files)?);
+        inodes.push(Self::discover(
+            tree,
+            Tree::ROOT,
+            0,
+            b"/",
+            &mut files,
+            &opts.hash_seed,
+        )?);
         queue.push_back((Tree::ROOT, b"/".to_vec()));
 
         while let Some((dir, path)) = queue.pop_front() {
@@ -326,7 +347,14 @@ impl<'t> Plan<'t> {
                 let ino = ino_of_index(index);
                 ino_of[child.0 as usize] = ino;
                 let cpath = child_path(&path, name);
-                let mut plan = Self::discover(tree, child, index as u32, &cpath, &mut files)?;
+                let mut plan = Self::discover(
+                    tree,
+                    child,
+                    index as u32,
+                    &cpath,
+                    &mut files,
+                    &opts.hash_seed,
+                )?;
                 if is_dir {
                     plan.parent = dir_ino;
                     inodes[dir_idx].links += 1;
@@ -408,6 +436,7 @@ impl<'t> Plan<'t> {
                 Body::Dir {
                     blocks,
                     tree_blocks,
+                    ..
                 } => blocks + tree_blocks,
                 Body::File { tree_blocks, .. } => tree_blocks,
                 Body::SlowSymlink => 1,
@@ -456,6 +485,7 @@ impl<'t> Plan<'t> {
         index: u32,
         path: &[u8],
         files: &mut [FilePlace],
+        seed: &[u8; 16],
     ) -> Result<InodePlan, WriteError> {
         let node = tree.node(id);
         let unrep = |reason: String| WriteError::Unrepresentable {
@@ -464,12 +494,18 @@ impl<'t> Plan<'t> {
         };
         let (body, links) = match &node.kind {
             NodeKind::Directory { entries } => {
-                let blocks = dir_block_count(entries.keys().map(|k| k.len()));
+                let linear = dir_block_count(entries.keys().map(|k| k.len()));
+                let (blocks, indexed) = if linear > 1 {
+                    (Htree::new(entries, seed).map_err(unrep)?.blocks(), true)
+                } else {
+                    (linear, false)
+                };
                 let tree_blocks = tree_block_count(contiguous_extents(blocks, 0).len() as u64);
                 (
                     Body::Dir {
                         blocks,
                         tree_blocks,
+                        indexed,
                     },
                     2,
                 )
@@ -588,6 +624,62 @@ impl<'t> Plan<'t> {
         }
         push(self.meta_start, self.meta_end);
         out
+    }
+}
+
+/// A hashed directory: entries sorted by hash and cut into leaf blocks.
+pub(crate) struct Htree<'a> {
+    /// (hash, name, node), sorted by hash then name.
+    pub(crate) entries: Vec<(u32, &'a [u8], NodeId)>,
+    /// Per leaf block: its first entry and the hash its index entry carries
+    /// (low bit set when a run of equal hashes continues from the previous leaf).
+    pub(crate) leaves: Vec<(usize, u32)>,
+    /// Interior index blocks (0: the root indexes the leaves directly).
+    pub(crate) nodes: usize,
+}
+
+impl<'a> Htree<'a> {
+    pub(crate) fn new(
+        entries: &'a BTreeMap<Vec<u8>, NodeId>,
+        seed: &[u8; 16],
+    ) -> Result<Self, String> {
+        let mut sorted: Vec<(u32, &[u8], NodeId)> = entries
+            .iter()
+            .map(|(n, &id)| (dx_hash(n, seed), n.as_slice(), id))
+            .collect();
+        sorted.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut leaves = Vec::new();
+        let mut used = BLOCK as usize;
+        for (i, &(hash, name, _)) in sorted.iter().enumerate() {
+            let size = dirent_len(name.len());
+            if used + size > BLOCK as usize {
+                let continued = i > 0 && sorted[i - 1].0 == hash;
+                leaves.push((i, hash | u32::from(continued)));
+                used = 0;
+            }
+            used += size;
+        }
+        let nodes = if leaves.len() <= DX_ROOT_LIMIT {
+            0
+        } else {
+            leaves.len().div_ceil(DX_NODE_LIMIT)
+        };
+        if nodes > DX_ROOT_LIMIT {
+            return Err(format!(
+                "directory of {} entries exceeds a two-level htree",
+                entries.len()
+            ));
+        }
+        Ok(Self {
+            entries: sorted,
+            leaves,
+            nodes,
+        })
+    }
+
+    /// Directory blocks: root, interior nodes, leaves.
+    pub(crate) fn blocks(&self) -> u64 {
+        (1 + self.nodes + self.leaves.len()) as u64
     }
 }
 
@@ -733,6 +825,37 @@ mod tests {
             assert!(g.inodes_per_group <= BITS_PER_BLOCK && g.blocks_per_group <= BITS_PER_BLOCK);
             assert!(g.blocks_count >= meta_start + rel + g.groups * (2 + g.itable_blocks));
             assert_eq!(g.blocks_count % CHUNK_BLOCKS, 0);
+        }
+    }
+
+    fn check_geometry(meta_start: u64, rel: u64, inodes: u64) {
+        let g = geometry(meta_start, rel, inodes).unwrap();
+        assert_eq!(
+            g.blocks_count.div_ceil(g.blocks_per_group),
+            g.groups,
+            "{g:?}"
+        );
+        assert!(g.groups * g.inodes_per_group >= inodes, "{g:?}");
+        assert!(g.inodes_per_group <= BITS_PER_BLOCK && g.blocks_per_group <= BITS_PER_BLOCK);
+        assert_eq!(g.inodes_per_group % INODES_PER_BLOCK, 0);
+        assert_eq!(g.blocks_per_group % 8, 0);
+        assert!(
+            g.inodes_per_group <= INODES_PER_BLOCK * (g.blocks_per_group - 4),
+            "{g:?}"
+        );
+        assert!(g.blocks_count >= meta_start + rel + g.groups * (2 + g.itable_blocks));
+        assert_eq!(g.blocks_count % CHUNK_BLOCKS, 0);
+        assert!(g.gdt_blocks < CHUNK_BLOCKS);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn geometry_holds_its_invariants(
+            chunks in 1u64..200_000,
+            rel in 0u64..2_000_000,
+            inodes in 11u64..20_000_000,
+        ) {
+            check_geometry(chunks * CHUNK_BLOCKS, rel, inodes);
         }
     }
 }

@@ -5,8 +5,8 @@ use std::io::{BufWriter, Write};
 use super::error::WriteError;
 use super::format::*;
 use super::plan::{
-    Body, Extent, Plan, XattrPlace, block_runs, contiguous_extents, dir_block_count, file_extents,
-    index_of_ino, ino_of_index, xattr_entries,
+    Body, Extent, Htree, Plan, XattrPlace, block_runs, contiguous_extents, dir_block_count,
+    file_extents, index_of_ino, ino_of_index, xattr_entries,
 };
 use super::{DeletedData, Ext4Options};
 use crate::tree::{FileData, NodeId, NodeKind, Spool};
@@ -172,8 +172,12 @@ fn encode_inode(plan: &Plan<'_>, idx: usize, b: &mut [u8]) {
             Body::Dir {
                 blocks: n,
                 tree_blocks,
+                indexed,
             },
         ) => {
+            if indexed {
+                flags |= INDEX_FL;
+            }
             blocks = n + tree_blocks;
             n * BLOCK
         }
@@ -229,18 +233,24 @@ fn encode_inode(plan: &Plan<'_>, idx: usize, b: &mut [u8]) {
 }
 
 /// The directory blocks of directory inode `idx`.
-fn dir_blocks(plan: &Plan<'_>, idx: usize) -> Result<Vec<u8>, WriteError> {
+fn dir_blocks(plan: &Plan<'_>, idx: usize, seed: &[u8; 16]) -> Result<Vec<u8>, WriteError> {
     let p = &plan.inodes[idx];
     let NodeKind::Directory { entries } = &plan.tree.node(p.node).kind else {
         return Err(WriteError::Internal {
             reason: "directory plan for a non-directory".into(),
         });
     };
-    let Body::Dir { blocks, .. } = p.body else {
+    let Body::Dir {
+        blocks, indexed, ..
+    } = p.body
+    else {
         return Err(WriteError::Internal {
             reason: "directory without a directory body".into(),
         });
     };
+    if indexed {
+        return htree_blocks(plan, idx, entries, blocks, seed);
+    }
     let mut buf = vec![0u8; (blocks * BLOCK) as usize];
     let bs = BLOCK as usize;
     let mut blk_start = 0usize;
@@ -278,6 +288,82 @@ fn dir_blocks(plan: &Plan<'_>, idx: usize) -> Result<Vec<u8>, WriteError> {
         });
     }
     debug_assert_eq!(blocks, dir_block_count(entries.keys().map(|k| k.len())));
+    Ok(buf)
+}
+
+/// The blocks of a hashed directory: the root (with '.' and '..'), interior
+/// index blocks if any, then the leaves in hash order.
+fn htree_blocks(
+    plan: &Plan<'_>,
+    idx: usize,
+    entries: &std::collections::BTreeMap<Vec<u8>, NodeId>,
+    blocks: u64,
+    seed: &[u8; 16],
+) -> Result<Vec<u8>, WriteError> {
+    let h = Htree::new(entries, seed).map_err(|reason| WriteError::Internal { reason })?;
+    if h.blocks() != blocks {
+        return Err(WriteError::Internal {
+            reason: "htree block count changed since planning".into(),
+        });
+    }
+    let bs = BLOCK as usize;
+    let mut buf = vec![0u8; blocks as usize * bs];
+    let p = &plan.inodes[idx];
+    let first_leaf = 1 + h.nodes;
+    // Root: '.' and '..' (spanning the block), dx_root_info, then the index.
+    dirent(&mut buf, ino_of_index(idx), 12, ftype::DIR, b".");
+    dirent(&mut buf[12..], p.parent, bs - 12, ftype::DIR, b"..");
+    buf[0x18 + 4] = DX_HASH_HALF_MD4;
+    buf[0x18 + 5] = 8; // info_length
+    buf[0x18 + 6] = u8::from(h.nodes > 0); // indirect_levels
+    let index = |buf: &mut [u8], limit: usize, list: &[(u32, u32)]| {
+        put16(buf, 0, limit as u16);
+        put16(buf, 2, list.len() as u16);
+        put32(buf, 4, list[0].1);
+        for (i, &(hash, block)) in list.iter().enumerate().skip(1) {
+            put32(buf, 8 * i, hash);
+            put32(buf, 8 * i + 4, block);
+        }
+    };
+    let leaf_refs: Vec<(u32, u32)> = h
+        .leaves
+        .iter()
+        .enumerate()
+        .map(|(i, &(_, hash))| (hash, (first_leaf + i) as u32))
+        .collect();
+    if h.nodes == 0 {
+        index(&mut buf[0x20..bs], DX_ROOT_LIMIT, &leaf_refs);
+    } else {
+        let groups: Vec<&[(u32, u32)]> = leaf_refs.chunks(DX_NODE_LIMIT).collect();
+        let node_refs: Vec<(u32, u32)> = groups
+            .iter()
+            .enumerate()
+            .map(|(j, g)| (g[0].0, (1 + j) as u32))
+            .collect();
+        index(&mut buf[0x20..bs], DX_ROOT_LIMIT, &node_refs);
+        for (j, g) in groups.iter().enumerate() {
+            let b = &mut buf[(1 + j) * bs..(2 + j) * bs];
+            // A fake empty entry spanning the block hides the index from linear readers.
+            put32(b, 0, 0);
+            put16(b, 4, bs as u16);
+            index(&mut b[8..], DX_NODE_LIMIT, g);
+        }
+    }
+    for (i, &(start, _)) in h.leaves.iter().enumerate() {
+        let end = h.leaves.get(i + 1).map_or(h.entries.len(), |l| l.0);
+        let b = &mut buf[(first_leaf + i) * bs..(first_leaf + i + 1) * bs];
+        let mut at = 0usize;
+        for (k, &(_, name, child)) in h.entries[start..end].iter().enumerate() {
+            let size = if start + k + 1 == end {
+                bs - at
+            } else {
+                dirent_len(name.len())
+            };
+            let (_, ft) = file_type(&plan.tree.node(child).kind);
+            dirent(&mut b[at..], plan.ino_of[child.0 as usize], size, ft, name);
+            at += size;
+        }
+    }
     Ok(buf)
 }
 
@@ -399,7 +485,7 @@ fn superblock(plan: &Plan<'_>, opts: &Ext4Options, stats: &GroupStats) -> [u8; 1
     put32(
         &mut s,
         0x5C,
-        feature::COMPAT_EXT_ATTR | feature::COMPAT_SPARSE_SUPER2,
+        feature::COMPAT_EXT_ATTR | feature::COMPAT_DIR_INDEX | feature::COMPAT_SPARSE_SUPER2,
     );
     put32(
         &mut s,
@@ -530,7 +616,7 @@ pub(crate) fn write<W: Write>(
         match (p.body, &node.kind) {
             (Body::Dir { .. }, _) => {
                 out.seek_block(plan.meta_block(idx))?;
-                let blocks = dir_blocks(plan, idx)?;
+                let blocks = dir_blocks(plan, idx, &opts.hash_seed)?;
                 out.write(&blocks)?;
             }
             (Body::File { .. }, _) => {}

@@ -1,12 +1,14 @@
 //! Image sources: where the manifest, config and layer blobs come from.
 //!
 //! [`ImageSource`] is the small trait a new source (a registry client, say)
-//! implements; [`OciLayout`] and [`DockerArchive`] are the two built in.
+//! implements; [`OciLayout`] and [`DockerArchive`] are the two built in,
+//! [`MemorySource`] serves tests and fuzzing.
 //! Sources verify the small documents (index, manifest, config) themselves;
 //! layer blobs are verified by the flattener while it streams them.
 
 mod docker_archive;
 mod layout;
+mod memory;
 
 use std::fmt;
 use std::io::Read;
@@ -17,6 +19,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use docker_archive::DockerArchive;
 pub use layout::OciLayout;
+pub use memory::MemorySource;
 
 use crate::error::{Error, Result};
 

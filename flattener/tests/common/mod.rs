@@ -12,6 +12,24 @@ use std::path::Path;
 use flattener::tree::{FileData, NodeId, NodeKind, Spool, Tree};
 use sha2::{Digest as _, Sha256};
 
+/// A POSIX ACL in the kernel's xattr format: owner rw, user 1000 r,
+/// group r, mask r, other none.
+pub fn acl_xattr() -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 1000),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
 pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
@@ -433,7 +451,10 @@ pub fn add_image(dir: &Path, layers: &[(Vec<u8>, Comp)], arch: &str) -> serde_js
 }
 
 /// A layout with one image per (tag, layers).
-pub fn oci_layout(dir: &Path, images: &[(&str, Vec<(Vec<u8>, Comp)>)]) {
+/// A layer blob's tar and compression.
+pub type LayerBlob = (Vec<u8>, Comp);
+
+pub fn oci_layout(dir: &Path, images: &[(&str, Vec<LayerBlob>)]) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let mut manifests = Vec::new();
@@ -471,6 +492,28 @@ pub fn docker_archive(path: &Path, layers: &[Vec<u8>], gzip: bool) {
         bytes
     };
     std::fs::write(path, bytes).unwrap();
+}
+
+/// A docker-archive in the newer layout: layers and config under
+/// `blobs/sha256/<hex>` (what `docker save` writes since Docker 25).
+pub fn docker_archive_blobs(path: &Path, layers: &[Vec<u8>]) {
+    let config = config_for(layers);
+    let mut t = TarBuilder::new();
+    let mut names = Vec::new();
+    for l in layers {
+        let name = format!("blobs/sha256/{}", sha256_hex(l));
+        t.add(&E::file(&name, l));
+        names.push(name);
+    }
+    let cname = format!("blobs/sha256/{}", sha256_hex(&config));
+    t.add(&E::file(&cname, &config));
+    let manifest =
+        serde_json::json!([{"Config": cname, "RepoTags": ["a:1", "b:2"], "Layers": names}]);
+    t.add(&E::file(
+        "manifest.json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    ));
+    std::fs::write(path, t.finish()).unwrap();
 }
 
 pub fn file_bytes(spool: &dyn Spool, f: &FileData) -> Vec<u8> {
