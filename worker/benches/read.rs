@@ -1,0 +1,2 @@
+//! Read throughput benchmarks (placeholder until the bench lands).
+fn main() {}

@@ -1,0 +1,50 @@
+//! The lode worker: serves a sealed image lazily.
+//!
+//! A [`LazyImage`] joins an opened manifest (a [`ChunkTable`]: image size,
+//! chunk size, one [`ChunkRef`](chunk_core::ChunkRef) per chunk or a hole)
+//! with a [`ChunkSource`] (the tiered cache: L1 memory/disk → L2 memcached
+//! → L3 object store). [`LazyImage::read_at`] fetches only the chunks a read
+//! touches, checks the name of bytes that came from an untrusted tier,
+//! decrypts them, and keeps a small LRU of plaintext chunks. Concurrent
+//! readers of one chunk share one fetch; sequential readers get readahead.
+//! Every failure names the chunk ([`Error::Chunk`]); wrong data is never
+//! returned.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use worker::{ChunkTable, LazyImage, LazyImageOptions, MemorySource, TierId};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> worker::Result<()> {
+//! // A 1000-byte image in chunks of 512 bytes, both holes: reads give zeros.
+//! let table = ChunkTable { image_size: 1000, chunk_size: 512, chunks: vec![None, None] };
+//! let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
+//! let image = LazyImage::new(table, source, LazyImageOptions::default())?;
+//! let mut buf = [1u8; 100];
+//! assert_eq!(image.read_at(950, &mut buf).await?, 50);
+//! assert!(buf[..50].iter().all(|&b| b == 0));
+//! assert_eq!(image.stats().holes_served, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Features
+//! - `fuse` (default): FUSE exposure of the image as one read-only file, its
+//!   loop device and the read-only ext4 mount (Linux, root).
+
+mod crypto;
+mod error;
+mod image;
+mod source;
+mod stats;
+
+#[doc(hidden)]
+pub use crypto::seal_with_key;
+pub use error::{ChunkError, Error, Result, SourceError};
+pub use image::{
+    ChunkAccess, ChunkTable, LazyImage, LazyImageOptions, MaterializeReport, PrefetchReport, Verify,
+};
+pub use source::{ChunkSource, Fault, Fetched, MemorySource, TierId};
+pub use stats::{Percentiles, Stats, TierStats};
