@@ -35,16 +35,31 @@
 //!   loop device and the read-only ext4 mount (Linux, root).
 
 mod crypto;
+#[cfg(feature = "fuse")]
+mod daemon;
 mod error;
+#[cfg(feature = "fuse")]
+mod fuse;
 mod image;
+#[cfg(feature = "fuse")]
+pub mod loopdev;
+#[cfg(feature = "fuse")]
+mod mount;
 mod source;
 mod stats;
 
 #[doc(hidden)]
 pub use crypto::seal_with_key;
+#[cfg(feature = "fuse")]
+pub use daemon::{Daemon, DaemonOptions, Readiness, spawn_daemon};
 pub use error::{ChunkError, Error, Result, SourceError};
 pub use image::{
     ChunkAccess, ChunkTable, LazyImage, LazyImageOptions, MaterializeReport, PrefetchReport, Verify,
+};
+#[cfg(feature = "fuse")]
+pub use mount::{
+    DEFAULT_STATE_DIR, MountHandle, MountOptions, MountState, is_mount_point, mount, mounts,
+    state_path, unmount,
 };
 pub use source::{ChunkSource, Fault, Fetched, MemorySource, TierId};
 pub use stats::{Percentiles, Stats, TierStats};
