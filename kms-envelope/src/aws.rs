@@ -1,0 +1,1 @@
+//! AWS KMS (work in progress).

@@ -1,0 +1,165 @@
+//! `LocalKms`: the shared conformance suite plus keyring file rules.
+
+use std::os::unix::fs::PermissionsExt;
+
+use kms_envelope::testing::Suite;
+use kms_envelope::{
+    EncryptionContext, Error, Kms, LocalKms, add_key, block_on, new_keyring, rotate,
+};
+
+fn ctx() -> EncryptionContext {
+    EncryptionContext::from([("lode:image".to_owned(), "app".to_owned())])
+}
+
+fn keyring(dir: &tempfile::TempDir, file: &str) -> LocalKms {
+    let path = dir.path().join(file);
+    new_keyring(&path, "a").unwrap();
+    add_key(&path, "b").unwrap();
+    LocalKms::open(&path).unwrap()
+}
+
+#[test]
+fn conformance_suite_file_keyring() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = keyring(&dir, "main");
+    let foreign = keyring(&dir, "other"); // same names, other material
+    let rotate_a = || -> kms_envelope::KmsFuture<'_, ()> {
+        Box::pin(async { kms.rotate_key("a").map(|_| ()) })
+    };
+    block_on(
+        Suite {
+            kms: &kms,
+            key_a: "a",
+            key_b: "b",
+            missing_key: "nope",
+            foreign: Some(&foreign),
+            rotate_a: &rotate_a,
+        }
+        .run(),
+    );
+    assert_eq!(
+        kms.key_versions(),
+        vec![("a".into(), vec![1, 2]), ("b".into(), vec![1])]
+    );
+}
+
+#[test]
+fn conformance_suite_in_memory_keyring() {
+    let kms = LocalKms::from_keys([("a".into(), 1, [1; 32]), ("b".into(), 1, [2; 32])]).unwrap();
+    let foreign =
+        LocalKms::from_keys([("a".into(), 1, [9; 32]), ("b".into(), 1, [8; 32])]).unwrap();
+    let rotate_a = || -> kms_envelope::KmsFuture<'_, ()> {
+        Box::pin(async { kms.rotate_key("a").map(|_| ()) })
+    };
+    block_on(
+        Suite {
+            kms: &kms,
+            key_a: "a",
+            key_b: "b",
+            missing_key: "nope",
+            foreign: Some(&foreign),
+            rotate_a: &rotate_a,
+        }
+        .run(),
+    );
+}
+
+#[test]
+fn keyring_is_created_0600_and_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k");
+    assert_eq!(new_keyring(&path, "img").unwrap(), "img@1");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+    let before = std::fs::read(&path).unwrap();
+    assert!(matches!(
+        new_keyring(&path, "img"),
+        Err(Error::KeyringIo { .. })
+    ));
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "existing keyring changed"
+    );
+}
+
+#[test]
+fn keyring_readable_by_group_or_others_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k");
+    new_keyring(&path, "img").unwrap();
+    for mode in [0o640, 0o604, 0o620, 0o602, 0o610, 0o601, 0o644] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        match LocalKms::open(&path) {
+            Err(e @ Error::InsecurePermissions { .. }) => {
+                assert!(e.to_string().contains(&format!("{mode:04o}")), "{e}");
+            }
+            other => panic!("mode {mode:o}: {other:?}"),
+        }
+        assert!(matches!(
+            rotate(&path, "img"),
+            Err(Error::InsecurePermissions { .. })
+        ));
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+    assert!(LocalKms::open(&path).is_ok());
+}
+
+#[test]
+fn rotation_persists_and_old_versions_unwrap_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k");
+    new_keyring(&path, "img").unwrap();
+    let kms = LocalKms::open(&path).unwrap();
+    let old = block_on(kms.generate_data_key("img", &ctx())).unwrap();
+    assert_eq!(old.key_id, "img@1");
+    assert_eq!(rotate(&path, "img").unwrap(), "img@2");
+    assert_eq!(rotate(&path, "img").unwrap(), "img@3");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600, "rotation changed the mode");
+
+    let kms = LocalKms::open(&path).unwrap();
+    let new = block_on(kms.generate_data_key("img", &ctx())).unwrap();
+    assert_eq!(new.key_id, "img@3");
+    let got = block_on(kms.decrypt_with_key(&old.key_id, &old.wrapped, &ctx())).unwrap();
+    assert_eq!(*got, *old.plaintext());
+    assert!(block_on(kms.decrypt(&new.wrapped, &ctx())).is_ok());
+    assert!(matches!(
+        rotate(&path, "missing"),
+        Err(Error::KeyNotFound { .. })
+    ));
+    assert!(matches!(
+        add_key(&path, "img"),
+        Err(Error::KeyExists { .. })
+    ));
+    // No temporary files left behind.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("k")]);
+}
+
+#[test]
+fn debug_of_kms_shows_names_not_keys() {
+    let kms = LocalKms::from_keys([("img".into(), 1, [0xab; 32])]).unwrap();
+    let dbg = format!("{kms:?}");
+    assert!(
+        dbg.contains("img") && !dbg.contains("ab, ") && !dbg.contains("abab"),
+        "{dbg}"
+    );
+    assert!(!dbg.contains("171"), "{dbg}");
+}
+
+#[test]
+fn seeded_rng_is_deterministic() {
+    let make = || {
+        LocalKms::from_keys([("img".into(), 1, [1; 32])])
+            .unwrap()
+            .with_test_rng(42)
+    };
+    let a = block_on(make().generate_data_key("img", &ctx())).unwrap();
+    let b = block_on(make().generate_data_key("img", &ctx())).unwrap();
+    assert_eq!(a.plaintext(), b.plaintext());
+    assert_eq!(a.wrapped, b.wrapped);
+}

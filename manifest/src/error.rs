@@ -1,0 +1,104 @@
+//! Errors of `manifest`.
+//!
+//! No variant carries key material: chunk keys, data keys and wrapped blobs
+//! never appear in messages or `Debug` output.
+
+use kms_envelope::EncryptionContext;
+
+/// Everything that can go wrong while sealing, decoding or opening a manifest.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The input ends before a field is complete.
+    #[error("truncated manifest: {field} at byte {offset} needs {needed} bytes, {available} left")]
+    Truncated {
+        /// The field being read.
+        field: &'static str,
+        /// Where it starts.
+        offset: usize,
+        /// Bytes it needs.
+        needed: usize,
+        /// Bytes left in the input.
+        available: usize,
+    },
+
+    /// The input does not start with the manifest magic `LODM`.
+    #[error("not a lode manifest: bad magic")]
+    BadMagic,
+
+    /// The manifest uses a format version this build cannot read.
+    #[error("unsupported manifest format version {found} (this build reads version {supported})")]
+    UnsupportedVersion {
+        /// The version in the input.
+        found: u16,
+        /// The version this build reads and writes.
+        supported: u16,
+    },
+
+    /// A field is present but its value is not allowed (not canonical, out of
+    /// range, inconsistent).
+    #[error("malformed manifest: {field} at byte {offset}: {reason}")]
+    Malformed {
+        /// The field.
+        field: &'static str,
+        /// Where it starts.
+        offset: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
+    /// The KMS has no key with the id stored in the manifest (wrong KMS or
+    /// keyring for this image).
+    #[error("wrong KMS key: the KMS does not know key {key_id:?}")]
+    WrongKey {
+        /// The key id stored in the manifest.
+        key_id: String,
+        /// What the KMS said.
+        #[source]
+        source: kms_envelope::Error,
+    },
+
+    /// The KMS refused to unwrap the data key: the key of that id has other
+    /// material (another keyring or account), the caller may not use it, or
+    /// the stored encryption context or wrapped key was altered. The KMS
+    /// deliberately does not say which.
+    #[error(
+        "the KMS cannot unwrap this manifest's data key under key {key_id:?}: wrong key material, no access, or altered encryption context"
+    )]
+    Unwrap {
+        /// The key id stored in the manifest.
+        key_id: String,
+        /// What the KMS said.
+        #[source]
+        source: kms_envelope::Error,
+    },
+
+    /// The manifest is bound to another encryption context than the caller
+    /// expects (for example another image's name).
+    #[error("wrong encryption context: manifest is bound to {found:?}, expected {expected:?}")]
+    WrongContext {
+        /// What the caller expected.
+        expected: EncryptionContext,
+        /// What the manifest carries.
+        found: EncryptionContext,
+    },
+
+    /// The data key unwrapped but the sealed keys do not authenticate: the
+    /// public part, the key table or the envelope was altered.
+    #[error("tampered manifest: the sealed chunk keys do not authenticate against the public part")]
+    Tampered,
+
+    /// Another KMS failure (transport, configuration, service error).
+    #[error("KMS error")]
+    Kms(#[source] kms_envelope::Error),
+
+    /// A manifest to seal is not valid.
+    #[error("invalid manifest: {reason}")]
+    Invalid {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
