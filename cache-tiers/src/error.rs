@@ -1,0 +1,149 @@
+//! Errors of `cache-tiers`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything that can go wrong in a tier or a composition of tiers.
+///
+/// Every variant names the tier and, where there is one, the key (in its
+/// [`CacheKey::storage_name`](crate::CacheKey::storage_name) form), so a log
+/// line alone says what failed where.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file-system operation failed.
+    #[error("tier {tier}: {op} of key {key:?} failed: {source}")]
+    Io {
+        /// Name of the tier.
+        tier: String,
+        /// The key (empty when the operation concerns no key).
+        key: String,
+        /// What was being done (`"read"`, `"write"`, `"rename"`, ...).
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An object-store request failed for good (not found is a miss, not an error).
+    #[cfg(feature = "object-store")]
+    #[error("tier {tier}: {op} of key {key:?} failed after {attempts} attempt(s): {source}")]
+    ObjectStore {
+        /// Name of the tier.
+        tier: String,
+        /// The key.
+        key: String,
+        /// `"get"`, `"put"`, `"delete"`, `"head"` or `"list"`.
+        op: &'static str,
+        /// How many attempts were made (retries of transient errors included).
+        attempts: u32,
+        /// The last error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A memcached request failed.
+    #[cfg(feature = "memcached")]
+    #[error("memcached node {node}: {op} of key {key:?} failed: {source}")]
+    Memcached {
+        /// Name of the node (its address unless named otherwise).
+        node: String,
+        /// The key.
+        key: String,
+        /// `"connect"`, `"get"`, `"set"` or `"delete"`.
+        op: &'static str,
+        /// The client's error.
+        #[source]
+        source: async_memcached::Error,
+    },
+    /// An operation did not finish in time.
+    #[error("tier {tier}: {op} of key {key:?} timed out after {after:?}")]
+    Timeout {
+        /// Name of the tier.
+        tier: String,
+        /// The key.
+        key: String,
+        /// The operation.
+        op: &'static str,
+        /// The limit that was exceeded.
+        after: Duration,
+    },
+    /// A value could not be stored because it is larger than a tier allows.
+    #[error("tier {tier}: value of key {key:?} is {size} bytes, more than the limit of {limit}")]
+    ValueTooLarge {
+        /// Name of the tier.
+        tier: String,
+        /// The key.
+        key: String,
+        /// Size of the value.
+        size: usize,
+        /// The tier's limit.
+        limit: usize,
+    },
+    /// Too few nodes accepted the shards of a value for it to be readable.
+    #[error("tier {tier}: put of key {key:?} stored {stored} shard(s), {needed} are needed")]
+    NotEnoughShards {
+        /// Name of the tier.
+        tier: String,
+        /// The key.
+        key: String,
+        /// Shards that were stored.
+        stored: usize,
+        /// Shards needed to read the value back.
+        needed: usize,
+    },
+    /// Too many shard requests failed to tell whether a value is there.
+    #[error(
+        "tier {tier}: get of key {key:?}: {failed} of {asked} shard request(s) failed, {needed} valid shards are needed"
+    )]
+    Unavailable {
+        /// Name of the tier.
+        tier: String,
+        /// The key.
+        key: String,
+        /// Shard requests that failed (errors and timeouts, not misses).
+        failed: usize,
+        /// Shard requests sent.
+        asked: usize,
+        /// Valid shards needed.
+        needed: usize,
+    },
+    /// Erasure coding or decoding failed.
+    #[error("tier {tier}: erasure coding of key {key:?} failed: {source}")]
+    Coding {
+        /// Name of the tier.
+        tier: String,
+        /// The key.
+        key: String,
+        /// The coder's error.
+        #[source]
+        source: reed_solomon_simd::Error,
+    },
+    /// A configuration value was rejected.
+    #[error("invalid configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A background task panicked or was cancelled.
+    #[error("tier {tier}: background task for key {key:?} failed: {source}")]
+    Task {
+        /// Name of the tier.
+        tier: String,
+        /// The key.
+        key: String,
+        /// The join error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The coalesced fetch this call waited on failed; the leader's error is the source.
+    #[error("coalesced fetch of key {key:?} failed: {source}")]
+    Coalesced {
+        /// The key.
+        key: String,
+        /// The error the fetching call got.
+        #[source]
+        source: Arc<Error>,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

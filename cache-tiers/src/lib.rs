@@ -1,0 +1,87 @@
+//! A generic multi-tier cache: L1 in memory and on disk, L2 erasure coded
+//! over a memcached fleet, L3 an object store, composed into one read path.
+//!
+//! It follows the read path of AWS Lambda's container loading (Brooker et
+//! al., USENIX ATC'23): most reads hit the worker's own memory or disk, most
+//! of the rest hit a shared cache fleet that stores each value erasure coded
+//! `k`-of-`n` (4-of-5 by default) and answers as soon as any `k` nodes reply,
+//! so a slow or lost node costs neither latency nor hit rate; the object
+//! store is the authority. The crate knows nothing of what it caches.
+//!
+//! # Main types
+//! - [`Tier`]: the object-safe async trait every level implements (get, put,
+//!   remove; the contract is in its docs and checked by one conformance
+//!   suite, `testing::conformance`, that every tier runs).
+//! - [`Tiered`]: tiers read in order, upper tiers filled on a lower hit
+//!   ([`FillPolicy`]), concurrent misses of one key coalesced into one fetch,
+//!   per-tier [`TierStats`] with latency percentiles readable at any time.
+//! - [`MemoryTier`], [`DiskTier`]: L1, bounded in bytes, LRU.
+//! - [`ErasureCodedTier`] over [`MemcachedNode`]s: L2.
+//! - [`ObjectStoreTier`]: L3 on a local directory, memory or S3.
+//! - [`CacheKey`]: what a key must offer (a stable byte form).
+//!
+//! # Example
+//! ```
+//! use bytes::Bytes;
+//! use cache_tiers::{FillPolicy, MemoryTier, ObjectStoreTier, Tier, Tiered};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> cache_tiers::Result<()> {
+//! let store = ObjectStoreTier::in_memory("chunks/");
+//! let key = "0f1e2d".to_string();
+//! Tier::put(&store, &key, Bytes::from_static(b"chunk bytes")).await?;
+//!
+//! let cache: Tiered<String, Bytes> = Tiered::builder()
+//!     .tier(MemoryTier::new(64 << 20))
+//!     .tier(store)
+//!     .fill_policy(FillPolicy::All)
+//!     .build()?;
+//!
+//! let (value, tier) = cache.get(&key).await?.expect("stored above");
+//! assert_eq!((value.as_ref(), tier), (&b"chunk bytes"[..], 1)); // from the store
+//! let (_, tier) = cache.get(&key).await?.expect("filled");
+//! assert_eq!(tier, 0); // now from memory
+//! assert_eq!(cache.stats()[0].hits, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//! - `disk` (default): [`DiskTier`].
+//! - `object-store` (default): [`ObjectStoreTier`] (`object_store` with the
+//!   `aws` and `fs` features).
+//! - `memcached` (default): [`MemcachedNode`] (`async-memcached`).
+//! - `testing`: the conformance suite, a fault-injecting tier wrapper, a
+//!   delaying/blocking TCP proxy and launchers for `memcached` and
+//!   `moto_server` test servers.
+
+mod error;
+mod key;
+mod memory;
+mod stats;
+mod tier;
+mod tiered;
+
+#[cfg(feature = "disk")]
+mod disk;
+mod erasure;
+#[cfg(feature = "memcached")]
+mod memcached;
+#[cfg(feature = "object-store")]
+mod object;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+#[cfg(feature = "disk")]
+pub use disk::DiskTier;
+pub use erasure::{ErasureCodedBuilder, ErasureCodedTier, HedgeBudget, Node, ShardStats};
+pub use error::{Error, Result};
+pub use key::{CacheKey, Weight, default_storage_name};
+#[cfg(feature = "memcached")]
+pub use memcached::{MemcachedConfig, MemcachedNode};
+pub use memory::MemoryTier;
+#[cfg(feature = "object-store")]
+pub use object::{ObjectInfo, ObjectStoreTier, RetryPolicy, S3Config};
+pub use stats::{LatencyHistogram, LatencySummary, TierStats};
+pub use tier::Tier;
+pub use tiered::{FillPolicy, Tiered, TieredBuilder};

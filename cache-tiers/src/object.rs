@@ -1,0 +1,498 @@
+//! L3: the object store, the authority.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::{CacheKey, Error, Result, Tier};
+
+/// How transient errors are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub max_attempts: u32,
+    /// Backoff before the first retry; doubles each retry, with full jitter.
+    pub initial_backoff: Duration,
+    /// Upper bound of one backoff.
+    pub max_backoff: Duration,
+    /// Limit of one attempt; an attempt that runs longer counts as transient.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+            attempt_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy with these attempts and backoffs (attempt timeout 30 s).
+    pub fn new(max_attempts: u32, initial_backoff: Duration, max_backoff: Duration) -> Self {
+        Self {
+            max_attempts: max_attempts.max(1),
+            initial_backoff,
+            max_backoff,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the limit of one attempt.
+    pub fn with_attempt_timeout(mut self, t: Duration) -> Self {
+        self.attempt_timeout = t;
+        self
+    }
+
+    /// Full-jitter exponential backoff before retry number `retry` (1-based).
+    fn backoff(&self, retry: u32) -> Duration {
+        let exp = self
+            .initial_backoff
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(20));
+        let cap = exp.min(self.max_backoff);
+        cap.mul_f64(fastrand::f64())
+    }
+}
+
+/// Where an S3-compatible store is and how to sign for it.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct S3Config {
+    /// Endpoint URL, e.g. `http://127.0.0.1:9000`; `None` = AWS.
+    pub endpoint: Option<String>,
+    /// Bucket name.
+    pub bucket: String,
+    /// Region (any value for most S3-compatible servers).
+    pub region: String,
+    /// Access key id; `None` = from the environment or instance metadata.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Allow plain `http://` endpoints (loopback test servers).
+    pub allow_http: bool,
+    /// Timeout of one HTTP request.
+    pub request_timeout: Duration,
+    /// Timeout of connecting.
+    pub connect_timeout: Duration,
+}
+
+impl S3Config {
+    /// A config for `bucket` at `endpoint` (path-style, http allowed when the
+    /// URL says `http://`), region `us-east-1`, credentials to be set.
+    pub fn new(endpoint: impl Into<String>, bucket: impl Into<String>) -> Self {
+        let endpoint = endpoint.into();
+        Self {
+            allow_http: endpoint.starts_with("http://"),
+            endpoint: Some(endpoint),
+            bucket: bucket.into(),
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Sets static credentials.
+    pub fn with_credentials(
+        mut self,
+        key_id: impl Into<String>,
+        secret: impl Into<String>,
+    ) -> Self {
+        self.access_key_id = Some(key_id.into());
+        self.secret_access_key = Some(secret.into());
+        self
+    }
+
+    /// Sets the request and connect timeouts.
+    pub fn with_timeouts(mut self, request: Duration, connect: Duration) -> Self {
+        self.request_timeout = request;
+        self.connect_timeout = connect;
+        self
+    }
+}
+
+/// An object listed by [`ObjectStoreTier::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ObjectInfo {
+    /// The storage name of the key (the path without the prefix).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Values as objects `<prefix><storage name>` in an [`ObjectStore`]: a local
+/// directory, memory, or S3 and S3-compatible servers.
+///
+/// - Values are content addressed, so a put is create-if-absent
+///   ([`PutMode::Create`]) and "already exists" counts as success.
+/// - Transient errors (5xx, 429, timeouts, connection failures) are retried
+///   with exponential backoff and full jitter ([`RetryPolicy`]); permanent ones
+///   (4xx, permission, bad path) and exhausted retries are reported as
+///   [`Error::ObjectStore`] with the key and the number of attempts.
+/// - Not found is a miss (`Ok(None)`).
+#[derive(Debug, Clone)]
+pub struct ObjectStoreTier {
+    name: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    retry: RetryPolicy,
+}
+
+/// Whether an object-store error is worth retrying.
+fn is_transient(e: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. }
+        | E::AlreadyExists { .. }
+        | E::Precondition { .. }
+        | E::NotModified { .. }
+        | E::InvalidPath { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented { .. }
+        | E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::UnknownConfigurationKey { .. } => false,
+        E::JoinError { .. } => true,
+        E::Generic { source, .. } => {
+            // The HTTP status is only visible in the message ("... status
+            // code: 503 ..."); connection errors carry none and are transient.
+            let mut text = source.to_string();
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = source.source();
+            while let Some(s) = cur {
+                text.push_str(" | ");
+                text.push_str(&s.to_string());
+                cur = s.source();
+            }
+            match status_in(&text) {
+                Some(code) => code >= 500 || code == 429 || code == 408,
+                None => true,
+            }
+        }
+        _ => true,
+    }
+}
+
+/// The first HTTP status code named as "status code: NNN" or "status: NNN".
+fn status_in(text: &str) -> Option<u16> {
+    for marker in ["status code: ", "status: "] {
+        if let Some(i) = text.find(marker) {
+            let digits: String = text[i + marker.len()..].chars().take(3).collect();
+            if let Ok(code) = digits.parse::<u16>()
+                && (100..600).contains(&code)
+            {
+                return Some(code);
+            }
+        }
+    }
+    None
+}
+
+impl ObjectStoreTier {
+    /// A tier over any object store. `prefix` is put before every key's
+    /// storage name, e.g. `"chunks/"`.
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: impl Into<String>) -> Self {
+        Self {
+            name: "object-store".into(),
+            store,
+            prefix: prefix.into(),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// In process memory (tests, examples).
+    pub fn in_memory(prefix: impl Into<String>) -> Self {
+        Self::new(Arc::new(object_store::memory::InMemory::new()), prefix)
+    }
+
+    /// In a local directory, created if missing.
+    pub fn local(dir: impl AsRef<std::path::Path>, prefix: impl Into<String>) -> Result<Self> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            tier: "object-store".into(),
+            key: dir.display().to_string(),
+            op: "create directory",
+            source,
+        })?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| {
+            Error::InvalidConfig {
+                reason: format!("local object store at {}: {e}", dir.display()),
+            }
+        })?;
+        Ok(Self::new(Arc::new(fs), prefix))
+    }
+
+    /// On S3 or an S3-compatible server. `object_store`'s own retries are
+    /// turned off; this tier's [`RetryPolicy`] applies instead.
+    pub fn s3(config: &S3Config, prefix: impl Into<String>) -> Result<Self> {
+        use object_store::aws::AmazonS3Builder;
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region)
+            .with_allow_http(config.allow_http)
+            .with_retry(object_store::RetryConfig {
+                max_retries: 0,
+                ..Default::default()
+            })
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_allow_http(config.allow_http)
+                    .with_timeout(config.request_timeout)
+                    .with_connect_timeout(config.connect_timeout),
+            );
+        if let Some(ep) = &config.endpoint {
+            b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
+        }
+        if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+            b = b.with_access_key_id(id).with_secret_access_key(secret);
+        }
+        let s3 = b.build().map_err(|e| Error::InvalidConfig {
+            reason: format!("S3 bucket {}: {e}", config.bucket),
+        })?;
+        Ok(Self::new(Arc::new(s3), prefix))
+    }
+
+    /// Renames the tier (for stats and errors).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The object path of `key`.
+    pub fn path_of<K: CacheKey>(&self, key: &K) -> ObjPath {
+        ObjPath::from(format!("{}{}", self.prefix, key.storage_name()))
+    }
+
+    /// Runs `op` with retries of transient errors.
+    async fn retrying<T, F, Fut>(&self, key: &str, op_name: &'static str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = object_store::Result<T>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = match tokio::time::timeout(self.retry.attempt_timeout, op()).await {
+                Ok(r) => r,
+                Err(_) => Err(object_store::Error::Generic {
+                    store: "cache-tiers",
+                    source: format!("attempt timed out after {:?}", self.retry.attempt_timeout)
+                        .into(),
+                }),
+            };
+            match r {
+                Ok(v) => return Ok(v),
+                Err(e) if is_transient(&e) && attempt < self.retry.max_attempts => {
+                    let wait = self.retry.backoff(attempt);
+                    tracing::debug!(tier = %self.name, key, op = op_name, attempt, ?wait, error = %e, "transient object-store error; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(source) => {
+                    return Err(Error::ObjectStore {
+                        tier: self.name.clone(),
+                        key: key.to_owned(),
+                        op: op_name,
+                        attempts: attempt,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Size of the object of `key`, or `None` if absent.
+    pub async fn head<K: CacheKey>(&self, key: &K) -> Result<Option<u64>> {
+        let path = self.path_of(key);
+        let r = self
+            .retrying(&key.storage_name(), "head", || self.store.head(&path))
+            .await;
+        match r {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(Error::ObjectStore {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the object of `key` exists.
+    pub async fn exists<K: CacheKey>(&self, key: &K) -> Result<bool> {
+        Ok(self.head(key).await?.is_some())
+    }
+
+    /// The keys of `keys` that are not stored, asking up to `concurrency` at
+    /// once (for "upload only what is missing").
+    pub async fn missing<K: CacheKey>(&self, keys: &[K], concurrency: usize) -> Result<Vec<K>> {
+        let found: Vec<(usize, bool)> = futures::stream::iter(keys.iter().enumerate())
+            .map(|(i, k)| async move { self.exists(k).await.map(|e| (i, e)) })
+            .buffer_unordered(concurrency.max(1))
+            .try_collect()
+            .await?;
+        let mut missing: Vec<usize> = found
+            .into_iter()
+            .filter(|(_, e)| !e)
+            .map(|(i, _)| i)
+            .collect();
+        missing.sort_unstable();
+        Ok(missing.into_iter().map(|i| keys[i].clone()).collect())
+    }
+
+    /// Every object under the prefix (for garbage collection).
+    pub async fn list(&self) -> Result<Vec<ObjectInfo>> {
+        let prefix = self.prefix.trim_end_matches('/');
+        let prefix_path = (!prefix.is_empty()).then(|| ObjPath::from(prefix));
+        let metas: Vec<object_store::ObjectMeta> = self
+            .retrying(prefix, "list", || {
+                self.store
+                    .list(prefix_path.as_ref())
+                    .try_collect::<Vec<_>>()
+            })
+            .await?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let full = m.location.as_ref();
+                let name = full.strip_prefix(self.prefix.as_str())?;
+                Some(ObjectInfo {
+                    name: name.to_owned(),
+                    size: m.size,
+                })
+            })
+            .collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl<K: CacheKey> Tier<K, Bytes> for ObjectStoreTier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn get(&self, key: &K) -> Result<Option<Bytes>> {
+        let path = self.path_of(key);
+        let r = self
+            .retrying(&key.storage_name(), "get", || async {
+                self.store.get(&path).await?.bytes().await
+            })
+            .await;
+        match r {
+            Ok(b) => Ok(Some(b)),
+            Err(Error::ObjectStore {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put(&self, key: &K, value: Bytes) -> Result<()> {
+        let path = self.path_of(key);
+        let r = self
+            .retrying(&key.storage_name(), "put", || {
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                };
+                self.store
+                    .put_opts(&path, PutPayload::from_bytes(value.clone()), opts)
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(Error::ObjectStore {
+                source:
+                    object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn remove(&self, key: &K) -> Result<()> {
+        let path = self.path_of(key);
+        let r = self
+            .retrying(&key.storage_name(), "delete", || self.store.delete(&path))
+            .await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(Error::ObjectStore {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_are_found_in_messages() {
+        assert_eq!(
+            status_in("Server returned non-2xx status code: 503 Service Unavailable"),
+            Some(503)
+        );
+        assert_eq!(
+            status_in("Server returned non-2xx status code: 403 Forbidden"),
+            Some(403)
+        );
+        assert_eq!(status_in("error sending request"), None);
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_jittered() {
+        let p = RetryPolicy::new(10, Duration::from_millis(10), Duration::from_millis(100));
+        for retry in 1..10 {
+            let b = p.backoff(retry);
+            assert!(b <= Duration::from_millis(100));
+            assert!(b <= Duration::from_millis(10) * (1 << (retry - 1)));
+        }
+    }
+
+    #[tokio::test]
+    async fn local_store_round_trip_create_if_absent_and_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = ObjectStoreTier::local(dir.path(), "chunks/").unwrap();
+        let k = "abc".to_string();
+        Tier::put(&t, &k, Bytes::from_static(b"v1")).await.unwrap();
+        // Create-if-absent: the second put succeeds and keeps the first value.
+        Tier::put(&t, &k, Bytes::from_static(b"v2")).await.unwrap();
+        assert_eq!(Tier::get(&t, &k).await.unwrap().unwrap(), "v1");
+        assert!(dir.path().join("chunks").join("abc").exists());
+        assert_eq!(t.head(&k).await.unwrap(), Some(2));
+        let keys = vec!["abc".to_string(), "zzz".to_string()];
+        assert_eq!(t.missing(&keys, 4).await.unwrap(), vec!["zzz".to_string()]);
+        let listed = t.list().await.unwrap();
+        assert_eq!(
+            listed,
+            vec![ObjectInfo {
+                name: "abc".into(),
+                size: 2
+            }]
+        );
+    }
+}

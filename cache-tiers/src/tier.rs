@@ -1,0 +1,41 @@
+//! The tier trait.
+
+use crate::Result;
+
+/// One level of a cache: memory, disk, a shared cache fleet or the object store.
+///
+/// Object safe: a `Arc<dyn Tier<K, V>>` can be stored and composed.
+///
+/// # Contract
+/// Every implementation runs the conformance suite
+/// (`testing::conformance`, feature `testing`), which checks these rules:
+/// - [`get`](Tier::get) returns `Ok(None)` when the tier does not hold the key
+///   (a miss is not an error) and `Ok(Some(v))` only with the value last put
+///   under that key: a tier never returns bytes it cannot vouch for (truncated
+///   files, corrupt shards, a different key's value).
+/// - [`put`](Tier::put) is idempotent: putting the same value again succeeds
+///   and changes nothing. Caches may drop any value at any time (eviction),
+///   so a successful put does not promise a later hit; an authority (the
+///   object store) does promise it. Values are expected to be immutable per
+///   key (content addressed): a put over an existing key may keep the old value.
+/// - [`remove`](Tier::remove) of an absent key succeeds.
+/// - Errors say which tier failed and carry the key.
+/// - All methods may be called concurrently from many tasks.
+#[async_trait::async_trait]
+pub trait Tier<K, V>: Send + Sync
+where
+    K: Sync,
+    V: Send + 'static,
+{
+    /// A short human-readable name for stats and errors (e.g. `"memory"`, `"l2"`).
+    fn name(&self) -> &str;
+
+    /// The value of `key`, or `None` on a miss.
+    async fn get(&self, key: &K) -> Result<Option<V>>;
+
+    /// Stores `value` under `key`.
+    async fn put(&self, key: &K, value: V) -> Result<()>;
+
+    /// Drops `key` if present.
+    async fn remove(&self, key: &K) -> Result<()>;
+}
