@@ -4,6 +4,8 @@
 //! Needs root, `/dev/fuse`, loop devices and `mke2fs`; skipped otherwise
 //! unless `LODE_REQUIRE_SERVERS=1`.
 
+#![cfg(feature = "fuse")]
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
