@@ -1,0 +1,147 @@
+//! Errors of `worker`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chunk_core::ChunkName;
+
+/// Why one chunk could not be served. Shared (in an [`Arc`]) between all
+/// readers that waited for the same fetch.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChunkError {
+    /// No tier could deliver the chunk (missing, unreachable, timed out).
+    #[error("fetch failed")]
+    Fetch(#[source] SourceError),
+    /// The bytes a tier returned do not hash to the chunk's name.
+    #[error("bytes from tier {tier} do not match the chunk name (got SHA-256 {actual})")]
+    NameMismatch {
+        /// The tier that answered.
+        tier: String,
+        /// SHA-256 of what it returned.
+        actual: ChunkName,
+    },
+    /// AES-GCM refused the ciphertext: wrong key (stale or wrong KMS key,
+    /// manifest mismatch) or corrupted bytes.
+    #[error("decryption failed (bytes from tier {tier}): wrong key or corrupted chunk")]
+    Decrypt {
+        /// The tier that answered.
+        tier: String,
+        /// What chunk-core reported.
+        #[source]
+        source: chunk_core::Error,
+    },
+    /// The plaintext has a length that does not fit the chunk table.
+    #[error("plaintext is {actual} bytes, expected {expected}")]
+    WrongLength {
+        /// Expected plaintext length.
+        expected: usize,
+        /// Actual plaintext length.
+        actual: usize,
+    },
+    /// No tier answered within the fetch timeout (store unreachable or hanging).
+    #[error("no answer within {after:?}")]
+    Timeout {
+        /// The timeout that expired.
+        after: std::time::Duration,
+    },
+    /// The background task that fetched the chunk died (runtime shut down).
+    #[error("fetch task ended without a result: {0}")]
+    TaskFailed(String),
+}
+
+/// An error reported by a [`ChunkSource`](crate::ChunkSource).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// No tier holds the chunk.
+    #[error("chunk {name} not found in any tier")]
+    NotFound {
+        /// The chunk asked for.
+        name: ChunkName,
+    },
+    /// A tier failed (I/O, network, timeout).
+    #[error("tier {tier} failed")]
+    Tier {
+        /// Label of the failing tier.
+        tier: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+/// Everything that can go wrong in the worker.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A chunk could not be fetched, verified or decrypted.
+    #[error("chunk {index} ({name}) at image offset {offset}: {source}")]
+    Chunk {
+        /// Index of the chunk in the image.
+        index: u64,
+        /// Its name.
+        name: ChunkName,
+        /// Image offset where the chunk starts.
+        offset: u64,
+        /// What went wrong.
+        #[source]
+        source: Arc<ChunkError>,
+    },
+    /// A chunk index outside the image.
+    #[error("chunk index {index} is outside the image ({chunks} chunks)")]
+    NoSuchChunk {
+        /// Requested index.
+        index: u64,
+        /// Number of chunks.
+        chunks: u64,
+    },
+    /// The chunk table is inconsistent (sizes, counts).
+    #[error("invalid chunk table: {reason}")]
+    InvalidTable {
+        /// What is inconsistent.
+        reason: String,
+    },
+    /// Opening a sealed manifest failed.
+    #[error("opening the manifest failed")]
+    Manifest(#[source] manifest::Error),
+    /// `LazyImage::new` was called outside a tokio runtime.
+    #[error("no tokio runtime: create the LazyImage inside one or pass a handle")]
+    NoRuntime,
+    /// A blocking call was made from inside the async runtime.
+    #[error("blocking read called from inside the tokio runtime; use read_at().await")]
+    BlockingInRuntime,
+    /// A file-system or device operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Mounting or unmounting failed for a reason that is not a plain OS error.
+    #[error("{0}")]
+    Mount(String),
+    /// `unmount` found no lode mount at this path.
+    #[error("no lode mount at {}", .0.display())]
+    NotMounted(PathBuf),
+    /// The daemon exited or failed before it was ready.
+    #[error("mount daemon failed: {0}")]
+    Daemon(String),
+}
+
+impl Error {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

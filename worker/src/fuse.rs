@@ -1,0 +1,148 @@
+//! The FUSE file system: one directory holding one read-only regular file.
+
+use std::ffi::{OsStr, OsString};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEntry, ReplyOpen, Request,
+};
+
+use crate::LazyImage;
+
+const FILE_INO: INodeNo = INodeNo(2);
+/// The image never changes while mounted: let the kernel cache attributes long.
+const TTL: Duration = Duration::from_secs(3600);
+/// Largest read request we ask the kernel for (two 512 KiB chunks).
+const MAX_REQUEST: u32 = 1 << 20;
+
+pub(crate) struct ImageFs {
+    image: LazyImage,
+    name: OsString,
+    root: FileAttr,
+    file: FileAttr,
+}
+
+impl ImageFs {
+    pub(crate) fn new(image: LazyImage, name: &str) -> Self {
+        let now = SystemTime::now();
+        let attr = |ino, kind, perm, size, nlink| FileAttr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            kind,
+            perm,
+            nlink,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: image.chunk_size().max(4096),
+            flags: 0,
+        };
+        Self {
+            root: attr(INodeNo::ROOT, FileType::Directory, 0o555, 0, 2),
+            file: attr(FILE_INO, FileType::RegularFile, 0o444, image.size(), 1),
+            name: name.into(),
+            image,
+        }
+    }
+}
+
+impl Filesystem for ImageFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Big requests (up to 1 MiB) and deep readahead suit 512 KiB chunks;
+        // the kernel caps what it cannot do.
+        if let Err(max) = config.set_max_readahead(MAX_REQUEST) {
+            let _ = config.set_max_readahead(max);
+        }
+        // max_write also sets max_pages, which bounds read requests.
+        let _ = config.set_max_write(MAX_REQUEST);
+        // Let many readahead requests be in flight at once (the default is 12).
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent == INodeNo::ROOT && name == self.name {
+            reply.entry(&TTL, &self.file, Generation(0));
+        } else {
+            reply.error(Errno::ENOENT);
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match ino {
+            INodeNo::ROOT => reply.attr(&TTL, &self.root),
+            FILE_INO => reply.attr(&TTL, &self.file),
+            _ => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if ino != FILE_INO {
+            return reply.error(Errno::EISDIR);
+        }
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        // Page cache on and kept across opens: the image is immutable.
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        if ino != FILE_INO {
+            return reply.error(Errno::EISDIR);
+        }
+        // Answer from the runtime so reads run concurrently; the FUSE thread
+        // goes straight back to the kernel for the next request.
+        let image = self.image.clone();
+        self.image.runtime().spawn(async move {
+            let mut buf = vec![0u8; size as usize];
+            match image.read_at(offset, &mut buf).await {
+                Ok(n) => reply.data(&buf[..n]),
+                // The error (naming the chunk) was logged by read_at.
+                Err(_) => reply.error(Errno::EIO),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        if ino != INodeNo::ROOT {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let entries = [
+            (INodeNo::ROOT, FileType::Directory, OsStr::new(".")),
+            (INodeNo::ROOT, FileType::Directory, OsStr::new("..")),
+            (FILE_INO, FileType::RegularFile, self.name.as_os_str()),
+        ];
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(*ino, i as u64 + 1, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+}

@@ -1,0 +1,86 @@
+//! The lode worker: serves a sealed image lazily.
+//!
+//! A [`LazyImage`] joins an opened manifest (a [`ChunkTable`]: image size,
+//! chunk size, one [`ChunkRef`](chunk_core::ChunkRef) per chunk or a hole)
+//! with a [`ChunkSource`] (the tiered cache: L1 memory/disk → L2 memcached
+//! → L3 object store; [`TieredSource`] adapts `cache_tiers::Tiered`).
+//! [`LazyImage::read_at`] fetches only the chunks a read touches, checks the
+//! name of bytes that came from an untrusted tier, decrypts them, and keeps a
+//! small LRU of plaintext chunks. Concurrent readers of one chunk share one
+//! fetch; sequential readers get readahead. Every failure names the chunk
+//! ([`Error::Chunk`]); wrong data is never returned.
+//!
+//! # Main types
+//! - [`LazyImage`]: `open` (sealed manifest + KMS), `read_at`,
+//!   `read_at_blocking`, `prefetch`, `materialize` (for `lode pull`),
+//!   `stats`, `access_log` (for prefetch profiles).
+//! - [`ChunkSource`] and [`TieredSource`]: where sealed chunks come from.
+//! - [`mount`], [`unmount`], [`MountHandle`], [`spawn_daemon`] (feature
+//!   `fuse`): the image as one read-only FUSE file, a read-only loop device
+//!   on it and the kernel's ext4 mounted read-only at a mountpoint.
+//!
+//! # Trust and verification
+//! A chunk's name is SHA-256 of its ciphertext. Bytes from an untrusted tier
+//! (L2, L3) are checked against the name before decryption. Bytes from a
+//! trusted tier (the local L1, which [`TieredSource`] fills only with bytes
+//! that passed verification and decryption) skip the hash; AES-GCM still
+//! authenticates every byte under the key from the manifest, so a corrupted
+//! L1 entry is an error, after which it is dropped and the chunk fetched
+//! once more from the lower tiers. [`Verify::Always`] checks names for every
+//! tier.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use worker::{ChunkTable, LazyImage, LazyImageOptions, MemorySource, TierId};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> worker::Result<()> {
+//! // A 1000-byte image in chunks of 512 bytes, both holes: reads give zeros.
+//! let table = ChunkTable { image_size: 1000, chunk_size: 512, chunks: vec![None, None] };
+//! let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
+//! let image = LazyImage::new(table, source, LazyImageOptions::default())?;
+//! let mut buf = [1u8; 100];
+//! assert_eq!(image.read_at(950, &mut buf).await?, 50);
+//! assert!(buf[..50].iter().all(|&b| b == 0));
+//! assert_eq!(image.stats().holes_served, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Features
+//! - `fuse` (default): FUSE exposure of the image as one read-only file, its
+//!   loop device and the read-only ext4 mount (Linux, root; no libfuse).
+//! - `aws-lc-rs`: compiles chunk-core's AWS-LC backend
+//!   ([`LazyImageOptions::crypto`] selects the backend).
+
+mod crypto;
+#[cfg(feature = "fuse")]
+mod daemon;
+mod error;
+#[cfg(feature = "fuse")]
+mod fuse;
+mod image;
+#[cfg(feature = "fuse")]
+pub mod loopdev;
+#[cfg(feature = "fuse")]
+mod mount;
+mod source;
+mod stats;
+mod tiered;
+
+#[cfg(feature = "fuse")]
+pub use daemon::{Daemon, DaemonOptions, Readiness, spawn_daemon};
+pub use error::{ChunkError, Error, Result, SourceError};
+pub use image::{
+    ChunkAccess, ChunkTable, LazyImage, LazyImageOptions, MaterializeReport, PrefetchReport, Verify,
+};
+#[cfg(feature = "fuse")]
+pub use mount::{
+    DEFAULT_STATE_DIR, MountHandle, MountOptions, MountState, is_mount_point, mount, mounts,
+    state_path, unmount,
+};
+pub use source::{ChunkSource, Fault, Fetched, MemorySource, TierId};
+pub use stats::{Percentiles, Stats, TierStats};
+pub use tiered::TieredSource;

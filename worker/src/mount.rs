@@ -1,0 +1,660 @@
+//! Mounting a [`LazyImage`]: FUSE file → read-only loop device → ext4.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::LazyImage;
+use crate::error::{Error, Result};
+use crate::fuse::ImageFs;
+use crate::loopdev::LoopDevice;
+
+/// Where mount state files live unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/run/lode";
+
+/// How to mount an image.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct MountOptions {
+    /// Stop after the FUSE file: mount FUSE at the mountpoint itself, so the
+    /// image is `MOUNTPOINT/<file_name>`; no loop device, no ext4.
+    pub file_only: bool,
+    /// Where to mount FUSE when not `file_only`; default
+    /// `<state_dir>/<key>.fuse` (created and removed by us).
+    pub fuse_dir: Option<PathBuf>,
+    /// Name of the image file inside the FUSE directory.
+    pub file_name: String,
+    /// Directory for state files (`<key>.json`, one per mountpoint).
+    pub state_dir: PathBuf,
+    /// Write the image's stats as JSON here at unmount.
+    pub stats_path: Option<PathBuf>,
+    /// A label shown as the FUSE source in `/proc/mounts` (e.g. the image name).
+    pub source_name: String,
+    /// FUSE request threads (reads themselves run on the tokio runtime).
+    pub fuse_threads: usize,
+    /// Let other users read the FUSE file (`allow_other`).
+    pub allow_other: bool,
+    /// ext4 mount data; `noload` never replays a journal on a read-only image.
+    pub ext4_data: String,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        Self {
+            file_only: false,
+            fuse_dir: None,
+            file_name: "image".into(),
+            state_dir: DEFAULT_STATE_DIR.into(),
+            stats_path: None,
+            source_name: "lode".into(),
+            fuse_threads: 2,
+            allow_other: true,
+            ext4_data: "noload".into(),
+        }
+    }
+}
+
+impl MountOptions {
+    /// Sets [`file_only`](Self::file_only).
+    #[must_use]
+    pub fn file_only(mut self, yes: bool) -> Self {
+        self.file_only = yes;
+        self
+    }
+    /// Sets [`state_dir`](Self::state_dir).
+    #[must_use]
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = dir.into();
+        self
+    }
+    /// Sets [`stats_path`](Self::stats_path).
+    #[must_use]
+    pub fn stats_path(mut self, path: Option<PathBuf>) -> Self {
+        self.stats_path = path;
+        self
+    }
+    /// Sets [`fuse_dir`](Self::fuse_dir).
+    #[must_use]
+    pub fn fuse_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.fuse_dir = dir;
+        self
+    }
+    /// Sets [`source_name`](Self::source_name).
+    #[must_use]
+    pub fn source_name(mut self, name: impl Into<String>) -> Self {
+        self.source_name = name.into();
+        self
+    }
+}
+
+/// What a running mount records in `<state_dir>/<key>.json`, so that
+/// [`unmount`] (another process) can find and end it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct MountState {
+    /// Process serving the FUSE file.
+    pub pid: u32,
+    /// Its start time (clock ticks after boot), to detect pid reuse.
+    pub pid_start: u64,
+    /// The user's mountpoint.
+    pub mountpoint: PathBuf,
+    /// Where FUSE is mounted.
+    pub fuse_dir: PathBuf,
+    /// Whether we created `fuse_dir` (and remove it).
+    pub owns_fuse_dir: bool,
+    /// The image file on the FUSE mount.
+    pub image_file: PathBuf,
+    /// The loop device, unless `file_only`.
+    pub loop_device: Option<PathBuf>,
+    /// Whether only the FUSE file is mounted.
+    pub file_only: bool,
+    /// Where stats are written at unmount.
+    pub stats_path: Option<PathBuf>,
+    /// The FUSE connection id (its name under `/sys/fs/fuse/connections`).
+    #[serde(default)]
+    pub fuse_conn: Option<u64>,
+}
+
+/// A mounted image. [`wait`](Self::wait) serves until unmounted or signalled;
+/// [`unmount`](Self::unmount) tears down now. Dropping the handle without
+/// either also tears down.
+#[derive(Debug)]
+pub struct MountHandle {
+    image: LazyImage,
+    state: MountState,
+    state_path: PathBuf,
+    session: Option<JoinHandle<std::io::Result<()>>>,
+    ended: Option<mpsc::Receiver<()>>,
+    done: bool,
+}
+
+/// A key for a mountpoint: 16 hex digits of SHA-256 of its absolute path.
+fn key_of(mountpoint: &Path) -> String {
+    let digest = Sha256::digest(mountpoint.as_os_str().as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|e| Error::io("resolving", path, e))
+}
+
+/// Path of the state file for a mountpoint.
+pub fn state_path(state_dir: &Path, mountpoint: &Path) -> Result<PathBuf> {
+    Ok(state_dir.join(format!("{}.json", key_of(&absolute(mountpoint)?))))
+}
+
+/// Mounts `image`: FUSE file, read-only loop device, read-only ext4 at
+/// `mountpoint` (or only the FUSE file, see [`MountOptions::file_only`]).
+///
+/// Returns once everything is mounted and the state file is written. The
+/// image's runtime must be a multi-thread runtime that is not blocked: FUSE
+/// reads are answered by tasks spawned on it. Needs root, `/dev/fuse`, and
+/// loop devices unless `file_only`.
+pub fn mount(image: LazyImage, mountpoint: &Path, opts: &MountOptions) -> Result<MountHandle> {
+    let mountpoint = absolute(mountpoint)?;
+    if !mountpoint.is_dir() {
+        return Err(Error::Mount(format!(
+            "mountpoint {} is not a directory",
+            mountpoint.display()
+        )));
+    }
+    std::fs::create_dir_all(&opts.state_dir)
+        .map_err(|e| Error::io("creating state directory", &opts.state_dir, e))?;
+    let key = key_of(&mountpoint);
+    let state_path = opts.state_dir.join(format!("{key}.json"));
+    if let Ok(old) = read_state(&state_path) {
+        if process_alive(old.pid, old.pid_start) {
+            return Err(Error::Mount(format!(
+                "{} is already served by lode (pid {})",
+                mountpoint.display(),
+                old.pid
+            )));
+        }
+        // A crashed daemon left its state: clean up what it left.
+        tracing::warn!(mountpoint = %mountpoint.display(), pid = old.pid, "cleaning up a stale mount");
+        cleanup_dead(&old, &state_path);
+    }
+
+    let (fuse_dir, owns_fuse_dir) = if opts.file_only {
+        (mountpoint.clone(), false)
+    } else if let Some(dir) = &opts.fuse_dir {
+        (absolute(dir)?, false)
+    } else {
+        let dir = opts.state_dir.join(format!("{key}.fuse"));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        (dir, true)
+    };
+    let image_file = fuse_dir.join(&opts.file_name);
+
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::FSName(opts.source_name.clone()),
+        fuser::MountOption::Subtype("lode".into()),
+    ];
+    if opts.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(opts.fuse_threads.max(1));
+    config.clone_fd = opts.fuse_threads > 1;
+    let fs = ImageFs::new(image.clone(), &opts.file_name);
+    let session = fuser::Session::new(fs, &fuse_dir, &config)
+        .map_err(|e| Error::io("mounting FUSE at", &fuse_dir, e))?;
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("lode-fuse".into())
+        .spawn(move || {
+            let r = session.run();
+            let _ = tx.send(());
+            r
+        })
+        .map_err(|e| Error::io("starting FUSE thread for", &fuse_dir, e))?;
+
+    let mut handle = MountHandle {
+        image,
+        state: MountState {
+            pid: std::process::id(),
+            pid_start: process_start(std::process::id()).unwrap_or(0),
+            mountpoint: mountpoint.clone(),
+            fuse_dir: fuse_dir.clone(),
+            owns_fuse_dir,
+            image_file: image_file.clone(),
+            loop_device: None,
+            file_only: opts.file_only,
+            stats_path: opts.stats_path.clone(),
+            fuse_conn: fuse_connection_id(&fuse_dir),
+        },
+        state_path,
+        session: Some(thread),
+        ended: Some(rx),
+        done: false,
+    };
+
+    if !opts.file_only {
+        // On error the handle's drop unmounts FUSE again.
+        let dev = LoopDevice::attach_read_only(&image_file)?;
+        handle.state.loop_device = Some(dev.path().to_path_buf());
+        sys_mount(
+            dev.path(),
+            &mountpoint,
+            "ext4",
+            libc::MS_RDONLY,
+            &opts.ext4_data,
+        )?;
+        // The mount holds the device now; autoclear frees it after umount.
+        dev.release();
+    }
+    write_state(&handle.state_path, &handle.state)?;
+    tracing::info!(
+        mountpoint = %mountpoint.display(),
+        file = %image_file.display(),
+        loop_device = ?handle.state.loop_device,
+        "mounted"
+    );
+    Ok(handle)
+}
+
+impl MountHandle {
+    /// What was mounted where.
+    pub fn state(&self) -> &MountState {
+        &self.state
+    }
+
+    /// The image being served.
+    pub fn image(&self) -> &LazyImage {
+        &self.image
+    }
+
+    /// Serves until the FUSE file system is unmounted (for example by
+    /// [`unmount`] from another process) or SIGTERM, SIGINT or SIGHUP
+    /// arrives, then tears down (ext4, loop, FUSE), writes the stats file and
+    /// removes the state file. Call from outside the runtime (it blocks on it).
+    pub fn wait(mut self) -> Result<()> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::BlockingInRuntime);
+        }
+        let ended = self.ended.take();
+        let rt = self.image.runtime().clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        if let Some(ended) = ended {
+            std::thread::spawn(move || {
+                let _ = ended.recv();
+                let _ = tx.send(());
+            });
+        }
+        let why = rt.block_on(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).ok();
+            let mut int = signal(SignalKind::interrupt()).ok();
+            let mut hup = signal(SignalKind::hangup()).ok();
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = rx => "FUSE file system unmounted",
+                _ = next(&mut term) => "SIGTERM",
+                _ = next(&mut int) => "SIGINT",
+                _ = next(&mut hup) => "SIGHUP",
+            }
+        });
+        tracing::info!(reason = why, mountpoint = %self.state.mountpoint.display(), "unmounting");
+        self.teardown()
+    }
+
+    /// Unmounts now: ext4 (lazily if busy), loop device, FUSE; writes stats.
+    pub fn unmount(mut self) -> Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        self.done = true;
+        let mut first_err = None;
+        let mut keep = |r: Result<()>| {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "teardown step failed");
+                first_err.get_or_insert(e);
+            }
+        };
+        if !self.state.file_only && is_mount_point(&self.state.mountpoint) {
+            // We are going away: a busy ext4 is detached lazily; its readers
+            // get EIO once FUSE is gone instead of hanging.
+            keep(sys_umount(&self.state.mountpoint, libc::MNT_DETACH));
+        }
+        keep(unmount_fuse(&self.state.fuse_dir));
+        if let Some(t) = self.session.take() {
+            // After a lazy unmount the connection lives while files on it are
+            // open; abort it so the session (and we) can end, and open files
+            // get ENOTCONN instead of a daemon that never answers.
+            let finished = |t: &JoinHandle<_>, secs| {
+                let deadline = Instant::now() + Duration::from_secs(secs);
+                while !t.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                t.is_finished()
+            };
+            if !finished(&t, 2) {
+                if let Some(conn) = self.state.fuse_conn {
+                    abort_fuse_connection(conn);
+                }
+            }
+            if finished(&t, 5) {
+                match t.join() {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "FUSE session ended with an error"),
+                    Err(_) => tracing::error!("FUSE session thread panicked"),
+                    Ok(Ok(())) => {}
+                }
+            } else {
+                tracing::error!("FUSE session did not end; leaving its thread behind");
+            }
+        }
+        if let Some(path) = &self.state.stats_path {
+            keep(self.image.write_stats(path));
+        }
+        if self.state.owns_fuse_dir {
+            let _ = std::fs::remove_dir(&self.state.fuse_dir);
+        }
+        let _ = std::fs::remove_file(&self.state_path);
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            tracing::error!(error = %e, "unmount on drop failed");
+        }
+    }
+}
+
+/// Ends the lode mount at `mountpoint` from any process (`lode umount`):
+/// unmounts ext4 (fails with a clear error if it is busy, leaving everything
+/// as it was), asks the serving process to end (SIGTERM; it writes its
+/// stats) and waits for it, then removes whatever a crashed daemon left
+/// (FUSE mount, state file). The loop device detaches itself (autoclear).
+pub fn unmount(mountpoint: &Path, state_dir: &Path) -> Result<MountState> {
+    let mountpoint = absolute(mountpoint)?;
+    let state_path = state_dir.join(format!("{}.json", key_of(&mountpoint)));
+    let state = match read_state(&state_path) {
+        Ok(s) => s,
+        Err(_) => return Err(Error::NotMounted(mountpoint)),
+    };
+    if !state.file_only && is_mount_point(&state.mountpoint) {
+        match sys_umount(&state.mountpoint, 0) {
+            Ok(()) => {}
+            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
+                return Err(Error::Mount(format!(
+                    "{} is busy (a process uses files or has its cwd there); nothing was unmounted",
+                    state.mountpoint.display()
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if state.pid != std::process::id() && process_alive(state.pid, state.pid_start) {
+        // SAFETY: plain kill(2) to a pid we verified by its start time.
+        unsafe { libc::kill(state.pid as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while process_alive(state.pid, state.pid_start) {
+            if Instant::now() > deadline {
+                return Err(Error::Mount(format!(
+                    "lode daemon pid {} did not exit within 30 s",
+                    state.pid
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    cleanup_dead(&state, &state_path);
+    Ok(state)
+}
+
+/// All lode mounts with a state file in `state_dir` (live or stale).
+pub fn mounts(state_dir: &Path) -> Result<Vec<MountState>> {
+    let dir = match std::fs::read_dir(state_dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("listing", state_dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let p = entry.path();
+        if p.extension().is_some_and(|e| e == "json") {
+            if let Ok(s) = read_state(&p) {
+                out.push(s);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Removes what a dead (or finished) daemon left behind.
+fn cleanup_dead(state: &MountState, state_path: &Path) {
+    if !state.file_only && is_mount_point(&state.mountpoint) {
+        let _ = sys_umount(&state.mountpoint, libc::MNT_DETACH);
+    }
+    if is_mount_point(&state.fuse_dir) {
+        let _ = unmount_fuse(&state.fuse_dir);
+    }
+    if state.owns_fuse_dir {
+        let _ = std::fs::remove_dir(&state.fuse_dir);
+    }
+    let _ = std::fs::remove_file(state_path);
+}
+
+/// Unmounts FUSE, waiting a little for the loop device to let go of the file
+/// (autoclear runs asynchronously after the ext4 umount), then lazily.
+fn unmount_fuse(dir: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if !is_mount_point(dir) {
+            return Ok(());
+        }
+        match sys_umount(dir, 0) {
+            Ok(()) => return Ok(()),
+            Err(Error::Io { source, .. })
+                if source.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
+                return sys_umount(dir, libc::MNT_DETACH);
+            }
+            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The kernel's id of the FUSE connection mounted at `dir` (its `s_dev`).
+fn fuse_connection_id(dir: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let (major, minor) = (u64::from(libc::major(dev)), u64::from(libc::minor(dev)));
+    Some((major << 20) | minor)
+}
+
+/// Aborts a FUSE connection through fusectl (mounting fusectl if needed).
+fn abort_fuse_connection(conn: u64) {
+    let ctl = Path::new("/sys/fs/fuse/connections");
+    if !is_mount_point(ctl) {
+        let _ = sys_mount(Path::new("fusectl"), ctl, "fusectl", 0, "");
+    }
+    let abort = ctl.join(conn.to_string()).join("abort");
+    match std::fs::write(&abort, b"1") {
+        Ok(()) => tracing::warn!(connection = conn, "aborted the FUSE connection"),
+        Err(e) => {
+            tracing::error!(path = %abort.display(), error = %e, "could not abort the FUSE connection")
+        }
+    }
+}
+
+fn cstring(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::Mount(format!("path {} contains a NUL byte", path.display())))
+}
+
+fn sys_mount(
+    source: &Path,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<()> {
+    let src = cstring(source)?;
+    let tgt = cstring(target)?;
+    let fst = CString::new(fstype).map_err(|_| Error::Mount("bad fs type".into()))?;
+    let dat = CString::new(data).map_err(|_| Error::Mount("bad mount data".into()))?;
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fst.as_ptr(),
+            flags,
+            dat.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(Error::io(
+            "mounting ext4 at",
+            target,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+fn sys_umount(target: &Path, flags: libc::c_int) -> Result<()> {
+    let tgt = cstring(target)?;
+    // SAFETY: valid NUL-terminated path.
+    if unsafe { libc::umount2(tgt.as_ptr(), flags) } != 0 {
+        return Err(Error::io(
+            "unmounting",
+            target,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `path` is a mount point (from /proc/self/mountinfo; does not touch
+/// the path itself, which may be a dead FUSE mount).
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.as_os_str().as_bytes();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mountinfo(mp) == want)
+}
+
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime); the command name (field 2) may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+fn process_alive(pid: u32, start: u64) -> bool {
+    match process_start(pid) {
+        // A zombie is not serving anything.
+        Some(s) => {
+            (start == 0 || s == start)
+                && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+                    st.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+        }
+        None => false,
+    }
+}
+
+fn read_state(path: &Path) -> Result<MountState> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::io(
+            "parsing",
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })
+}
+
+fn write_state(path: &Path, state: &MountState) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let json = serde_json::to_vec_pretty(state)
+        .map_err(|e| Error::io("serializing", path, std::io::Error::other(e)))?;
+    std::fs::write(&tmp, json).map_err(|e| Error::io("writing", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_and_keys() {
+        assert_eq!(unescape_mountinfo(r"/mnt/a\040b"), b"/mnt/a b");
+        assert_eq!(unescape_mountinfo(r"/x\\y"), br"/x\\y");
+        assert!(is_mount_point(Path::new("/proc")));
+        assert!(!is_mount_point(Path::new("/proc/self")));
+        assert_eq!(key_of(Path::new("/mnt/a")).len(), 16);
+        assert_ne!(key_of(Path::new("/mnt/a")), key_of(Path::new("/mnt/b")));
+    }
+
+    #[test]
+    fn own_process_is_alive_and_identified_by_start_time() {
+        let me = std::process::id();
+        let start = process_start(me).expect("own /proc/pid/stat");
+        assert!(process_alive(me, start));
+        assert!(!process_alive(me, start + 1));
+        assert!(!process_alive(u32::MAX - 1, 0));
+    }
+
+    #[test]
+    fn unmount_without_state_is_not_mounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = unmount(&dir.path().join("nothing"), dir.path()).unwrap_err();
+        assert!(matches!(e, Error::NotMounted(_)), "{e:?}");
+        assert!(mounts(&dir.path().join("none")).unwrap().is_empty());
+    }
+}
