@@ -9,8 +9,15 @@
 # one thread) interleaved over several rounds in one run, pinned to one CPU,
 # and prints the medians; the last line is `seal/limit ratio: 0.NN`.
 #
+# Clock: `openssl speed` divides by the process's user CPU time unless given
+# -elapsed, which makes it blind to other load on a shared machine. Both
+# sides must use the same clock, so by default (CLOCK=cpu) lode's seal is
+# also divided by user CPU time; CLOCK=wall uses wall-clock time for both
+# (openssl -elapsed), meaningful only on an idle machine.
+#
 # Usage: bench/crypto-limit.sh [BACKEND]    (BACKEND: aws-lc-rs (default) | rustcrypto)
-# Env:   ROUNDS (default 5), SECONDS_PER_RUN (default 2), BENCH_CPU (default 0)
+# Env:   ROUNDS (default 5), SECONDS_PER_RUN (default 2), BENCH_CPU (default 0),
+#        CLOCK (cpu (default) | wall)
 # Needs: openssl (CLI), cargo and a C compiler (aws-lc-rs), python3, taskset (optional).
 set -euo pipefail
 
@@ -18,6 +25,12 @@ backend=${1:-aws-lc-rs}
 rounds=${ROUNDS:-5}
 secs=${SECONDS_PER_RUN:-2}
 cpu=${BENCH_CPU:-0}
+clock=${CLOCK:-cpu}
+case "$clock" in
+  cpu) elapsed=() ;;
+  wall) elapsed=(-elapsed) ;;
+  *) echo "CLOCK must be cpu or wall, got $clock" >&2; exit 2 ;;
+esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 case "$backend" in
@@ -38,32 +51,33 @@ seal_bin="$target_dir/release/examples/seal_throughput"
 
 # `openssl speed -mr` prints `+F:<n>:<alg>:<bytes per second>` for the one block size asked for.
 openssl_mbps() {
-  "${pin[@]}" openssl speed -mr -seconds "$secs" -bytes 16384 -evp "$1" 2>/dev/null |
+  "${pin[@]}" openssl speed "${elapsed[@]}" -mr -seconds "$secs" -bytes 16384 -evp "$1" 2>/dev/null |
     awk -F: '/^\+F:/ { printf "%.1f\n", $4 / 1e6 }'
 }
 
 sha=() gcm=() seal=()
 echo "openssl: $(openssl version)"
+echo "clock: $clock time for openssl and lode alike"
 echo "cpu: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), pinned: ${pin[*]:-no}"
 printf '%-6s %14s %14s %14s\n' round "sha256 MB/s" "aes-gcm MB/s" "seal MB/s"
 for r in $(seq 1 "$rounds"); do
   s=$(openssl_mbps sha256)
   g=$(openssl_mbps aes-256-gcm)
-  l=$("${pin[@]}" "$seal_bin" "$backend" "$secs" | awk -F': ' '/^seal MB\/s:/ {print $2}')
+  l=$("${pin[@]}" "$seal_bin" "$backend" "$secs" | awk -F': ' -v c="($clock)" '$1 == "seal MB/s " c {print $2}')
   [ -n "$s" ] && [ -n "$g" ] && [ -n "$l" ] || { echo "a measurement printed nothing" >&2; exit 1; }
   sha+=("$s") gcm+=("$g") seal+=("$l")
   printf '%-6s %14s %14s %14s\n' "$r" "$s" "$g" "$l"
 done
 
-python3 - "$backend" "${sha[*]}" "${gcm[*]}" "${seal[*]}" <<'PY'
+python3 - "$backend" "$clock" "${sha[*]}" "${gcm[*]}" "${seal[*]}" <<'PY'
 import statistics as st, sys
-backend = sys.argv[1]
-sha, gcm, seal = ([float(x) for x in a.split()] for a in sys.argv[2:5])
+backend, clock = sys.argv[1:3]
+sha, gcm, seal = ([float(x) for x in a.split()] for a in sys.argv[3:6])
 s, g, l = st.median(sha), st.median(gcm), st.median(seal)
 limit = 1 / (2 / s + 1 / g)
 print(f"median openssl sha256 16 KiB:      {s:9.1f} MB/s")
 print(f"median openssl aes-256-gcm 16 KiB: {g:9.1f} MB/s")
 print(f"single-core seal limit:            {limit:9.1f} MB/s  (1 / (2/sha256 + 1/aes_gcm))")
-print(f"median lode seal ({backend}, 512 KiB, 1 thread): {l:9.1f} MB/s")
+print(f"median lode seal ({backend}, 512 KiB, 1 thread, {clock} time): {l:9.1f} MB/s")
 print(f"seal/limit ratio: {l / limit:.2f}")
 PY

@@ -61,6 +61,9 @@ impl Chunker {
 
     /// Chunks read from `reader`, each in its own buffer.
     ///
+    /// Each data buffer has spare capacity for the GCM tag, so
+    /// [`seal_owned`](crate::seal_owned) seals it in place without copying.
+    ///
     /// Short reads and `Interrupted` are handled; every chunk but the last is
     /// full. An I/O error is yielded once (its message names the offset of
     /// the chunk being read, its kind is kept), then the iterator ends.
@@ -237,6 +240,10 @@ impl<R: Read> Iterator for ReadChunks<R> {
             return None;
         }
         let mut buf = std::mem::take(&mut self.spare);
+        if buf.capacity() == 0 {
+            // Room for the GCM tag, so `seal_owned` encrypts without a copy.
+            buf.reserve_exact(self.chunk_size + crate::provider::TAG_LEN);
+        }
         buf.resize(self.chunk_size, 0);
         let filled = match self.fill(&mut buf) {
             Ok(n) => n,

@@ -11,7 +11,8 @@
 //!   [`ChunkData::Hole`] and are never sealed or stored.
 //! - [`seal`] turns a plaintext chunk into a [`SealedChunk`]: the ciphertext
 //!   to store, its [`ChunkName`], and the [`ChunkKey`] to keep in the
-//!   manifest. [`seal_batch`] seals many chunks on all cores.
+//!   manifest. [`seal_batch`] seals many chunks on all cores;
+//!   [`seal_owned`] seals a buffer from [`Chunker::reader`] without a copy.
 //! - [`open`] checks and decrypts what a store returned for a [`ChunkRef`];
 //!   [`open_trusted`] skips the name check for bytes already verified.
 //! - [`CryptoProvider`] is the one small trait all crypto goes through, with
@@ -108,14 +109,16 @@
 //!   with older ones, so a leak stops propagating once images are
 //!   re-sealed.
 //! - **Why the name is SHA-256 of the ciphertext, not the GCM tag.** The
-//!   tag is a MAC, not a commitment: it is not collision resistant (a party
-//!   who knows the keys can craft two ciphertexts, even under different
-//!   keys, with the same tag), and it cannot be checked without the key. A
-//!   name that is the ciphertext's SHA-256 can be checked by anyone holding
-//!   only the bytes, so stores, shared caches and garbage collection verify
-//!   what they hold and serve, and [`open`] rejects a wrong object before
-//!   decrypting. GCM then still authenticates under the key, so a wrong key
-//!   or altered bytes are an error; wrong plaintext is never returned.
+//!   tag is a MAC, not a commitment. It is not collision resistant: GHASH is
+//!   linear, so whoever knows a key can make other ciphertexts with the same
+//!   tag, and GCM is not key-committing (one ciphertext can be built to
+//!   authenticate under two different keys). And it cannot be checked
+//!   without the key. A name that is the ciphertext's SHA-256 can be checked
+//!   by anyone holding only the bytes, so stores, shared caches and garbage
+//!   collection can verify what they hold and serve, and [`open`] rejects a
+//!   wrong or corrupted object before decrypting. GCM then still
+//!   authenticates under the key, so a wrong key or altered bytes are an
+//!   error; wrong plaintext is never returned.
 //! - **Out of scope here**: who may read which manifest (KMS and the
 //!   `manifest` crate), and hiding chunk lengths or access patterns.
 
@@ -137,6 +140,6 @@ pub use provider::RustCrypto;
 pub use provider::{CryptoProvider, TAG_LEN, enabled_providers, provider_by_name};
 pub use seal::{
     CIPHERTEXT_OVERHEAD, NONCE, SealedChunk, name_of, open, open_owned, open_trusted,
-    open_trusted_owned, seal, seal_batch, verify_name,
+    open_trusted_owned, seal, seal_batch, seal_owned, verify_name,
 };
 pub use types::{ChunkKey, ChunkName, ChunkRef, Salt};

@@ -79,6 +79,29 @@ pub fn seal(provider: &dyn CryptoProvider, salt: &Salt, plaintext: &[u8]) -> Res
     })
 }
 
+/// Like [`seal`], but encrypts the caller's buffer in place instead of
+/// copying the plaintext; the buffer becomes the ciphertext.
+///
+/// Copy-free when `plaintext` has room for the 16-byte tag (buffers from
+/// [`Chunker::reader`](crate::Chunker::reader) do); otherwise the buffer
+/// grows once.
+pub fn seal_owned(
+    provider: &dyn CryptoProvider,
+    salt: &Salt,
+    plaintext: Vec<u8>,
+) -> Result<SealedChunk> {
+    let key = ChunkKey::from_bytes(provider.hmac_sha256(salt.expose_secret(), &plaintext));
+    let mut buf = plaintext;
+    buf.reserve_exact(TAG_LEN);
+    provider.aes256gcm_seal_in_place(key.expose(), &NONCE, AAD, &mut buf)?;
+    let name = ChunkName::from_bytes(provider.sha256(&buf));
+    Ok(SealedChunk {
+        name,
+        key,
+        ciphertext: buf,
+    })
+}
+
 /// Seals many chunks on all cores (rayon's global pool); the output is in
 /// input order. Fails with the first error in input order.
 pub fn seal_batch(

@@ -14,7 +14,7 @@
 mod suite {
     use chunk_core::{
         ChunkKey, ChunkName, ChunkRef, CryptoProvider, Error, Salt, open, open_owned, open_trusted,
-        open_trusted_owned, seal, seal_batch, verify_name,
+        open_trusted_owned, seal, seal_batch, seal_owned, verify_name,
     };
     use proptest::prelude::*;
 
@@ -250,6 +250,37 @@ mod suite {
         ));
     }
 
+    pub(crate) fn seal_owned_matches_seal_without_copy(p: &dyn CryptoProvider) {
+        let salt = kat_salt();
+        let mut data = pattern(3 * 4096 + 100, 7, 1);
+        data[4096..8192].fill(0);
+        let chunker = chunk_core::Chunker::new(4096).expect("size");
+        let mut count = 0;
+        for chunk in chunker.reader(&data[..]) {
+            let chunk = chunk.expect("read");
+            let chunk_core::OwnedChunkData::Data(bytes) = chunk.data else {
+                continue;
+            };
+            let expected = seal(p, &salt, &bytes).expect("seal");
+            let ptr = bytes.as_ptr();
+            let sealed = seal_owned(p, &salt, bytes).expect("seal_owned");
+            assert_eq!(sealed, expected);
+            assert_eq!(
+                sealed.ciphertext.as_ptr(),
+                ptr,
+                "reader buffers need no reallocation"
+            );
+            count += 1;
+        }
+        assert_eq!(count, 3);
+        // A buffer without spare room still seals correctly.
+        let tight = b"tight".to_vec();
+        assert_eq!(
+            seal_owned(p, &salt, tight.clone()).expect("seal_owned"),
+            seal(p, &salt, &tight).expect("seal")
+        );
+    }
+
     fn config() -> ProptestConfig {
         ProptestConfig {
             cases: 64,
@@ -367,6 +398,7 @@ macro_rules! suite_for {
                 errors_name_the_chunk,
                 batch_matches_single_and_keeps_order,
                 owned_variants_match,
+                seal_owned_matches_seal_without_copy,
                 prop_convergent,
                 prop_salts_separate,
                 prop_distinct_plaintexts_distinct_names,
