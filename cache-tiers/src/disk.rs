@@ -294,7 +294,10 @@ impl DiskInner {
 
 /// Lists valid-looking files (header and length), removes temp files and
 /// files that cannot be ours; returns (key, size, mtime) oldest first.
-fn scan(dir: &Path) -> Result<Vec<(Box<[u8]>, u64, SystemTime)>> {
+/// A file found by a rescan: key bytes, file size, modification time.
+type Found = (Box<[u8]>, u64, SystemTime);
+
+fn scan(dir: &Path) -> Result<Vec<Found>> {
     let err = |op, source| io_err("disk", &dir.display().to_string(), op, source);
     fs::create_dir_all(dir.join("objects")).map_err(|e| err("create", e))?;
     let tmp = dir.join("tmp");
@@ -334,7 +337,7 @@ fn scan(dir: &Path) -> Result<Vec<(Box<[u8]>, u64, SystemTime)>> {
     Ok(found)
 }
 
-fn scan_file(path: &Path) -> io::Result<Option<(Box<[u8]>, u64, SystemTime)>> {
+fn scan_file(path: &Path) -> io::Result<Option<Found>> {
     let mut f = fs::File::open(path)?;
     let meta = f.metadata()?;
     if !meta.is_file() || meta.len() < HEADER as u64 {
@@ -487,6 +490,22 @@ impl<K: CacheKey> Tier<K, Bytes> for DiskTier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn arbitrary_file_contents_are_never_a_hit(body in proptest::collection::vec(proptest::num::u8::ANY, 0..300), magic: bool) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("f");
+            let mut raw = body.clone();
+            if magic && raw.len() >= 4 {
+                raw[..4].copy_from_slice(MAGIC);
+            }
+            fs::write(&p, &raw).unwrap();
+            proptest::prop_assert!(!matches!(read_verified(&p, b"k").unwrap(), ReadOutcome::Hit(_)));
+            proptest::prop_assert!(scan_file(&p).is_ok());
+        }
+    }
 
     #[tokio::test]
     async fn corrupt_and_truncated_files_are_dropped() {

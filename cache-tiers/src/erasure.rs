@@ -125,6 +125,9 @@ struct Counters {
 /// - **Errors**: a get that cannot gather `k` shards returns `Ok(None)` when
 ///   more than `m` nodes lack the key, and [`Error::Unavailable`] when node
 ///   failures are why.
+/// - **Shard keys** are `<storage name>.<index>`: two tiers with different
+///   `k`/`m` sharing one fleet need different node key prefixes
+///   ([`MemcachedConfig::with_key_prefix`](crate::MemcachedConfig::with_key_prefix)).
 pub struct ErasureCodedTier {
     name: String,
     nodes: Vec<Node>,
@@ -258,8 +261,10 @@ struct Shard {
 }
 
 fn shard_size(value_len: usize, k: usize) -> usize {
-    let s = value_len.div_ceil(k).max(2);
-    s + (s & 1) // reed-solomon-simd wants an even size
+    let s = value_len.div_ceil(k.max(1)).max(2);
+    // reed-solomon-simd wants an even size; saturating because a bad node
+    // may claim any length.
+    s.saturating_add(s & 1)
 }
 
 /// Encodes `value` into `k + m` framed shards.
@@ -333,7 +338,7 @@ fn parse_shard(raw: Bytes, key_sum: u64, k: usize, m: usize, index: usize) -> Op
         return None;
     }
     let expect_size = shard_size(usize::try_from(value_len).ok()?, k);
-    if raw.len() != SHARD_HEADER + expect_size {
+    if raw.len() - SHARD_HEADER != expect_size {
         return None;
     }
     if shard_sum(&raw[..32], &raw[SHARD_HEADER..]) != le64(&raw[32..]) {
@@ -377,8 +382,8 @@ fn rebuild(
         Default::default()
     };
     let mut out = BytesMut::with_capacity(value_len);
-    for i in 0..k {
-        let part: &[u8] = match data[i] {
+    for (i, d) in data.iter().enumerate() {
+        let part: &[u8] = match *d {
             Some(p) => p,
             None => match restored.get(&i) {
                 Some(p) => p,
@@ -695,6 +700,14 @@ mod tests {
     }
 
     #[test]
+    fn absurd_lengths_in_a_header_are_rejected_without_panicking() {
+        let raw = shards_of(b"hello", 1, 1);
+        let mut bad = raw[0].to_vec();
+        bad[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(parse_shard(Bytes::from(bad), xxh3_64(b"key"), 1, 1, 0).is_none());
+    }
+
+    #[test]
     fn empty_and_tiny_values_round_trip() {
         for len in [0usize, 1, 2, 3, 7, 8, 9] {
             let value = vec![0xabu8; len];
@@ -708,6 +721,19 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn arbitrary_shard_bytes_never_panic_or_pass(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..200), k in 1usize..6, m in 0usize..3, idx in 0usize..8) {
+            let mut framed = raw.clone();
+            if framed.len() >= 8 {
+                // Plausible magic and k/m/index so the later checks run too.
+                framed[..4].copy_from_slice(MAGIC);
+                framed[4] = k as u8;
+                framed[5] = m as u8;
+                framed[6] = idx as u8;
+            }
+            proptest::prop_assert!(parse_shard(Bytes::from(framed), xxh3_64(b"key"), k, m, idx).is_none());
+        }
+
         #[test]
         fn any_value_survives_losing_m_shards(value in proptest::collection::vec(proptest::num::u8::ANY, 0..5000), lost in 0usize..5) {
             let shards = parse_all(&shards_of(&value, 4, 1), 4, 1);

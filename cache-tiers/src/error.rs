@@ -36,9 +36,9 @@ pub enum Error {
         op: &'static str,
         /// How many attempts were made (retries of transient errors included).
         attempts: u32,
-        /// The last error.
+        /// The last error (boxed: it is large).
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// A memcached request failed.
     #[cfg(feature = "memcached")]
@@ -50,9 +50,19 @@ pub enum Error {
         key: String,
         /// `"connect"`, `"get"`, `"set"` or `"delete"`.
         op: &'static str,
-        /// The client's error.
+        /// The client's error (boxed: it is large).
         #[source]
-        source: async_memcached::Error,
+        source: Box<async_memcached::Error>,
+    },
+    /// A cache node is skipped for a while after it refused a connection.
+    #[error("node {node} is down (retrying in {for_:?}); {key:?} not asked")]
+    NodeDown {
+        /// Name of the node.
+        node: String,
+        /// The key.
+        key: String,
+        /// How long until the node is tried again.
+        for_: Duration,
     },
     /// An operation did not finish in time.
     #[error("tier {tier}: {op} of key {key:?} timed out after {after:?}")]

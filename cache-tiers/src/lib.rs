@@ -45,6 +45,38 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The full Lambda-style stack (needs memcached servers and an S3 endpoint):
+//! ```no_run
+//! use std::sync::Arc;
+//! use bytes::Bytes;
+//! use cache_tiers::*;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> cache_tiers::Result<()> {
+//! let nodes: Vec<Node> = (1..=5)
+//!     .map(|i| format!("cache-{i}.example:11211"))
+//!     .map(|a| Arc::new(MemcachedNode::new(a, MemcachedConfig::default())) as Node)
+//!     .collect();
+//! let l2 = ErasureCodedTier::builder(nodes).name("l2").build()?; // 4 data + 1 parity
+//! let s3 = S3Config::new("https://s3.us-east-1.amazonaws.com", "my-chunks");
+//! let cache: Tiered<String, Bytes> = Tiered::builder()
+//!     .tier(MemoryTier::new(1 << 30))
+//!     .tier(DiskTier::open("/var/cache/lode", 20 << 30).await?)
+//!     .tier(l2)
+//!     .tier(ObjectStoreTier::s3(&s3, "chunks/")?)
+//!     .build()?;
+//! if let Some((chunk, tier)) = cache.get(&"ab12...".to_string()).await? {
+//!     println!("{} bytes from tier {tier}", chunk.len());
+//! }
+//! for s in cache.stats() {
+//!     println!("{}: {} hits, p99 {:?}", s.name, s.hits, s.get_latency.p99);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Keys: implement [`CacheKey`] for your own key type (a newtype around a
+//! digest is typical) or use `String`.
+//!
 //! # Features
 //! - `disk` (default): [`DiskTier`].
 //! - `object-store` (default): [`ObjectStoreTier`] (`object_store` with the

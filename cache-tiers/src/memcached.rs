@@ -1,7 +1,7 @@
 //! A node of the L2 fleet: one memcached server.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_memcached::{AsciiProtocol, Client, Status};
 use bytes::Bytes;
@@ -24,6 +24,9 @@ pub struct MemcachedConfig {
     pub ttl_secs: i64,
     /// Put before every key (a namespace shared by all users of the fleet).
     pub key_prefix: String,
+    /// After a failed connect, fail operations at once for this long
+    /// instead of paying a connect attempt each (0 = always try).
+    pub down_backoff: Duration,
 }
 
 impl Default for MemcachedConfig {
@@ -34,6 +37,7 @@ impl Default for MemcachedConfig {
             connect_timeout: Duration::from_millis(500),
             ttl_secs: 0,
             key_prefix: String::new(),
+            down_backoff: Duration::from_millis(250),
         }
     }
 }
@@ -58,6 +62,12 @@ impl MemcachedConfig {
         self
     }
 
+    /// Sets how long a node that refused a connection is skipped.
+    pub fn with_down_backoff(mut self, d: Duration) -> Self {
+        self.down_backoff = d;
+        self
+    }
+
     /// Sets the item expiry in seconds (0 = never).
     pub fn with_ttl_secs(mut self, ttl: i64) -> Self {
         self.ttl_secs = ttl;
@@ -69,8 +79,11 @@ impl MemcachedConfig {
 /// of the `async-memcached` client.
 ///
 /// Every operation has a timeout. A connection that saw an error or was
-/// interrupted is dropped, not returned to the pool. Keys are
-/// `<key_prefix><storage name>`.
+/// interrupted is dropped, not returned to the pool. After a failed connect
+/// the node is marked down for
+/// [`down_backoff`](MemcachedConfig::down_backoff): operations then fail at
+/// once with [`Error::NodeDown`] instead of each waiting for a connect
+/// attempt. Keys are `<key_prefix><storage name>`.
 pub struct MemcachedNode {
     name: String,
     addr: String,
@@ -79,6 +92,8 @@ pub struct MemcachedNode {
     config: MemcachedConfig,
     idle: Mutex<Vec<Client>>,
     permits: Semaphore,
+    /// Until when the node counts as down after a failed connect.
+    down_until: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for MemcachedNode {
@@ -108,6 +123,7 @@ impl MemcachedNode {
             addr,
             config,
             idle: Mutex::new(Vec::new()),
+            down_until: Mutex::new(None),
         }
     }
 
@@ -117,6 +133,25 @@ impl MemcachedNode {
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
+    }
+
+    fn down_until(&self) -> Option<Instant> {
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_down_until(&self, t: Option<Instant>) {
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = t;
+    }
+
+    fn mark_down(&self) {
+        if !self.config.down_backoff.is_zero() {
+            self.set_down_until(Some(Instant::now() + self.config.down_backoff));
+        }
+    }
+
+    /// Whether the node is marked down after a failed connect.
+    pub fn is_down(&self) -> bool {
+        self.down_until().is_some_and(|t| Instant::now() < t)
     }
 
     /// The server address.
@@ -133,7 +168,7 @@ impl MemcachedNode {
             node: self.name.clone(),
             key: key.to_owned(),
             op,
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -159,12 +194,28 @@ impl MemcachedNode {
             let client = match pooled {
                 Some(c) if !c.is_closed() => c,
                 _ => {
+                    if let Some(until) = self.down_until()
+                        && Instant::now() < until
+                    {
+                        return Err(Error::NodeDown {
+                            node: self.name.clone(),
+                            key: key.to_owned(),
+                            for_: until - Instant::now(),
+                        });
+                    }
                     match tokio::time::timeout(self.config.connect_timeout, Client::new(&self.dsn))
                         .await
                     {
-                        Ok(Ok(c)) => c,
-                        Ok(Err(e)) => return Err(self.err(key, "connect", e)),
+                        Ok(Ok(c)) => {
+                            self.set_down_until(None);
+                            c
+                        }
+                        Ok(Err(e)) => {
+                            self.mark_down();
+                            return Err(self.err(key, "connect", e));
+                        }
                         Err(_) => {
+                            self.mark_down();
                             return Err(Error::Timeout {
                                 tier: self.name.clone(),
                                 key: key.to_owned(),

@@ -140,7 +140,8 @@ pub struct ObjectInfo {
 ///   with exponential backoff and full jitter ([`RetryPolicy`]); permanent ones
 ///   (4xx, permission, bad path) and exhausted retries are reported as
 ///   [`Error::ObjectStore`] with the key and the number of attempts.
-/// - Not found is a miss (`Ok(None)`).
+/// - Not found is a miss (`Ok(None)`), except when the bucket itself is
+///   missing (S3 `NoSuchBucket`), which is an error.
 #[derive(Debug, Clone)]
 pub struct ObjectStoreTier {
     name: String,
@@ -167,20 +168,38 @@ fn is_transient(e: &object_store::Error) -> bool {
         E::Generic { source, .. } => {
             // The HTTP status is only visible in the message ("... status
             // code: 503 ..."); connection errors carry none and are transient.
-            let mut text = source.to_string();
-            let mut cur: Option<&(dyn std::error::Error + 'static)> = source.source();
-            while let Some(s) = cur {
-                text.push_str(" | ");
-                text.push_str(&s.to_string());
-                cur = s.source();
-            }
-            match status_in(&text) {
+            match status_in(&error_text(source.as_ref())) {
                 Some(code) => code >= 500 || code == 429 || code == 408,
                 None => true,
             }
         }
         _ => true,
     }
+}
+
+/// Not found, and not because the bucket is missing: a misconfigured bucket
+/// must be an error, not a store where every read misses.
+fn is_missing_object(e: &Error) -> bool {
+    match e {
+        Error::ObjectStore { source, .. }
+            if matches!(**source, object_store::Error::NotFound { .. }) =>
+        {
+            !error_text(source.as_ref()).contains("NoSuchBucket")
+        }
+        _ => false,
+    }
+}
+
+/// An error's message with those of its sources.
+fn error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(" | ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
 }
 
 /// The first HTTP status code named as "status code: NNN" or "status: NNN".
@@ -314,7 +333,7 @@ impl ObjectStoreTier {
                         key: key.to_owned(),
                         op: op_name,
                         attempts: attempt,
-                        source,
+                        source: Box::new(source),
                     });
                 }
             }
@@ -329,10 +348,7 @@ impl ObjectStoreTier {
             .await;
         match r {
             Ok(meta) => Ok(Some(meta.size)),
-            Err(Error::ObjectStore {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(None),
+            Err(e) if is_missing_object(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -399,10 +415,7 @@ impl<K: CacheKey> Tier<K, Bytes> for ObjectStoreTier {
             .await;
         match r {
             Ok(b) => Ok(Some(b)),
-            Err(Error::ObjectStore {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(None),
+            Err(e) if is_missing_object(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -421,11 +434,15 @@ impl<K: CacheKey> Tier<K, Bytes> for ObjectStoreTier {
             .await;
         match r {
             Ok(_) => Ok(()),
-            Err(Error::ObjectStore {
-                source:
-                    object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
-                ..
-            }) => Ok(()),
+            Err(Error::ObjectStore { source, .. })
+                if matches!(
+                    *source,
+                    object_store::Error::AlreadyExists { .. }
+                        | object_store::Error::Precondition { .. }
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -437,10 +454,11 @@ impl<K: CacheKey> Tier<K, Bytes> for ObjectStoreTier {
             .await;
         match r {
             Ok(()) => Ok(()),
-            Err(Error::ObjectStore {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(()),
+            Err(Error::ObjectStore { source, .. })
+                if matches!(*source, object_store::Error::NotFound { .. }) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }

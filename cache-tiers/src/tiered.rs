@@ -50,6 +50,8 @@ struct Inner<K, V> {
     background_fill: bool,
     coalesce: bool,
     inflight: Mutex<HashMap<K, SharedFetch<V>>>,
+    /// Gets that joined another get's fetch.
+    coalesced: std::sync::atomic::AtomicU64,
 }
 
 /// Tiers read in order, top (fastest) first; the last one is usually the authority.
@@ -175,6 +177,7 @@ where
                 background_fill: self.background_fill,
                 coalesce: self.coalesce,
                 inflight: Mutex::new(HashMap::new()),
+                coalesced: Default::default(),
             }),
         })
     }
@@ -216,7 +219,10 @@ where
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             match map.get(key) {
-                Some(f) => f.clone(),
+                Some(f) => {
+                    self.inner.coalesced.fetch_add(1, Relaxed);
+                    f.clone()
+                }
                 None => {
                     let inner = Arc::clone(&self.inner);
                     let k = key.clone();
@@ -285,6 +291,12 @@ where
             .enumerate()
             .map(|(i, s)| s.counters.snapshot(i, s.tier.name()))
             .collect()
+    }
+
+    /// How many gets joined a fetch already under way for their key
+    /// instead of fetching themselves.
+    pub fn coalesced(&self) -> u64 {
+        self.inner.coalesced.load(Relaxed)
     }
 
     /// Clears the latency histograms and counters.

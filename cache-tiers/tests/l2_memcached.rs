@@ -232,3 +232,38 @@ async fn tier_shard_of(key: &str, idx: usize, value: Bytes) -> Bytes {
         .unwrap()
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_skipped_for_a_while_then_retried() {
+    let Some(mut server) = MemcachedServer::start(16) else {
+        return;
+    };
+    let node = MemcachedNode::new(
+        server.addr().to_string(),
+        MemcachedConfig::default().with_down_backoff(Duration::from_millis(300)),
+    );
+    let k = "alive".to_string();
+    Tier::put(&node, &k, Bytes::from_static(b"1"))
+        .await
+        .unwrap();
+    server.stop();
+    // The pooled connection breaks, then connecting fails: marked down.
+    for _ in 0..3 {
+        if node.is_down() {
+            break;
+        }
+        assert!(Tier::get(&node, &k).await.is_err());
+    }
+    assert!(node.is_down());
+    let e = Tier::get(&node, &k).await.unwrap_err();
+    assert!(matches!(e, cache_tiers::Error::NodeDown { .. }), "{e}");
+    server.restart();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    // Back (empty after the restart): a clean miss, then a stored value.
+    assert_eq!(Tier::get(&node, &k).await.unwrap(), None);
+    assert!(!node.is_down());
+    Tier::put(&node, &k, Bytes::from_static(b"2"))
+        .await
+        .unwrap();
+    assert_eq!(Tier::get(&node, &k).await.unwrap().unwrap(), "2");
+}

@@ -118,6 +118,9 @@ async fn server_errors_are_retried_and_client_errors_are_not() {
     assert_eq!(attempts_of(&e), 1, "{e}");
     assert!(e.to_string().contains(&k), "{e}");
     println!("permanent error as reported: {e}");
+    // A read from it is an error too, not a silent miss.
+    let e = Tier::get(&wrong, &k).await.unwrap_err();
+    assert!(e.to_string().contains("NoSuchBucket"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

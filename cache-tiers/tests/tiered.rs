@@ -105,7 +105,7 @@ async fn an_erroring_cache_tier_is_skipped_and_an_erroring_authority_is_reported
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_of_one_key_make_one_fetch() {
     let s = stack(FillPolicy::All).await;
-    s.l3.set_delay(Duration::from_millis(100));
+    s.l3.set_delay(Duration::from_millis(300));
     let k = "k3".to_string();
     let gets: Vec<_> = (0..50)
         .map(|_| {
@@ -119,6 +119,9 @@ async fn concurrent_misses_of_one_key_make_one_fetch() {
         assert_eq!(v.as_ref(), b"value 3");
     }
     assert_eq!(s.l3.gets(), 1, "50 concurrent misses must share one fetch");
+    let st = s.cache.stats();
+    // Every get either joined the one fetch or came after it and hit L1.
+    assert_eq!(s.cache.coalesced() + st[0].hits, 49, "{st:?}");
     // The same without coalescing fetches many times.
     let l3 = s.l3.clone();
     let plain = Tiered::builder()

@@ -45,7 +45,7 @@
 //! std::fs::create_dir_all(&dir).unwrap();
 //! let path = dir.join("keyring");
 //! # let _ = std::fs::remove_file(&path);
-//! let kms = LocalKms::create(&path, "images")?; // mode 0600, key "images" version 1
+//! let kms = LocalKms::create_with_key(&path, "images")?; // mode 0600, key "images" version 1
 //!
 //! let mut ctx = EncryptionContext::new();
 //! ctx.insert("lode:image".into(), "python-app".into());
@@ -89,7 +89,7 @@ use zeroize::Zeroizing;
 #[cfg(feature = "aws")]
 pub use aws::{AwsConfig, AwsCredentials, AwsKms};
 pub use error::{Error, Result};
-pub use local::{LocalKms, add_key, new_keyring, rotate};
+pub use local::{DEFAULT_KEY_NAME, LocalKms, add_key, new_keyring, new_keyring_with_key, rotate};
 
 /// An encryption context: non-secret strings bound to a wrapped key.
 ///
@@ -160,7 +160,7 @@ impl fmt::Debug for WrappedKey {
 
 /// A key management service that wraps and unwraps 32-byte data keys.
 ///
-/// Contract, checked by the conformance suite in [`testing`] (feature
+/// Contract, checked by the conformance suite in module `testing` (feature
 /// `testing`) for every backend:
 /// - [`generate_data_key`](Kms::generate_data_key) returns a fresh random key
 ///   on every call, wrapped under the current (primary) version of `key_id`,

@@ -126,9 +126,14 @@ impl LocalKms {
     }
 
     /// Creates a new keyring file (mode 0600; fails if the file exists) with
-    /// one fresh key `name` at version 1, and opens it.
-    pub fn create(path: impl AsRef<Path>, name: &str) -> Result<Self> {
-        new_keyring(path.as_ref(), name)?;
+    /// one fresh key [`DEFAULT_KEY_NAME`] at version 1, and opens it.
+    pub fn create(path: impl AsRef<Path>) -> Result<Self> {
+        Self::create_with_key(path, DEFAULT_KEY_NAME)
+    }
+
+    /// Like [`create`](Self::create), with the first key named `name`.
+    pub fn create_with_key(path: impl AsRef<Path>, name: &str) -> Result<Self> {
+        new_keyring_with_key(path.as_ref(), name)?;
         Self::open(path)
     }
 
@@ -197,7 +202,16 @@ impl LocalKms {
         let mut fresh = Zeroizing::new([0u8; 32]);
         self.rng.fill(fresh.as_mut())?;
         let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = keys.clone();
+        // With a file: lock it, and start from what is on disk now, so changes
+        // made meanwhile by other processes are kept, not overwritten.
+        let _lock = match &self.path {
+            Some(path) => Some(lock_keyring(path)?),
+            None => None,
+        };
+        let mut next = match &self.path {
+            Some(path) => read_keyring(path)?,
+            None => keys.clone(),
+        };
         let version = match (next.get_mut(name), new_name) {
             (Some(_), true) => {
                 return Err(Error::KeyExists {
@@ -457,10 +471,18 @@ fn parse_key_id(key_id: &str) -> Result<(&str, Option<u32>)> {
     Ok((name, version))
 }
 
+/// The name of the first key of a keyring made by [`new_keyring`].
+pub const DEFAULT_KEY_NAME: &str = "default";
+
 /// Creates a new keyring file at `path` (mode 0600; fails if it exists)
-/// holding one fresh key `name` at version 1. Returns its resolved key id
-/// (`name@1`). Backs `lode keyring new`.
-pub fn new_keyring(path: impl AsRef<Path>, name: &str) -> Result<String> {
+/// holding one fresh key [`DEFAULT_KEY_NAME`] at version 1. Returns its
+/// resolved key id (`default@1`). Backs `lode keyring new`.
+pub fn new_keyring(path: impl AsRef<Path>) -> Result<String> {
+    new_keyring_with_key(path, DEFAULT_KEY_NAME)
+}
+
+/// Like [`new_keyring`], with the first key named `name`.
+pub fn new_keyring_with_key(path: impl AsRef<Path>, name: &str) -> Result<String> {
     let path = path.as_ref();
     check_name(name)?;
     let kms = LocalKms::from_keys([])?;
@@ -595,18 +617,59 @@ fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, Versions>> {
     Ok(keys)
 }
 
+/// An exclusive advisory lock (`flock`) on `.NAME.lock` beside the keyring
+/// file, held while the keyring is read, changed and replaced, so concurrent
+/// keyring commands never lose a key version. Released on drop.
+struct KeyringLock(#[allow(dead_code)] File);
+
+fn lock_keyring(path: &Path) -> Result<KeyringLock> {
+    use std::os::fd::AsRawFd;
+    let lock_path = sibling(path, ".lock")?;
+    let io = |source| Error::KeyringIo {
+        path: lock_path.clone(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(io)?;
+    loop {
+        // SAFETY: `file` owns an open descriptor for the whole call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc == 0 {
+            return Ok(KeyringLock(file));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(io(err));
+        }
+    }
+}
+
+/// `DIR/.FILE<suffix>` for keyring `DIR/FILE`.
+fn sibling(path: &Path, suffix: &str) -> Result<PathBuf> {
+    let file_name = path.file_name().ok_or_else(|| Error::KeyringIo {
+        path: path.to_path_buf(),
+        source: std::io::Error::other("keyring path has no file name"),
+    })?;
+    let mut name = std::ffi::OsString::from(".");
+    name.push(file_name);
+    name.push(suffix);
+    Ok(path.with_file_name(name))
+}
+
 fn write_keyring_atomic(path: &Path, keys: &BTreeMap<String, Versions>) -> Result<()> {
     let io = |source| Error::KeyringIo {
         path: path.to_path_buf(),
         source,
     };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io(std::io::Error::other("keyring path has no file name")))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
+    // Callers hold the keyring lock, so a leftover temporary file is stale.
+    let tmp = sibling(path, ".tmp")?;
+    let _ = fs::remove_file(&tmp);
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)

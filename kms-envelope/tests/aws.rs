@@ -1,1 +1,140 @@
-//! AWS
+//! `AwsKms` against a real KMS-compatible server on loopback (`moto_server`
+//! from PyPI `moto[server]`): the same conformance suite as `LocalKms`.
+//!
+//! Skipped with a message when `moto_server` is not installed, unless
+//! `LODE_REQUIRE_SERVERS=1`, in which case it fails.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kms_envelope::testing::Suite;
+use kms_envelope::{AwsConfig, AwsCredentials, AwsKms, EncryptionContext, Error, Kms, block_on};
+
+/// A `moto_server` on a free loopback port, killed on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Option<Moto> {
+        let require = std::env::var("LODE_REQUIRE_SERVERS").is_ok_and(|v| v == "1");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = match Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(
+                    !require,
+                    "LODE_REQUIRE_SERVERS=1 but moto_server cannot start: {e}"
+                );
+                println!("skipped: moto_server not available ({e}); pip install 'moto[server]'");
+                return None;
+            }
+        };
+        let moto = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(moto)
+    }
+
+    fn kms(&self) -> AwsKms {
+        AwsKms::new(AwsConfig {
+            region: "us-east-1".into(),
+            endpoint: format!("http://127.0.0.1:{}", self.port),
+            credentials: AwsCredentials::new(
+                "testing",
+                "testing-secret",
+                Some("testing-token".into()),
+            ),
+        })
+        .unwrap()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn conformance_suite_against_moto() {
+    let Some(server) = Moto::start() else { return };
+    let Some(other_server) = Moto::start() else {
+        return;
+    };
+    let kms = server.kms();
+    let foreign = other_server.kms();
+    let key_a = kms.create_key("lode test key a").await.unwrap();
+    let key_b = kms.create_key("lode test key b").await.unwrap();
+    assert!(key_a.starts_with("arn:aws:kms:us-east-1:"), "{key_a}");
+    let rotate_a =
+        || -> kms_envelope::KmsFuture<'_, ()> { Box::pin(kms.rotate_key_on_demand(&key_a)) };
+    Suite {
+        kms: &kms,
+        key_a: &key_a,
+        key_b: &key_b,
+        missing_key: "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000",
+        foreign: Some(&foreign),
+        rotate_a: &rotate_a,
+    }
+    .run()
+    .await;
+}
+
+#[test]
+fn blocking_use_and_arc_dyn_kms() {
+    let Some(server) = Moto::start() else { return };
+    let kms: std::sync::Arc<dyn Kms> = std::sync::Arc::new(server.kms());
+    let aws = server.kms();
+    let key = block_on(aws.create_key("blocking")).unwrap();
+    let ctx = EncryptionContext::from([("lode:image".to_owned(), "app".to_owned())]);
+    let dk = block_on(kms.generate_data_key(&key, &ctx)).unwrap();
+    assert_eq!(dk.key_id, key);
+    let back = block_on(kms.decrypt_with_key(&key, &dk.wrapped, &ctx)).unwrap();
+    assert_eq!(*back, *dk.plaintext());
+}
+
+#[test]
+fn unreachable_endpoint_is_a_transport_error() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kms = AwsKms::new(AwsConfig {
+        region: "us-east-1".into(),
+        endpoint: format!("http://127.0.0.1:{port}"),
+        credentials: AwsCredentials::new("a", "b", None),
+    })
+    .unwrap();
+    let err = block_on(kms.generate_data_key("k", &EncryptionContext::new())).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::AwsTransport {
+                operation: "GenerateDataKey",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}

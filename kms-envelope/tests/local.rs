@@ -4,7 +4,8 @@ use std::os::unix::fs::PermissionsExt;
 
 use kms_envelope::testing::Suite;
 use kms_envelope::{
-    EncryptionContext, Error, Kms, LocalKms, add_key, block_on, new_keyring, rotate,
+    EncryptionContext, Error, Kms, LocalKms, add_key, block_on, new_keyring, new_keyring_with_key,
+    rotate,
 };
 
 fn ctx() -> EncryptionContext {
@@ -13,7 +14,7 @@ fn ctx() -> EncryptionContext {
 
 fn keyring(dir: &tempfile::TempDir, file: &str) -> LocalKms {
     let path = dir.path().join(file);
-    new_keyring(&path, "a").unwrap();
+    new_keyring_with_key(&path, "a").unwrap();
     add_key(&path, "b").unwrap();
     LocalKms::open(&path).unwrap()
 }
@@ -65,15 +66,27 @@ fn conformance_suite_in_memory_keyring() {
 }
 
 #[test]
+fn new_keyring_has_a_default_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k");
+    assert_eq!(new_keyring(&path).unwrap(), "default@1");
+    let kms = LocalKms::open(&path).unwrap();
+    assert_eq!(kms.key_versions(), vec![("default".into(), vec![1])]);
+    let created = LocalKms::create(dir.path().join("k2")).unwrap();
+    let dk = block_on(created.generate_data_key(kms_envelope::DEFAULT_KEY_NAME, &ctx())).unwrap();
+    assert_eq!(dk.key_id, "default@1");
+}
+
+#[test]
 fn keyring_is_created_0600_and_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k");
-    assert_eq!(new_keyring(&path, "img").unwrap(), "img@1");
+    assert_eq!(new_keyring_with_key(&path, "img").unwrap(), "img@1");
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o600);
     let before = std::fs::read(&path).unwrap();
     assert!(matches!(
-        new_keyring(&path, "img"),
+        new_keyring_with_key(&path, "img"),
         Err(Error::KeyringIo { .. })
     ));
     assert_eq!(
@@ -87,7 +100,7 @@ fn keyring_is_created_0600_and_never_overwritten() {
 fn keyring_readable_by_group_or_others_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k");
-    new_keyring(&path, "img").unwrap();
+    new_keyring_with_key(&path, "img").unwrap();
     for mode in [0o640, 0o604, 0o620, 0o602, 0o610, 0o601, 0o644] {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         match LocalKms::open(&path) {
@@ -109,7 +122,7 @@ fn keyring_readable_by_group_or_others_is_refused() {
 fn rotation_persists_and_old_versions_unwrap_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k");
-    new_keyring(&path, "img").unwrap();
+    new_keyring_with_key(&path, "img").unwrap();
     let kms = LocalKms::open(&path).unwrap();
     let old = block_on(kms.generate_data_key("img", &ctx())).unwrap();
     assert_eq!(old.key_id, "img@1");
@@ -132,12 +145,13 @@ fn rotation_persists_and_old_versions_unwrap_after_reopen() {
         add_key(&path, "img"),
         Err(Error::KeyExists { .. })
     ));
-    // No temporary files left behind.
-    let names: Vec<_> = std::fs::read_dir(dir.path())
+    // No temporary files left behind (the lock file stays, empty).
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("k")]);
+    names.sort();
+    assert_eq!(names, vec![std::ffi::OsString::from(".k.lock"), "k".into()]);
 }
 
 #[test]
@@ -162,4 +176,32 @@ fn seeded_rng_is_deterministic() {
     let b = block_on(make().generate_data_key("img", &ctx())).unwrap();
     assert_eq!(a.plaintext(), b.plaintext());
     assert_eq!(a.wrapped, b.wrapped);
+}
+
+#[test]
+fn concurrent_rotations_never_lose_a_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k");
+    new_keyring_with_key(&path, "img").unwrap();
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                // Each thread has its own keyring handle, like separate processes.
+                let kms = LocalKms::open(&path).unwrap();
+                (0..5)
+                    .map(|_| kms.rotate_key("img").unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut ids: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 30, "two rotations got the same version");
+    let kms = LocalKms::open(&path).unwrap();
+    assert_eq!(kms.key_versions(), vec![("img".into(), (1..=31).collect())]);
 }

@@ -65,8 +65,11 @@
 //! [`SealedManifest::rewrap`] re-wraps the same data key without encrypting
 //! anything new.
 //!
-//! Size: 64⅛ bytes per present chunk, ⅛ byte per hole, plus about 100 bytes
-//! and the KMS blob (64 bytes for `LocalKms`, about 180 for AWS KMS).
+//! Size: 64⅛ bytes per present chunk (name, sealed key, presence bit), ⅛
+//! byte per hole, plus a fixed part: 16 tag bytes, the strings, the context
+//! and the KMS blob (`LocalKms`: 69 bytes plus the key name). A 10 GiB image
+//! (20,480 chunks of 512 KiB, none a hole) seals to about 1.31 MB with
+//! `LocalKms`: 64.1 bytes per chunk.
 //!
 //! # Example
 //!
@@ -110,6 +113,7 @@
 //! `AwsKms` behind its `aws` feature).
 
 mod error;
+mod table;
 
 use std::fmt;
 
@@ -121,6 +125,8 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 pub use error::{Error, Result};
+use table::ChunkTable;
+pub use table::Names;
 
 /// The format version this build reads and writes.
 pub const FORMAT_VERSION: u16 = 1;
@@ -230,7 +236,7 @@ impl Manifest {
                 reason: "key id must be 1 to 65535 bytes".into(),
             });
         }
-        let names: Vec<Option<ChunkName>> = self.names().collect();
+        let names = ChunkTable::from_options(self.names());
         let public = self.public_part();
         let digest = public_digest(&public, &names);
         let mut plain = Zeroizing::new(Vec::with_capacity(self.chunks.len() * 32));
@@ -320,7 +326,7 @@ struct PublicPart {
 #[derive(Clone, PartialEq, Eq)]
 pub struct SealedManifest {
     public: PublicPart,
-    names: Vec<Option<ChunkName>>,
+    names: ChunkTable,
     key_id: String,
     context: EncryptionContext,
     wrapped: Vec<u8>,
@@ -384,15 +390,15 @@ impl SealedManifest {
     }
     /// Number of stored (non-hole) chunks.
     pub fn present_count(&self) -> usize {
-        self.names.iter().filter(|n| n.is_some()).count()
+        self.names.present()
     }
     /// The name of chunk `index`: `None` for a hole or an index past the end.
     pub fn name(&self, index: usize) -> Option<ChunkName> {
-        self.names.get(index).copied().flatten()
+        self.names.get(index)
     }
     /// The names of all chunk indexes, `None` for holes. Needs no key.
-    pub fn names(&self) -> impl ExactSizeIterator<Item = Option<ChunkName>> + '_ {
-        self.names.iter().copied()
+    pub fn names(&self) -> Names<'_> {
+        self.names.iter()
     }
     /// The resolved KMS key id the data key is wrapped under.
     pub fn key_id(&self) -> &str {
@@ -429,13 +435,13 @@ impl SealedManifest {
         let keys = self.open_keys(&data_key)?;
         let mut keys = keys.chunks_exact(32);
         let mut chunks = Vec::with_capacity(self.names.len());
-        for name in &self.names {
+        for name in self.names.iter() {
             chunks.push(match name {
                 Some(name) => {
                     let mut key = Zeroizing::new([0u8; 32]);
                     key.copy_from_slice(keys.next().ok_or(Error::Tampered)?);
                     Some(ChunkRef {
-                        name: *name,
+                        name,
                         key: ChunkKey::from_bytes(*key),
                     })
                 }
@@ -588,19 +594,15 @@ impl SealedManifest {
         }
         let present: usize = bitmap.iter().map(|b| b.count_ones() as usize).sum();
         let names_bytes = r.take("chunk names", present * 32)?;
-        let mut names = Vec::with_capacity(count);
-        let mut next_name = names_bytes.chunks_exact(32);
-        for i in 0..count {
-            if bitmap[i / 8] >> (i % 8) & 1 == 1 {
-                let raw: [u8; 32] = next_name
-                    .next()
-                    .and_then(|n| n.try_into().ok())
-                    .ok_or_else(|| r.malformed("chunk names", bitmap_at, "count mismatch"))?;
-                names.push(Some(ChunkName::from_bytes(raw)));
-            } else {
-                names.push(None);
-            }
-        }
+        let names = names_bytes
+            .chunks_exact(32)
+            .map(|n| {
+                let mut raw = [0u8; 32];
+                raw.copy_from_slice(n);
+                ChunkName::from_bytes(raw)
+            })
+            .collect();
+        let names = ChunkTable::from_parts(count, bitmap.to_vec(), names);
         let key_id_at = r.pos;
         let key_id = r.str16("key id")?;
         if key_id.is_empty() {
@@ -650,13 +652,13 @@ impl SealedManifest {
     }
 }
 
-fn public_digest(public: &PublicPart, names: &[Option<ChunkName>]) -> [u8; 32] {
-    let mut buf = Vec::with_capacity(64 + names.len() / 8 + names.len() * 32);
+fn public_digest(public: &PublicPart, names: &ChunkTable) -> [u8; 32] {
+    let mut buf = Vec::with_capacity(128 + names.len() / 8 + names.present() * 32);
     encode_public(&mut buf, public, names);
     Sha256::digest(&buf).into()
 }
 
-fn encode_public(out: &mut Vec<u8>, p: &PublicPart, names: &[Option<ChunkName>]) {
+fn encode_public(out: &mut Vec<u8>, p: &PublicPart, names: &ChunkTable) {
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     put_str16(out, p.source_ref.as_bytes());
@@ -667,14 +669,8 @@ fn encode_public(out: &mut Vec<u8>, p: &PublicPart, names: &[Option<ChunkName>])
     put_str16(out, p.tool_version.as_bytes());
     // Validated to fit when sealed or decoded.
     out.extend_from_slice(&(names.len() as u32).to_le_bytes());
-    let bitmap_at = out.len();
-    out.resize(bitmap_at + names.len().div_ceil(8), 0);
-    for (i, n) in names.iter().enumerate() {
-        if n.is_some() {
-            out[bitmap_at + i / 8] |= 1 << (i % 8);
-        }
-    }
-    for n in names.iter().flatten() {
+    out.extend_from_slice(names.bitmap());
+    for n in names.present_names() {
         out.extend_from_slice(n.as_bytes());
     }
 }

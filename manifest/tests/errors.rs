@@ -147,7 +147,7 @@ fn unsupported_version_and_truncation_are_reported() {
 fn rewrap_changes_only_the_envelope() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keyring");
-    kms_envelope::new_keyring(&path, "img").unwrap();
+    kms_envelope::new_keyring_with_key(&path, "img").unwrap();
     let kms_v1 = LocalKms::open(&path).unwrap();
     let kms = &kms_v1;
     let m = common::small_manifest();

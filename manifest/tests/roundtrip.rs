@@ -74,6 +74,9 @@ proptest! {
         prop_assert_eq!(&decoded, &sealed);
         prop_assert_eq!(decoded.encode(), bytes.clone(), "encoding is not canonical");
         prop_assert_eq!(decoded.names().collect::<Vec<_>>(), m.names().collect::<Vec<_>>());
+        for (i, n) in m.names().enumerate() {
+            prop_assert_eq!(decoded.name(i), n);
+        }
         prop_assert_eq!(decoded.image_name(), image.as_str());
         prop_assert_eq!(decoded.chunk_count(), m.chunks.len());
 

@@ -27,6 +27,9 @@ pub enum ChunkError {
     Decrypt {
         /// The tier that answered.
         tier: String,
+        /// What chunk-core reported.
+        #[source]
+        source: chunk_core::Error,
     },
     /// The plaintext has a length that does not fit the chunk table.
     #[error("plaintext is {actual} bytes, expected {expected}")]
@@ -94,8 +97,8 @@ pub enum Error {
         reason: String,
     },
     /// Opening a sealed manifest failed.
-    #[error("opening manifest failed")]
-    Manifest(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    #[error("opening the manifest failed")]
+    Manifest(#[source] manifest::Error),
     /// `LazyImage::new` was called outside a tokio runtime.
     #[error("no tokio runtime: create the LazyImage inside one or pass a handle")]
     NoRuntime,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use chunk_core::ChunkRef;
+use chunk_core::{ChunkRef, CryptoProvider};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{self, StreamExt};
 use lru::LruCache;
@@ -60,6 +60,16 @@ impl ChunkTable {
     }
 }
 
+impl From<manifest::Manifest> for ChunkTable {
+    fn from(m: manifest::Manifest) -> Self {
+        Self {
+            image_size: m.image_size,
+            chunk_size: m.chunk_size,
+            chunks: m.chunks,
+        }
+    }
+}
+
 /// When to check a chunk's name (SHA-256 of the ciphertext) before decrypting.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -85,6 +95,8 @@ pub struct LazyImageOptions {
     pub verify: Verify,
     /// Record the first access of each chunk (for prefetch profiles).
     pub record_access: bool,
+    /// The crypto backend (default: `chunk_core::RustCrypto`).
+    pub crypto: &'static dyn CryptoProvider,
 }
 
 impl Default for LazyImageOptions {
@@ -94,6 +106,7 @@ impl Default for LazyImageOptions {
             readahead_chunks: 4,
             verify: Verify::default(),
             record_access: false,
+            crypto: &chunk_core::RustCrypto,
         }
     }
 }
@@ -115,6 +128,12 @@ impl LazyImageOptions {
     #[must_use]
     pub fn verify(mut self, verify: Verify) -> Self {
         self.verify = verify;
+        self
+    }
+    /// Sets [`crypto`](Self::crypto).
+    #[must_use]
+    pub fn crypto(mut self, provider: &'static dyn CryptoProvider) -> Self {
+        self.crypto = provider;
         self
     }
     /// Sets [`record_access`](Self::record_access).
@@ -290,6 +309,19 @@ impl LazyImage {
         Self::with_runtime(table, source, opts, rt)
     }
 
+    /// Opens a sealed manifest with `kms` and serves it from `source`
+    /// (inside a tokio runtime). A wrong or stale KMS key fails here with
+    /// [`Error::Manifest`].
+    pub async fn open(
+        sealed: &manifest::SealedManifest,
+        kms: &dyn kms_envelope::Kms,
+        source: Arc<dyn ChunkSource>,
+        opts: LazyImageOptions,
+    ) -> Result<Self> {
+        let manifest = sealed.open(kms).await.map_err(Error::Manifest)?;
+        Self::new(manifest.into(), source, opts)
+    }
+
     /// Like [`new`](Self::new) with an explicit runtime handle.
     pub fn with_runtime(
         table: ChunkTable,
@@ -340,6 +372,16 @@ impl LazyImage {
     /// Number of chunks (holes included).
     pub fn chunk_count(&self) -> u64 {
         self.inner.table.chunks.len() as u64
+    }
+
+    /// The name of chunk `index`, `None` for a hole or an index past the end.
+    pub fn chunk_name(&self, index: u64) -> Option<chunk_core::ChunkName> {
+        self.inner
+            .table
+            .chunks
+            .get(usize::try_from(index).ok()?)?
+            .as_ref()
+            .map(|r| r.name)
     }
 
     /// The runtime this image runs its fetches on.
@@ -731,13 +773,17 @@ async fn load(inner: &Arc<Inner>, index: u64) -> Result<Bytes, ChunkError> {
         );
         let check = !fetched.tier.trusted || inner.opts.verify == Verify::Always;
         let label = fetched.tier.label.clone();
-        let ct = fetched.bytes;
+        // The source may need the ciphertext after opening (to fill L1), so
+        // decryption works on a copy when the bytes are shared.
+        let ct = fetched.bytes.clone();
         let key_ref = chunk.clone();
-        let opened =
-            tokio::task::spawn_blocking(move || crypto::open(&key_ref, &ct, check, &label))
-                .await
-                .map_err(|e| ChunkError::TaskFailed(e.to_string()))
-                .and_then(|r| r);
+        let provider = inner.opts.crypto;
+        let opened = tokio::task::spawn_blocking(move || {
+            crypto::open(provider, &key_ref, ct, check, &label)
+        })
+        .await
+        .map_err(|e| ChunkError::TaskFailed(e.to_string()))
+        .and_then(|r| r);
         let err = match opened {
             Ok(plain)
                 if plain.len() == expected || plain.len() == inner.table.chunk_size as usize =>
@@ -749,6 +795,7 @@ async fn load(inner: &Arc<Inner>, index: u64) -> Result<Bytes, ChunkError> {
                 if set_bit(&inner.seen, index) {
                     c.distinct_chunks_fetched.fetch_add(1, Relaxed);
                 }
+                inner.source.accepted(&chunk.name, &fetched).await;
                 return Ok(Bytes::from(plain));
             }
             Ok(plain) => ChunkError::WrongLength {
@@ -813,8 +860,13 @@ mod tests {
                 if c.iter().all(|&b| b == 0) {
                     return None;
                 }
-                let key = ChunkKey::from_bytes(Sha256::digest(c).into());
-                let (r, ct) = crypto::seal_with_key(key, c);
+                let sealed = chunk_core::seal(
+                    &chunk_core::RustCrypto,
+                    &chunk_core::Salt::new(1, [7; 32]),
+                    c,
+                )
+                .expect("seal");
+                let (r, ct) = (sealed.chunk_ref(), sealed.ciphertext);
                 source.insert(r.name, Bytes::from(ct));
                 Some(r)
             })

@@ -47,9 +47,8 @@ pub mod loopdev;
 mod mount;
 mod source;
 mod stats;
+mod tiered;
 
-#[doc(hidden)]
-pub use crypto::seal_with_key;
 #[cfg(feature = "fuse")]
 pub use daemon::{Daemon, DaemonOptions, Readiness, spawn_daemon};
 pub use error::{ChunkError, Error, Result, SourceError};
@@ -63,3 +62,4 @@ pub use mount::{
 };
 pub use source::{ChunkSource, Fault, Fetched, MemorySource, TierId};
 pub use stats::{Percentiles, Stats, TierStats};
+pub use tiered::TieredSource;

@@ -116,6 +116,9 @@ pub struct MountState {
     pub file_only: bool,
     /// Where stats are written at unmount.
     pub stats_path: Option<PathBuf>,
+    /// The FUSE connection id (its name under `/sys/fs/fuse/connections`).
+    #[serde(default)]
+    pub fuse_conn: Option<u64>,
 }
 
 /// A mounted image. [`wait`](Self::wait) serves until unmounted or signalled;
@@ -227,6 +230,7 @@ pub fn mount(image: LazyImage, mountpoint: &Path, opts: &MountOptions) -> Result
             loop_device: None,
             file_only: opts.file_only,
             stats_path: opts.stats_path.clone(),
+            fuse_conn: fuse_connection_id(&fuse_dir),
         },
         state_path,
         session: Some(thread),
@@ -334,10 +338,29 @@ impl MountHandle {
         }
         keep(unmount_fuse(&self.state.fuse_dir));
         if let Some(t) = self.session.take() {
-            match t.join() {
-                Ok(Err(e)) => tracing::warn!(error = %e, "FUSE session ended with an error"),
-                Err(_) => tracing::error!("FUSE session thread panicked"),
-                Ok(Ok(())) => {}
+            // After a lazy unmount the connection lives while files on it are
+            // open; abort it so the session (and we) can end, and open files
+            // get ENOTCONN instead of a daemon that never answers.
+            let finished = |t: &JoinHandle<_>, secs| {
+                let deadline = Instant::now() + Duration::from_secs(secs);
+                while !t.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                t.is_finished()
+            };
+            if !finished(&t, 2) {
+                if let Some(conn) = self.state.fuse_conn {
+                    abort_fuse_connection(conn);
+                }
+            }
+            if finished(&t, 5) {
+                match t.join() {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "FUSE session ended with an error"),
+                    Err(_) => tracing::error!("FUSE session thread panicked"),
+                    Ok(Ok(())) => {}
+                }
+            } else {
+                tracing::error!("FUSE session did not end; leaving its thread behind");
             }
         }
         if let Some(path) = &self.state.stats_path {
@@ -456,6 +479,29 @@ fn unmount_fuse(dir: &Path) -> Result<()> {
                 return Ok(());
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The kernel's id of the FUSE connection mounted at `dir` (its `s_dev`).
+fn fuse_connection_id(dir: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let (major, minor) = (u64::from(libc::major(dev)), u64::from(libc::minor(dev)));
+    Some((major << 20) | minor)
+}
+
+/// Aborts a FUSE connection through fusectl (mounting fusectl if needed).
+fn abort_fuse_connection(conn: u64) {
+    let ctl = Path::new("/sys/fs/fuse/connections");
+    if !is_mount_point(ctl) {
+        let _ = sys_mount(Path::new("fusectl"), ctl, "fusectl", 0, "");
+    }
+    let abort = ctl.join(conn.to_string()).join("abort");
+    match std::fs::write(&abort, b"1") {
+        Ok(()) => tracing::warn!(connection = conn, "aborted the FUSE connection"),
+        Err(e) => {
+            tracing::error!(path = %abort.display(), error = %e, "could not abort the FUSE connection")
         }
     }
 }

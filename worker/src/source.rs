@@ -63,6 +63,11 @@ pub trait ChunkSource: Send + Sync + 'static {
 
     /// Drops a cached copy that turned out to be bad. Default: nothing.
     async fn invalidate(&self, _name: &ChunkName) {}
+
+    /// Called after the bytes of `fetched` were verified (name check for
+    /// untrusted tiers) and decrypted: the moment a tiered source may fill
+    /// its trusted tiers, so they only ever hold verified bytes. Default: nothing.
+    async fn accepted(&self, _name: &ChunkName, _fetched: &Fetched) {}
 }
 
 /// Faults a [`MemorySource`] can inject, for tests.

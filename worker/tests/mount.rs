@@ -107,8 +107,13 @@ fn seal(data: &[u8]) -> (ChunkTable, Vec<(ChunkName, Vec<u8>)>) {
             if c.iter().all(|&b| b == 0) {
                 return None;
             }
-            let key = ChunkKey::from_bytes(Sha256::digest(c).into());
-            let (r, ct) = worker::seal_with_key(key, c);
+            let sealed = chunk_core::seal(
+                &chunk_core::RustCrypto,
+                &chunk_core::Salt::new(1, [7; 32]),
+                c,
+            )
+            .expect("seal");
+            let (r, ct) = (sealed.chunk_ref(), sealed.ciphertext);
             stored.push((r.name, ct));
             Some(r)
         })
@@ -127,6 +132,13 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The last hole chunk of an image (far from anything read so far).
+fn last_hole(image: &LazyImage) -> Option<u64> {
+    (0..image.chunk_count())
+        .rev()
+        .find(|&i| image.chunk_name(i).is_none())
 }
 
 fn check_files(mnt: &Path, files: &BTreeMap<String, Vec<u8>>) {
@@ -213,6 +225,16 @@ fn mount_reads_files_through_ext4_and_unmount_cleans_up() {
             .is_err()
     );
 
+    // A hole read through the FUSE file: zeros, no fetch.
+    let hole = last_hole(&image).expect("the image has holes");
+    let fetched = source.total_fetches();
+    let f = std::fs::File::open(&state.image_file).unwrap();
+    let mut buf = vec![1u8; 4096];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, hole * u64::from(CHUNK) + 8192)
+        .unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    assert_eq!(source.total_fetches(), fetched);
+
     let s = image.stats();
     assert!(
         s.reads > 0 && s.bytes_served > 0 && s.read_errors == 0,
@@ -220,7 +242,20 @@ fn mount_reads_files_through_ext4_and_unmount_cleans_up() {
     );
     assert!(s.holes_served > 0, "zero chunks served as holes: {s:?}");
     assert_eq!(s.tiers["store"].chunks, source.total_fetches());
+    // `f` is still open: unmount must not wait for it forever.
+    let t0 = Instant::now();
     handle.unmount().unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "unmount took {:?}",
+        t0.elapsed()
+    );
+    let uncached = hole * u64::from(CHUNK) + 448 * 1024;
+    assert!(
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, uncached).is_err(),
+        "reads on a file left open after unmount fail"
+    );
+    drop(f);
     assert_all_gone(&mnt, &state.fuse_dir, Some(&dev), &state_dir);
     let written: worker::Stats =
         serde_json::from_slice(&std::fs::read(&stats_path).unwrap()).unwrap();
