@@ -33,6 +33,8 @@
 //! # Features
 //! - `fuse` (default): FUSE exposure of the image as one read-only file, its
 //!   loop device and the read-only ext4 mount (Linux, root).
+//! - `nbd` (default): [`nbd`], an NBD server exporting the image read-only
+//!   over TCP or a Unix socket.
 
 mod crypto;
 #[cfg(feature = "fuse")]
@@ -45,6 +47,8 @@ mod image;
 pub mod loopdev;
 #[cfg(feature = "fuse")]
 mod mount;
+#[cfg(feature = "nbd")]
+pub mod nbd;
 mod source;
 mod stats;
 mod tiered;
