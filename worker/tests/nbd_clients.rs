@@ -51,6 +51,74 @@ fn test_bytes() -> Vec<u8> {
     data
 }
 
+/// Collects every `tracing` event of this test binary as one line of text,
+/// so tests can check that the server logged what it should.
+mod logs {
+    use std::fmt::Write as _;
+    use std::sync::{Mutex, OnceLock};
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Metadata, Subscriber};
+
+    static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+
+    struct Capture;
+    struct Line(String);
+
+    impl Visit for Line {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            let _ = write!(self.0, " {}={:?}", field.name(), value);
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            let _ = write!(self.0, " {}={}", field.name(), value);
+        }
+    }
+
+    impl Subscriber for Capture {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut line = Line(event.metadata().level().to_string());
+            event.record(&mut line);
+            LINES.lock().unwrap().push(line.0);
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    pub(crate) fn install() {
+        INSTALLED.get_or_init(|| {
+            tracing::subscriber::set_global_default(Capture).expect("install log capture");
+        });
+    }
+
+    /// Lines containing every one of `needles`, waiting up to 5 s for one
+    /// (the server may log just after the client saw the socket close).
+    pub(crate) fn matching(needles: &[&str]) -> Vec<String> {
+        for _ in 0..100 {
+            let hits: Vec<String> = LINES
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| needles.iter().all(|n| l.contains(n)))
+                .cloned()
+                .collect();
+            if !hits.is_empty() {
+                return hits;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Vec::new()
+    }
+}
+
 struct Fixture {
     data: Vec<u8>,
     image: LazyImage,
@@ -59,6 +127,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    logs::install();
     let data = test_bytes();
     let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
     let mut names = Vec::new();
@@ -506,6 +575,11 @@ async fn unreadable_chunks_give_eio_and_serving_goes_on() {
         &f.data[2 * CHUNK as usize..2 * CHUNK as usize + 100]
     );
     assert!(f.image.stats().read_errors >= 3);
+    // The server logged each failure, naming the chunk.
+    for name in [c0, c2] {
+        let hits = logs::matching(&["ERROR", "replying EIO", &name.to_string()]);
+        assert!(!hits.is_empty(), "no EIO log line naming chunk {name}");
+    }
     srv.stop().await;
 }
 
@@ -574,6 +648,24 @@ async fn malformed_messages_close_only_their_connection() {
         .unwrap();
     let mut c = Client::hello(TcpStream::connect(srv.tcp()).await.unwrap(), 3).await;
     assert!(c.closed().await, "handshake timeout");
+
+    // Each bad connection left a log line saying why.
+    for why in [
+        "bad request magic",
+        "unknown command",
+        "write payload longer",
+        "truncated request",
+        "truncated write payload",
+        "unknown client flags",
+        "bad option magic",
+        "announces 4294967295 bytes",
+        "handshake timed out",
+    ] {
+        assert!(
+            !logs::matching(&["WARN", why]).is_empty(),
+            "no warn log line with {why:?}"
+        );
+    }
 
     // The first connection and new ones still work.
     assert_eq!(

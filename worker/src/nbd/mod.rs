@@ -46,13 +46,21 @@
 //! // Port 0: any free port. The default is 127.0.0.1:10809; "unix:/path" works too.
 //! let listen: ListenAddr = "127.0.0.1:0".parse()?;
 //! let server = NbdServer::bind(&listen).await?;
-//! println!("try: nbdinfo {}", server.uri("app"));
+//! let ListenAddr::Tcp(addr) = server.local_addr().clone() else { unreachable!() };
+//! println!("try: nbdinfo {}", server.uri("app")); // nbd://127.0.0.1:PORT/app
 //!
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let task = tokio::spawn(server.serve(image, NbdOptions::new("app"), async {
 //!     let _ = stopped.await;
 //! }));
-//! // ... clients connect ...
+//!
+//! // A client connects and gets the fixed-newstyle greeting.
+//! use tokio::io::AsyncReadExt;
+//! let mut client = tokio::net::TcpStream::connect(addr).await?;
+//! let mut greeting = [0u8; 18];
+//! client.read_exact(&mut greeting).await?;
+//! assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT");
+//!
 //! stop.send(()).ok();
 //! task.await??;
 //! # Ok(())
