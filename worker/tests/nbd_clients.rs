@@ -890,3 +890,67 @@ async fn many_concurrent_raw_clients() {
     }
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stream_over_an_in_memory_pipe() {
+    let f = fixture();
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let image = f.image.clone();
+    let task = tokio::spawn(async move {
+        let opts = NbdOptions::new(NAME);
+        worker::nbd::serve_stream(server, "pipe", image, &opts, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let mut c = Client::hello(client, 3).await;
+    let info = c.info_or_go(p::OPT_GO, "").await.unwrap();
+    assert_eq!(info.size, f.data.len() as u64);
+    assert_eq!(c.read(4096, 4096).await.unwrap(), &f.data[4096..8192]);
+    // Shutdown closes the connection between requests.
+    stop.send(()).unwrap();
+    assert!(c.closed().await, "connection closed on shutdown");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_in_flight_reads_first() {
+    let data = test_bytes();
+    // A slow store: every chunk fetch takes 300 ms.
+    let source = Arc::new(
+        MemorySource::new(TierId::untrusted("store")).with_latency(Duration::from_millis(300)),
+    );
+    let chunks = data
+        .chunks(CHUNK as usize)
+        .map(|c| {
+            if c.iter().all(|&b| b == 0) {
+                return None;
+            }
+            let sealed = chunk_core::seal(&RustCrypto, &Salt::new(1, [7; 32]), c).expect("seal");
+            let r = sealed.chunk_ref();
+            source.insert(r.name, Bytes::from(sealed.ciphertext));
+            Some(r)
+        })
+        .collect();
+    let table = ChunkTable {
+        image_size: data.len() as u64,
+        chunk_size: CHUNK,
+        chunks,
+    };
+    let image = LazyImage::new(table, source, LazyImageOptions::default()).unwrap();
+    let srv = Running::start(image, "127.0.0.1:0", NbdOptions::new(NAME)).await;
+    let (mut c, _) = tcp_go(srv.tcp(), NAME).await;
+    c.request(0, 0, 41, 0, 1000, &[]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stopping = tokio::spawn(srv.stop());
+    let (cookie, err, got) = c.reply().await;
+    assert_eq!((cookie, err), (41, 0));
+    assert_eq!(got, &data[..1000]);
+    assert!(c.closed().await);
+    stopping.await.unwrap();
+}
