@@ -511,6 +511,7 @@ where
     let wr: SharedWriter<W> = Arc::new(Mutex::new(wr));
     // Bounds the bytes of read replies being built at once (backpressure).
     let budget = Arc::new(Semaphore::new(ex.inflight_bytes as usize));
+    let pool = Arc::new(BufferPool::default());
     let mut tasks = JoinSet::new();
     let peer: Arc<str> = peer.into();
     let size = ex.image.size();
@@ -547,9 +548,10 @@ where
                 let image = ex.image.clone();
                 let wr = wr.clone();
                 let peer = peer.clone();
+                let pool = pool.clone();
                 tasks.spawn(async move {
                     let _permit = permit;
-                    let mut buf = vec![0u8; SIMPLE_REPLY_LEN + length as usize];
+                    let mut buf = pool.take(SIMPLE_REPLY_LEN + length as usize);
                     let Some((head, body)) = buf.split_first_chunk_mut::<SIMPLE_REPLY_LEN>() else {
                         return Ok(());
                     };
@@ -570,7 +572,9 @@ where
                     } else {
                         &buf[..SIMPLE_REPLY_LEN]
                     };
-                    send_reply(&wr, out).await
+                    let sent = send_reply(&wr, out).await;
+                    pool.put(buf);
+                    sent
                 });
             }
             Action::Cache { offset, length } => {
@@ -630,6 +634,36 @@ where
     }
     let _ = wr.lock().await.shutdown().await;
     result
+}
+
+/// Reply buffers of one connection, reused so a read does not pay for
+/// fresh pages (allocation, page faults, zeroing) every time. Every byte of
+/// a reused buffer that is sent was overwritten by the read first: a read
+/// fills its whole range or its reply carries only the header.
+#[derive(Default)]
+struct BufferPool(std::sync::Mutex<Vec<Vec<u8>>>);
+
+/// Buffers a pool keeps, and the largest it keeps (bigger requests, rare
+/// with a preferred block size of one chunk, allocate afresh). At most
+/// 8 MiB stay allocated per idle connection.
+const POOL_BUFFERS: usize = 8;
+const POOL_MAX_BUFFER: usize = (1 << 20) + SIMPLE_REPLY_LEN;
+
+impl BufferPool {
+    fn take(&self, len: usize) -> Vec<u8> {
+        let reused = self.0.lock().ok().and_then(|mut v| v.pop());
+        let mut buf = reused.unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        if let Ok(mut v) = self.0.lock() {
+            if v.len() < POOL_BUFFERS && buf.capacity() <= POOL_MAX_BUFFER {
+                v.push(buf);
+            }
+        }
+    }
 }
 
 fn break_on_write_error(peer: &str, e: &io::Error) {
