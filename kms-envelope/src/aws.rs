@@ -56,6 +56,54 @@ impl fmt::Debug for AwsCredentials {
     }
 }
 
+/// Where signing credentials come from.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum CredentialsSource {
+    /// Fixed credentials (environment variables, profile files, or given).
+    Static(AwsCredentials),
+    /// A container credentials endpoint (ECS, EKS Pod Identity): `GET uri`
+    /// with an optional `Authorization` header. Refreshed before expiry.
+    Container {
+        /// The full credentials URL.
+        uri: String,
+        /// The `Authorization` header value, if any (secret).
+        authorization: Option<Zeroizing<String>>,
+    },
+    /// The EC2 instance metadata service, IMDSv2 only (session token first).
+    /// Refreshed before expiry.
+    InstanceMetadata {
+        /// Base URL, `http://169.254.169.254` unless overridden.
+        endpoint: String,
+    },
+}
+
+impl From<AwsCredentials> for CredentialsSource {
+    fn from(c: AwsCredentials) -> Self {
+        Self::Static(c)
+    }
+}
+
+impl fmt::Debug for CredentialsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Static(c) => f.debug_tuple("Static").field(c).finish(),
+            Self::Container { uri, authorization } => f
+                .debug_struct("Container")
+                .field("uri", uri)
+                .field(
+                    "authorization",
+                    &authorization.as_ref().map(|_| "<redacted>"),
+                )
+                .finish(),
+            Self::InstanceMetadata { endpoint } => f
+                .debug_struct("InstanceMetadata")
+                .field("endpoint", endpoint)
+                .finish(),
+        }
+    }
+}
+
 /// Where and as whom to reach AWS KMS.
 #[derive(Clone, Debug)]
 pub struct AwsConfig {
@@ -63,8 +111,8 @@ pub struct AwsConfig {
     pub region: String,
     /// The KMS endpoint URL.
     pub endpoint: String,
-    /// The credentials to sign with.
-    pub credentials: AwsCredentials,
+    /// Where the credentials to sign with come from.
+    pub credentials: CredentialsSource,
 }
 
 impl AwsConfig {
@@ -108,24 +156,62 @@ impl AwsConfig {
                 ),
             })?;
 
+        let from_files = || {
+            [&creds_file, &config].into_iter().find_map(|section| {
+                let id = section.get("aws_access_key_id")?;
+                let secret = section.get("aws_secret_access_key")?;
+                Some(AwsCredentials::new(
+                    id.clone(),
+                    secret.clone(),
+                    section.get("aws_session_token").cloned(),
+                ))
+            })
+        };
+        let container = || -> Result<Option<CredentialsSource>> {
+            let uri = match (
+                var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
+                var("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+            ) {
+                (Some(rel), _) => format!("http://169.254.170.2{rel}"),
+                (None, Some(full)) => full,
+                (None, None) => return Ok(None),
+            };
+            let authorization = match var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") {
+                Some(file) => Some(Zeroizing::new(
+                    std::fs::read_to_string(&file)
+                        .map_err(|e| Error::AwsConfig {
+                            reason: format!("cannot read {file}: {e}"),
+                        })?
+                        .trim()
+                        .to_owned(),
+                )),
+                None => var("AWS_CONTAINER_AUTHORIZATION_TOKEN").map(Zeroizing::new),
+            };
+            Ok(Some(CredentialsSource::Container { uri, authorization }))
+        };
+        let imds_disabled =
+            var("AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let credentials = match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
-            (Some(id), Some(secret)) => AwsCredentials::new(id, secret, var("AWS_SESSION_TOKEN")),
-            _ => [&creds_file, &config]
-                .into_iter()
-                .find_map(|section| {
-                    let id = section.get("aws_access_key_id")?;
-                    let secret = section.get("aws_secret_access_key")?;
-                    Some(AwsCredentials::new(
-                        id.clone(),
-                        secret.clone(),
-                        section.get("aws_session_token").cloned(),
-                    ))
-                })
-                .ok_or_else(|| Error::AwsConfig {
-                    reason: format!(
-                        "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or add them to profile {profile:?} (SSO, credential_process, role and instance credentials are not supported)"
-                    ),
-                })?,
+            (Some(id), Some(secret)) => {
+                AwsCredentials::new(id, secret, var("AWS_SESSION_TOKEN")).into()
+            }
+            _ => match (from_files(), container()?) {
+                (Some(c), _) => c.into(),
+                (None, Some(c)) => c,
+                (None, None) if !imds_disabled => CredentialsSource::InstanceMetadata {
+                    endpoint: var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+                        .unwrap_or_else(|| "http://169.254.169.254".to_owned())
+                        .trim_end_matches('/')
+                        .to_owned(),
+                },
+                (None, None) => {
+                    return Err(Error::AwsConfig {
+                        reason: format!(
+                            "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, add them to profile {profile:?}, or run with container or instance credentials (SSO, credential_process and assume-role profiles are not supported)"
+                        ),
+                    });
+                }
+            },
         };
 
         let ignore_configured = var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
@@ -206,8 +292,13 @@ fn read_ini_section(path: &Path, section: &str) -> Result<BTreeMap<String, Strin
 /// - Credentials: `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+
 ///   `AWS_SESSION_TOKEN`), then `aws_access_key_id` /
 ///   `aws_secret_access_key` / `aws_session_token` in the credentials file,
-///   then in the config file. Not supported: SSO, `credential_process`,
-///   assume-role profiles, container and instance-metadata credentials.
+///   then in the config file, then container credentials
+///   (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` or `_FULL_URI`, with
+///   `AWS_CONTAINER_AUTHORIZATION_TOKEN[_FILE]`), then the EC2 instance
+///   metadata service, IMDSv2 (`AWS_EC2_METADATA_SERVICE_ENDPOINT`; off when
+///   `AWS_EC2_METADATA_DISABLED=true`). Temporary credentials are cached and
+///   refreshed five minutes before they expire. Not supported: SSO,
+///   `credential_process`, assume-role profiles.
 /// - Endpoint: `AWS_ENDPOINT_URL_KMS`, `AWS_ENDPOINT_URL`, then
 ///   `endpoint_url` in the config file (all ignored when
 ///   `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`), else
@@ -224,6 +315,13 @@ pub struct AwsKms {
     url: reqwest::Url,
     host: String,
     client: reqwest::Client,
+    cached: std::sync::Mutex<Option<Cached>>,
+}
+
+#[derive(Clone, Debug)]
+struct Cached {
+    credentials: AwsCredentials,
+    expires: Option<SystemTime>,
 }
 
 impl AwsKms {
@@ -254,6 +352,7 @@ impl AwsKms {
             url,
             host,
             client,
+            cached: std::sync::Mutex::new(None),
         })
     }
 
@@ -265,6 +364,84 @@ impl AwsKms {
     /// The configuration in use.
     pub fn config(&self) -> &AwsConfig {
         &self.config
+    }
+
+    /// The access key id requests are signed with now (fetching temporary
+    /// credentials first if needed). Not secret; for diagnostics.
+    pub async fn access_key_id(&self) -> Result<String> {
+        Ok(self.credentials().await?.access_key_id)
+    }
+
+    async fn credentials(&self) -> Result<AwsCredentials> {
+        if let CredentialsSource::Static(c) = &self.config.credentials {
+            return Ok(c.clone());
+        }
+        let fresh_until = SystemTime::now() + Duration::from_secs(300);
+        if let Some(c) = self
+            .cached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            if c.expires.is_none_or(|e| e > fresh_until) {
+                return Ok(c.credentials.clone());
+            }
+        }
+        let fetched = match &self.config.credentials {
+            CredentialsSource::Container { uri, authorization } => {
+                let mut req = self.client.get(uri).timeout(Duration::from_secs(5));
+                if let Some(a) = authorization {
+                    req = req.header("authorization", a.as_str());
+                }
+                let body = fetch("container credentials", req).await?;
+                parse_temporary_credentials("container credentials", &body)?
+            }
+            CredentialsSource::InstanceMetadata { endpoint } => {
+                let what = "instance metadata credentials";
+                let timeout = Duration::from_secs(2);
+                let token = fetch(
+                    what,
+                    self.client
+                        .put(format!("{endpoint}/latest/api/token"))
+                        .header("x-aws-ec2-metadata-token-ttl-seconds", "21600")
+                        .timeout(timeout),
+                )
+                .await?;
+                let token = Zeroizing::new(String::from_utf8_lossy(&token).trim().to_owned());
+                let base = format!("{endpoint}/latest/meta-data/iam/security-credentials/");
+                let roles = fetch(
+                    what,
+                    self.client
+                        .get(&base)
+                        .header("x-aws-ec2-metadata-token", token.as_str())
+                        .timeout(timeout),
+                )
+                .await?;
+                let roles = String::from_utf8_lossy(&roles);
+                let role = roles.lines().next().unwrap_or_default().trim();
+                if role.is_empty() {
+                    return Err(Error::AwsCredentials {
+                        source_name: what,
+                        reason: "the instance has no IAM role".into(),
+                    });
+                }
+                let body = fetch(
+                    what,
+                    self.client
+                        .get(format!("{base}{role}"))
+                        .header("x-aws-ec2-metadata-token", token.as_str())
+                        .timeout(timeout),
+                )
+                .await?;
+                parse_temporary_credentials(what, &body)?
+            }
+            CredentialsSource::Static(c) => Cached {
+                credentials: c.clone(),
+                expires: None,
+            },
+        };
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some(fetched.clone());
+        Ok(fetched.credentials)
     }
 
     /// Creates a symmetric encryption key (`CreateKey`) and returns its ARN.
@@ -318,6 +495,7 @@ impl AwsKms {
     /// The headers of a signed request for `op` with `body`, signed at `time`.
     fn signed_headers(
         &self,
+        creds: &AwsCredentials,
         op: &'static str,
         body: &[u8],
         time: SystemTime,
@@ -328,7 +506,6 @@ impl AwsKms {
             ("host", self.host.as_str()),
             ("x-amz-target", target.as_str()),
         ];
-        let creds = &self.config.credentials;
         let identity: Identity = Credentials::new(
             creds.access_key_id.clone(),
             creds.secret_access_key.as_str(),
@@ -374,7 +551,8 @@ impl AwsKms {
         key_id: Option<&str>,
     ) -> Result<Value> {
         let mut request = self.client.post(self.url.clone()).body(body.to_vec());
-        for (name, value) in self.signed_headers(op, body, SystemTime::now())? {
+        let creds = self.credentials().await?;
+        for (name, value) in self.signed_headers(&creds, op, body, SystemTime::now())? {
             request = request.header(name, value);
         }
         let transport = |source| Error::AwsTransport {
@@ -432,6 +610,66 @@ impl AwsKms {
         })?;
         decode_key(op, &out, "Plaintext")
     }
+}
+
+/// Sends a credentials request and returns the body of a 2xx answer.
+async fn fetch(what: &'static str, req: reqwest::RequestBuilder) -> Result<Vec<u8>> {
+    let err = |reason: String| Error::AwsCredentials {
+        source_name: what,
+        reason,
+    };
+    let resp = req.send().await.map_err(|e| err(e.to_string()))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(err(format!("HTTP {status}")));
+    }
+    Ok(resp.bytes().await.map_err(|e| err(e.to_string()))?.to_vec())
+}
+
+/// Parses `{"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}`.
+fn parse_temporary_credentials(what: &'static str, body: &[u8]) -> Result<Cached> {
+    let body = Zeroizing::new(body.to_vec());
+    let err = |reason: &str| Error::AwsCredentials {
+        source_name: what,
+        reason: reason.to_owned(),
+    };
+    let v: Value = serde_json::from_slice(&body).map_err(|_| err("answer is not JSON"))?;
+    let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    let (Some(id), Some(secret)) = (field("AccessKeyId"), field("SecretAccessKey")) else {
+        return Err(err("answer lacks AccessKeyId or SecretAccessKey"));
+    };
+    let expires = field("Expiration").and_then(|e| parse_rfc3339_utc(&e));
+    Ok(Cached {
+        credentials: AwsCredentials::new(id, secret, field("Token")),
+        // Unknown expiry: refresh in 15 minutes.
+        expires: Some(expires.unwrap_or_else(|| SystemTime::now() + Duration::from_secs(900))),
+    })
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SSZ` (optionally with fractional seconds).
+fn parse_rfc3339_utc(s: &str) -> Option<SystemTime> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let time = time.split('.').next()?;
+    let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs)
+        .ok()
+        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
 }
 
 fn invalid(op: &'static str, reason: &str) -> Error {
@@ -581,6 +819,13 @@ impl Kms for AwsKms {
 mod tests {
     use super::*;
 
+    fn fixed(c: &AwsConfig) -> &AwsCredentials {
+        match &c.credentials {
+            CredentialsSource::Static(c) => c,
+            other => panic!("expected static credentials, got {other:?}"),
+        }
+    }
+
     fn write(dir: &Path, name: &str, text: &str) {
         std::fs::create_dir_all(dir.join(".aws")).unwrap();
         std::fs::write(dir.join(".aws").join(name), text).unwrap();
@@ -601,7 +846,7 @@ mod tests {
         let c = AwsConfig::from_sources(&env, None).unwrap();
         assert_eq!(c.region, "eu-west-1");
         assert_eq!(c.endpoint, "http://127.0.0.1:2");
-        assert_eq!(c.credentials.access_key_id, "AKID");
+        assert_eq!(fixed(&c).access_key_id, "AKID");
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("SECRET") && !dbg.contains("TOKEN"), "{dbg}");
     }
@@ -623,16 +868,16 @@ mod tests {
         let c = AwsConfig::from_sources(&env, Some(home.path())).unwrap();
         assert_eq!(c.region, "eu-central-1");
         assert_eq!(c.endpoint, "http://localhost:4566");
-        assert_eq!(c.credentials.access_key_id, "DEV");
+        assert_eq!(fixed(&c).access_key_id, "DEV");
         assert_eq!(
-            c.credentials.session_token.as_deref().map(|s| s.as_str()),
+            fixed(&c).session_token.as_deref().map(|s| s.as_str()),
             Some("T")
         );
 
         let c = AwsConfig::from_sources(&|_| None, Some(home.path())).unwrap();
         assert_eq!(c.region, "us-east-1");
         assert_eq!(c.endpoint, "https://kms.us-east-1.amazonaws.com");
-        assert_eq!(c.credentials.access_key_id, "D");
+        assert_eq!(fixed(&c).access_key_id, "D");
 
         let ignore = |k: &str| {
             (k == "AWS_PROFILE")
@@ -648,9 +893,77 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let e = AwsConfig::from_sources(&|_| None, Some(home.path())).unwrap_err();
         assert!(e.to_string().contains("no region"), "{e}");
-        let env = |k: &str| (k == "AWS_REGION").then(|| "eu-west-1".to_owned());
+        let env = |k: &str| match k {
+            "AWS_REGION" => Some("eu-west-1".to_owned()),
+            "AWS_EC2_METADATA_DISABLED" => Some("true".to_owned()),
+            _ => None,
+        };
         let e = AwsConfig::from_sources(&env, Some(home.path())).unwrap_err();
         assert!(e.to_string().contains("no credentials"), "{e}");
+    }
+
+    #[test]
+    fn container_then_instance_metadata_credentials() {
+        let home = tempfile::tempdir().unwrap();
+        let token_file = home.path().join("token");
+        std::fs::write(&token_file, "SECRET-TOKEN\n").unwrap();
+        let token_path = token_file.to_str().unwrap().to_owned();
+        let env = |k: &str| match k {
+            "AWS_REGION" => Some("eu-west-1".to_owned()),
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI" => Some("/v2/creds".to_owned()),
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE" => Some(token_path.clone()),
+            _ => None,
+        };
+        let c = AwsConfig::from_sources(&env, Some(home.path())).unwrap();
+        match &c.credentials {
+            CredentialsSource::Container { uri, authorization } => {
+                assert_eq!(uri, "http://169.254.170.2/v2/creds");
+                assert_eq!(
+                    authorization.as_deref().map(|a| a.as_str()),
+                    Some("SECRET-TOKEN")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{c:?}").contains("SECRET"), "{c:?}");
+
+        let env = |k: &str| (k == "AWS_REGION").then(|| "eu-west-1".to_owned());
+        let c = AwsConfig::from_sources(&env, Some(home.path())).unwrap();
+        assert!(matches!(
+            &c.credentials,
+            CredentialsSource::InstanceMetadata { endpoint } if endpoint == "http://169.254.169.254"
+        ));
+    }
+
+    #[test]
+    fn expiration_timestamps_parse() {
+        let t = parse_rfc3339_utc("2023-11-14T22:13:20Z").unwrap();
+        assert_eq!(
+            t,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+        );
+        let t = parse_rfc3339_utc("2000-02-29T00:00:00.123Z").unwrap();
+        assert_eq!(t, SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400));
+        for bad in [
+            "2023-13-01T00:00:00Z",
+            "2023-11-14 22:13:20Z",
+            "2023-11-14T22:13:20",
+            "x",
+        ] {
+            assert!(parse_rfc3339_utc(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn temporary_credentials_answers_are_checked() {
+        let ok = br#"{"AccessKeyId":"A","SecretAccessKey":"S","Token":"T","Expiration":"2030-01-01T00:00:00Z"}"#;
+        let c = parse_temporary_credentials("x", ok).unwrap();
+        assert_eq!(c.credentials.access_key_id, "A");
+        assert!(c.expires.is_some());
+        let e = parse_temporary_credentials("x", br#"{"AccessKeyId":"A"}"#).unwrap_err();
+        assert!(matches!(e, Error::AwsCredentials { .. }));
+        let e = parse_temporary_credentials("x", br#"SECRETSECRET"#).unwrap_err();
+        assert!(!e.to_string().contains("SECRET"), "{e}");
     }
 
     /// Signs one request with our code and with botocore (Python, installed
@@ -664,13 +977,17 @@ mod tests {
                 "AKIDEXAMPLE",
                 "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
                 Some("TOKEN/+=".into()),
-            ),
+            )
+            .into(),
         })
         .unwrap();
         let body =
             br#"{"KeyId":"alias/x","KeySpec":"AES_256","EncryptionContext":{"lode:image":"a b"}}"#;
         let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let ours = kms.signed_headers("GenerateDataKey", body, time).unwrap();
+        let creds = fixed(kms.config()).clone();
+        let ours = kms
+            .signed_headers(&creds, "GenerateDataKey", body, time)
+            .unwrap();
         let auth = ours
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))

@@ -93,6 +93,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// Temporary credentials could not be fetched (container endpoint or
+    /// instance metadata service).
+    #[cfg(feature = "aws")]
+    #[error("AWS {source_name}: {reason}")]
+    AwsCredentials {
+        /// Where the credentials were fetched from.
+        source_name: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// The HTTP request to AWS KMS failed before an answer came back.
     #[cfg(feature = "aws")]
     #[error("AWS KMS {operation} request to {endpoint} failed")]

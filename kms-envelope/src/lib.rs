@@ -87,7 +87,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use zeroize::Zeroizing;
 
 #[cfg(feature = "aws")]
-pub use aws::{AwsConfig, AwsCredentials, AwsKms};
+pub use aws::{AwsConfig, AwsCredentials, AwsKms, CredentialsSource};
 pub use error::{Error, Result};
 pub use local::{DEFAULT_KEY_NAME, LocalKms, add_key, new_keyring, new_keyring_with_key, rotate};
 

@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kms_envelope::testing::Suite;
-use kms_envelope::{AwsConfig, AwsCredentials, AwsKms, EncryptionContext, Error, Kms, block_on};
+use kms_envelope::{
+    AwsConfig, AwsCredentials, AwsKms, CredentialsSource, EncryptionContext, Error, Kms, block_on,
+};
 
 /// A `moto_server` on a free loopback port, killed on drop.
 struct Moto {
@@ -62,7 +64,8 @@ impl Moto {
                 "testing",
                 "testing-secret",
                 Some("testing-token".into()),
-            ),
+            )
+            .into(),
         })
         .unwrap()
     }
@@ -123,7 +126,7 @@ fn unreachable_endpoint_is_a_transport_error() {
     let kms = AwsKms::new(AwsConfig {
         region: "us-east-1".into(),
         endpoint: format!("http://127.0.0.1:{port}"),
-        credentials: AwsCredentials::new("a", "b", None),
+        credentials: AwsCredentials::new("a", "b", None).into(),
     })
     .unwrap();
     let err = block_on(kms.generate_data_key("k", &EncryptionContext::new())).unwrap_err();
@@ -137,4 +140,53 @@ fn unreachable_endpoint_is_a_transport_error() {
         ),
         "{err:?}"
     );
+}
+
+/// moto_server also serves the EC2 instance metadata paths (IMDSv2 token and
+/// role credentials); the container endpoint answers in the same JSON shape.
+#[tokio::test(flavor = "current_thread")]
+async fn instance_metadata_and_container_credentials() {
+    let Some(server) = Moto::start() else { return };
+    let base = format!("http://127.0.0.1:{}", server.port);
+    for credentials in [
+        CredentialsSource::InstanceMetadata {
+            endpoint: base.clone(),
+        },
+        CredentialsSource::Container {
+            uri: format!("{base}/latest/meta-data/iam/security-credentials/default-role"),
+            authorization: Some("Bearer secret".to_owned().into()),
+        },
+    ] {
+        let kms = AwsKms::new(AwsConfig {
+            region: "us-east-1".into(),
+            endpoint: base.clone(),
+            credentials,
+        })
+        .unwrap();
+        assert_eq!(kms.access_key_id().await.unwrap(), "test-key");
+        let key = kms.create_key("temporary credentials").await.unwrap();
+        let ctx = EncryptionContext::from([("lode:image".to_owned(), "app".to_owned())]);
+        let dk = kms.generate_data_key(&key, &ctx).await.unwrap();
+        let back = kms.decrypt_with_key(&key, &dk.wrapped, &ctx).await.unwrap();
+        assert_eq!(*back, *dk.plaintext());
+    }
+    // No metadata service there: a clear credentials error, not a hang.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kms = AwsKms::new(AwsConfig {
+        region: "us-east-1".into(),
+        endpoint: base.clone(),
+        credentials: CredentialsSource::InstanceMetadata {
+            endpoint: format!("http://127.0.0.1:{port}"),
+        },
+    })
+    .unwrap();
+    let err = kms
+        .generate_data_key("k", &EncryptionContext::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::AwsCredentials { .. }), "{err:?}");
 }

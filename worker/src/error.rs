@@ -39,6 +39,12 @@ pub enum ChunkError {
         /// Actual plaintext length.
         actual: usize,
     },
+    /// No tier answered within the fetch timeout (store unreachable or hanging).
+    #[error("no answer within {after:?}")]
+    Timeout {
+        /// The timeout that expired.
+        after: std::time::Duration,
+    },
     /// The background task that fetched the chunk died (runtime shut down).
     #[error("fetch task ended without a result: {0}")]
     TaskFailed(String),

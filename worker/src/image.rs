@@ -97,6 +97,9 @@ pub struct LazyImageOptions {
     pub record_access: bool,
     /// The crypto backend (default: `chunk_core::RustCrypto`).
     pub crypto: &'static dyn CryptoProvider,
+    /// A chunk fetch that takes longer fails with [`ChunkError::Timeout`]
+    /// (EIO at FUSE) instead of hanging readers (default 60 s).
+    pub fetch_timeout: std::time::Duration,
 }
 
 impl Default for LazyImageOptions {
@@ -107,6 +110,7 @@ impl Default for LazyImageOptions {
             verify: Verify::default(),
             record_access: false,
             crypto: &chunk_core::RustCrypto,
+            fetch_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -134,6 +138,12 @@ impl LazyImageOptions {
     #[must_use]
     pub fn crypto(mut self, provider: &'static dyn CryptoProvider) -> Self {
         self.crypto = provider;
+        self
+    }
+    /// Sets [`fetch_timeout`](Self::fetch_timeout).
+    #[must_use]
+    pub fn fetch_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.fetch_timeout = timeout;
         self
     }
     /// Sets [`record_access`](Self::record_access).
@@ -757,11 +767,15 @@ async fn load(inner: &Arc<Inner>, index: u64) -> Result<Bytes, ChunkError> {
     let mut retried = false;
     loop {
         let t_fetch = Instant::now();
-        let fetched = match inner.source.fetch(&chunk.name).await {
-            Ok(f) => f,
-            Err(e) => {
+        let timeout = inner.opts.fetch_timeout;
+        let fetched = match tokio::time::timeout(timeout, inner.source.fetch(&chunk.name)).await {
+            Ok(Ok(f)) => f,
+            other => {
                 c.chunk_errors.fetch_add(1, Relaxed);
-                let err = ChunkError::Fetch(e);
+                let err = match other {
+                    Ok(Err(e)) => ChunkError::Fetch(e),
+                    _ => ChunkError::Timeout { after: timeout },
+                };
                 log_chunk_error(inner, index, &chunk, &err);
                 return Err(err);
             }
@@ -1241,6 +1255,60 @@ mod tests {
             .block_on(async { image.read_at_blocking(0, &mut buf) })
             .unwrap_err();
         assert!(matches!(err, Error::BlockingInRuntime));
+    }
+
+    #[tokio::test]
+    async fn a_hanging_store_fails_the_read_after_the_timeout() {
+        let data = image_bytes(2 * CS as usize, &[], 4);
+        let source = Arc::new(
+            MemorySource::new(TierId::untrusted("store")).with_latency(Duration::from_secs(30)),
+        );
+        let table = seal_into(&data, &source);
+        let opts = no_readahead().fetch_timeout(Duration::from_millis(100));
+        let image = LazyImage::new(table, source, opts).unwrap();
+        let t0 = Instant::now();
+        let mut buf = vec![0u8; 10];
+        let err = image.read_at(0, &mut buf).await.unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        assert!(
+            matches!(&err, Error::Chunk { index: 0, source, .. } if matches!(**source, ChunkError::Timeout { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn open_with_kms_serves_the_image_and_a_wrong_key_is_refused() {
+        use kms_envelope::LocalKms;
+        let data = image_bytes(5 * CS as usize + 10, &[1], 11);
+        let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
+        let table = seal_into(&data, &source);
+        let m = manifest::Manifest {
+            source_ref: "test".into(),
+            source_digest: "sha256:00".into(),
+            image_size: table.image_size,
+            chunk_size: table.chunk_size,
+            salt_id: 1,
+            tool_version: "worker tests".into(),
+            chunks: table.chunks,
+        };
+        let kms = LocalKms::from_keys([("images".to_owned(), 1, [4u8; 32])]).unwrap();
+        let sealed = m
+            .seal(&kms, "images", &manifest::image_context("app"))
+            .await
+            .unwrap();
+        let sealed = manifest::SealedManifest::decode(&sealed.encode()).unwrap();
+        let image = LazyImage::open(&sealed, &kms, source.clone(), no_readahead())
+            .await
+            .unwrap();
+        let mut out = vec![0u8; data.len()];
+        assert_eq!(image.read_at(0, &mut out).await.unwrap(), data.len());
+        assert!(out == data);
+
+        let other = LocalKms::from_keys([("images".to_owned(), 1, [5u8; 32])]).unwrap();
+        let err = LazyImage::open(&sealed, &other, source, no_readahead())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Manifest(_)), "{err:?}");
     }
 
     #[test]

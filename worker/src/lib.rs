@@ -3,12 +3,31 @@
 //! A [`LazyImage`] joins an opened manifest (a [`ChunkTable`]: image size,
 //! chunk size, one [`ChunkRef`](chunk_core::ChunkRef) per chunk or a hole)
 //! with a [`ChunkSource`] (the tiered cache: L1 memory/disk → L2 memcached
-//! → L3 object store). [`LazyImage::read_at`] fetches only the chunks a read
-//! touches, checks the name of bytes that came from an untrusted tier,
-//! decrypts them, and keeps a small LRU of plaintext chunks. Concurrent
-//! readers of one chunk share one fetch; sequential readers get readahead.
-//! Every failure names the chunk ([`Error::Chunk`]); wrong data is never
-//! returned.
+//! → L3 object store; [`TieredSource`] adapts `cache_tiers::Tiered`).
+//! [`LazyImage::read_at`] fetches only the chunks a read touches, checks the
+//! name of bytes that came from an untrusted tier, decrypts them, and keeps a
+//! small LRU of plaintext chunks. Concurrent readers of one chunk share one
+//! fetch; sequential readers get readahead. Every failure names the chunk
+//! ([`Error::Chunk`]); wrong data is never returned.
+//!
+//! # Main types
+//! - [`LazyImage`]: `open` (sealed manifest + KMS), `read_at`,
+//!   `read_at_blocking`, `prefetch`, `materialize` (for `lode pull`),
+//!   `stats`, `access_log` (for prefetch profiles).
+//! - [`ChunkSource`] and [`TieredSource`]: where sealed chunks come from.
+//! - [`mount`], [`unmount`], [`MountHandle`], [`spawn_daemon`] (feature
+//!   `fuse`): the image as one read-only FUSE file, a read-only loop device
+//!   on it and the kernel's ext4 mounted read-only at a mountpoint.
+//!
+//! # Trust and verification
+//! A chunk's name is SHA-256 of its ciphertext. Bytes from an untrusted tier
+//! (L2, L3) are checked against the name before decryption. Bytes from a
+//! trusted tier (the local L1, which [`TieredSource`] fills only with bytes
+//! that passed verification and decryption) skip the hash; AES-GCM still
+//! authenticates every byte under the key from the manifest, so a corrupted
+//! L1 entry is an error, after which it is dropped and the chunk fetched
+//! once more from the lower tiers. [`Verify::Always`] checks names for every
+//! tier.
 //!
 //! # Example
 //!
@@ -32,7 +51,9 @@
 //!
 //! # Features
 //! - `fuse` (default): FUSE exposure of the image as one read-only file, its
-//!   loop device and the read-only ext4 mount (Linux, root).
+//!   loop device and the read-only ext4 mount (Linux, root; no libfuse).
+//! - `aws-lc-rs`: compiles chunk-core's AWS-LC backend
+//!   ([`LazyImageOptions::crypto`] selects the backend).
 //! - `nbd` (default): [`nbd`], an NBD server exporting the image read-only
 //!   over TCP or a Unix socket.
 

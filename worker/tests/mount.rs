@@ -4,6 +4,8 @@
 //! Needs root, `/dev/fuse`, loop devices and `mke2fs`; skipped otherwise
 //! unless `LODE_REQUIRE_SERVERS=1`.
 
+#![cfg(feature = "fuse")]
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -314,6 +316,7 @@ fn file_only_mount_serves_the_exact_image() {
 // ---- Tests with the mount in a separate process (the daemon) ----
 
 const CHILD_ENV: &str = "LODE_WORKER_TEST_CHILD";
+const DAEMONIZE_ENV: &str = "LODE_WORKER_TEST_DAEMONIZE";
 
 /// A chunk source over a directory of files named by chunk name.
 struct DirSource(PathBuf);
@@ -396,6 +399,25 @@ fn daemon_child() {
         chunk_size: spec["chunk_size"].as_u64().unwrap() as u32,
         chunks,
     };
+    // As `lode mount` does: fork before any runtime exists, return in the
+    // parent once the daemon reports readiness.
+    let daemonize = std::env::var_os(DAEMONIZE_ENV).is_some();
+    let readiness = if daemonize {
+        match worker::spawn_daemon(&worker::DaemonOptions::default()) {
+            Ok(worker::Daemon::Parent { pid }) => {
+                println!("DAEMON-READY {pid}");
+                return;
+            }
+            Ok(worker::Daemon::Child(r)) => Some(r),
+            Err(e) => {
+                println!("DAEMON-ERR {e}");
+                return;
+            }
+            Ok(_) => unreachable!("Daemon is non_exhaustive"),
+        }
+    } else {
+        None
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let source = Arc::new(DirSource(dir.join("chunks")));
     let image = LazyImage::with_runtime(
@@ -408,10 +430,26 @@ fn daemon_child() {
     let opts = MountOptions::default()
         .state_dir(dir.join("state"))
         .stats_path(Some(dir.join("stats.json")));
-    let handle = worker::mount(image, &dir.join("mnt"), &opts).unwrap();
+    let mnt = std::env::var_os("LODE_WORKER_TEST_MNT").map_or(dir.join("mnt"), PathBuf::from);
+    let handle = match (worker::mount(image, &mnt, &opts), readiness) {
+        (Ok(h), Some(r)) => {
+            r.ready().unwrap();
+            h
+        }
+        (Ok(h), None) => h,
+        (Err(e), Some(r)) => {
+            r.fail(&e.to_string());
+            std::process::exit(1);
+        }
+        (Err(e), None) => panic!("mount: {e}"),
+    };
     println!("READY");
-    handle.wait().unwrap();
-    println!("ENDED");
+    let r = handle.wait();
+    if daemonize {
+        // Only this thread survived the fork: leave without the harness.
+        std::process::exit(i32::from(r.is_err()));
+    }
+    r.unwrap();
 }
 
 struct Daemon {
@@ -550,6 +588,70 @@ fn killed_daemon_fails_reads_quickly_and_unmount_cleans_up() {
 
     let ended = worker::unmount(&mnt, &state_dir).unwrap();
     assert_eq!(ended.pid, state.pid);
+    assert_all_gone(
+        &mnt,
+        &state.fuse_dir,
+        state.loop_device.as_deref(),
+        &state_dir,
+    );
+}
+
+fn run_daemonizing_child(dir: &Path, mnt: &Path) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "daemon_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir)
+        .env(DAEMONIZE_ENV, "1")
+        .env("LODE_WORKER_TEST_MNT", mnt)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "child: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn spawn_daemon_returns_once_mounted_and_reports_failures() {
+    if unavailable(true) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let files = prepare(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let state_dir = tmp.path().join("state");
+
+    // A mountpoint that does not exist: the parent gets the daemon's error.
+    let out = run_daemonizing_child(tmp.path(), &tmp.path().join("missing"));
+    assert!(
+        out.contains("DAEMON-ERR") && out.contains("not a directory"),
+        "{out}"
+    );
+    assert!(worker::mounts(&state_dir).unwrap().is_empty());
+
+    // The parent returns only once the mount is usable.
+    let out = run_daemonizing_child(tmp.path(), &mnt);
+    assert!(out.contains("DAEMON-READY"), "{out}");
+    let state = worker::mounts(&state_dir)
+        .unwrap()
+        .pop()
+        .expect("state file");
+    check_files(&mnt, &files);
+    let pid = state.pid;
+    worker::unmount(&mnt, &state_dir).unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists() || {
+            // A zombie until init reaps it.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))
+        }
+    );
     assert_all_gone(
         &mnt,
         &state.fuse_dir,
