@@ -54,6 +54,8 @@
 //!   loop device and the read-only ext4 mount (Linux, root; no libfuse).
 //! - `aws-lc-rs`: compiles chunk-core's AWS-LC backend
 //!   ([`LazyImageOptions::crypto`] selects the backend).
+//! - `nbd` (default): [`nbd`], an NBD server exporting the image read-only
+//!   over TCP or a Unix socket.
 
 mod crypto;
 #[cfg(feature = "fuse")]
@@ -66,6 +68,8 @@ mod image;
 pub mod loopdev;
 #[cfg(feature = "fuse")]
 mod mount;
+#[cfg(feature = "nbd")]
+pub mod nbd;
 mod source;
 mod stats;
 mod tiered;
