@@ -1,7 +1,7 @@
 //! Shared by the gc and inspect tests: a scratch store, keyring and salt, tiny
 //! OCI layouts built with the system `tar`, and a runner for the real `lode`.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
