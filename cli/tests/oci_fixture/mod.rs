@@ -104,6 +104,35 @@ impl Env {
             assert_eq!(sha256_hex(&bytes), hex, "chunk {hex} of {name} is corrupt");
         }
     }
+    /// Reads image `name` back as a worker would (KMS-open the manifest,
+    /// fetch, verify and decrypt every chunk) and returns its SHA-256.
+    pub fn pull_sha256(&self, name: &str) -> String {
+        let bytes = std::fs::read(self.manifest_path(name)).expect("manifest file");
+        let sealed = manifest::SealedManifest::decode(&bytes).expect("manifest decodes");
+        let kms = kms_envelope::LocalKms::open(self.keyring()).expect("keyring");
+        let m =
+            kms_envelope::block_on(sealed.open_with_context(&kms, &manifest::image_context(name)))
+                .expect("manifest opens");
+        let provider = chunk_core::provider_by_name("aws-lc-rs").expect("aws-lc-rs");
+        let mut h = Sha256::new();
+        let mut offset = 0u64;
+        for c in &m.chunks {
+            let len = u64::from(m.chunk_size).min(m.image_size - offset);
+            match c {
+                None => h.update(vec![0u8; len as usize]),
+                Some(r) => {
+                    let ct = std::fs::read(self.chunk_path(&r.name.to_hex()))
+                        .unwrap_or_else(|e| panic!("chunk {} of {name}: {e}", r.name.to_hex()));
+                    let plain = chunk_core::open(provider, r, &ct).expect("chunk opens");
+                    assert_eq!(plain.len() as u64, len, "chunk length");
+                    h.update(&plain);
+                }
+            }
+            offset += len;
+        }
+        assert_eq!(offset, m.image_size);
+        hex::encode(h.finalize())
+    }
     /// Sets the mtime of `path` to `secs` seconds ago.
     pub fn age(&self, path: &Path, secs: u64) {
         let st = Command::new("touch")
