@@ -8,6 +8,8 @@
 #![allow(unreachable_pub)]
 
 mod config;
+mod gc;
+mod inspect;
 mod keys;
 mod push;
 mod salts;
@@ -83,6 +85,35 @@ enum Command {
     Salt {
         #[command(subcommand)]
         action: SaltAction,
+    },
+    /// Collect chunks that no manifest names (a dry run unless --delete)
+    Gc {
+        /// Delete the collectable chunks (default: only report them)
+        #[arg(long)]
+        delete: bool,
+        /// Only report (the default)
+        #[arg(long, conflicts_with = "delete")]
+        dry_run: bool,
+        /// Keep unnamed chunks younger than this (e.g. 24h, 30m, 0s)
+        #[arg(long, default_value = "24h")]
+        grace: String,
+        /// With --delete: how long to retry while pushes are in progress
+        #[arg(long, default_value = "10m")]
+        wait: String,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an image's public manifest facts (no KMS needed)
+    Inspect {
+        /// Image name in the store
+        name: String,
+        /// Also prove that the KMS opens the chunk keys (never printed)
+        #[arg(long)]
+        keys: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -211,6 +242,45 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let id = salts::new_salt(&path)?;
             println!("salt {id} added to {} and made current", path.display());
+            Ok(())
+        }
+        Command::Gc {
+            delete,
+            dry_run: _,
+            grace,
+            wait,
+            json,
+        } => {
+            let store_url = settings.store.clone().unwrap_or_default();
+            let store = Store::open(&settings.store()?, &store_url)?;
+            let opts = gc::GcOptions {
+                grace: gc::parse_duration(&grace).context("--grace")?,
+                delete,
+                wait: gc::parse_duration(&wait).context("--wait")?,
+            };
+            let report = runtime()?.block_on(gc::gc(&store, &opts))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                gc::print_report(&report);
+            }
+            Ok(())
+        }
+        Command::Inspect { name, keys, json } => {
+            let store_url = settings.store.clone().unwrap_or_default();
+            let store = Store::open(&settings.store()?, &store_url)?;
+            let rt = runtime()?;
+            let (mut report, sealed) = rt.block_on(inspect::inspect(&store, &name))?;
+            if keys {
+                let (kms, _) = keys::open_kms(&settings.kms()?)?;
+                report.keys =
+                    Some(rt.block_on(inspect::check_keys(&sealed, &name, kms.as_ref()))?);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                inspect::print_report(&report);
+            }
             Ok(())
         }
     }

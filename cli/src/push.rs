@@ -145,6 +145,15 @@ fn bar(show: bool, template: &str) -> ProgressBar {
 /// Pushes one image; see the module docs.
 pub async fn push(req: PushRequest<'_>) -> Result<PushSummary> {
     check_image_name(req.name)?;
+    // Held from before the first chunk check until the manifest is written,
+    // so `lode gc --delete` cannot collect a chunk this push relies on (gc.rs).
+    let lease = crate::gc::push_lease(req.store).await?;
+    let result = push_leased(req, &lease).await;
+    lease.release().await;
+    result
+}
+
+async fn push_leased(req: PushRequest<'_>, lease: &crate::gc::Lease) -> Result<PushSummary> {
     let started = Instant::now();
     let image_ref = ImageRef::parse(req.image).with_context(|| format!("image {:?}", req.image))?;
     let platform = match req.platform {
@@ -306,6 +315,7 @@ pub async fn push(req: PushRequest<'_>) -> Result<PushSummary> {
             )
         })?;
     // Last: only now is every named chunk stored.
+    lease.check().await?;
     req.store.put_manifest(req.name, &sealed).await?;
 
     let data_chunks = expected - holes;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
 use cache_tiers::{ObjectStoreTier, S3Config};
 use futures::TryStreamExt;
 use manifest::SealedManifest;
@@ -104,7 +105,8 @@ impl Store {
                 bail!("no image named {name:?} in {} (see `lode ls`)", self.url)
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("reading manifest {name} from {}", self.url));
+                return Err(e)
+                    .with_context(|| format!("reading manifest {name} from {}", self.url));
             }
         };
         SealedManifest::decode(&bytes)
@@ -135,6 +137,110 @@ impl Store {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
+
+    /// The key prefix every object of this store starts with (`""` or `"PREFIX/"`).
+    pub fn root(&self) -> &str {
+        self.manifests
+            .strip_suffix("manifests/")
+            .unwrap_or_default()
+    }
+
+    /// The underlying object store (for leases that outlive a borrow).
+    pub fn raw_store(&self) -> Arc<dyn ObjectStore> {
+        self.raw.clone()
+    }
+
+    /// Every object under `dir/` (e.g. `chunks`, `manifests`, `locks`), with
+    /// its name relative to `dir/`, size and the store's last-modified time.
+    pub async fn list_under(&self, dir: &str) -> Result<Vec<StoredObject>> {
+        list_under(self.raw.as_ref(), self.root(), dir)
+            .await
+            .with_context(|| format!("listing {dir}/ in {}", self.url))
+    }
+
+    /// The bytes of `dir/name`, or `None` when it does not exist.
+    pub async fn get_under(&self, dir: &str, name: &str) -> Result<Option<Bytes>> {
+        let path = ObjPath::from(format!("{}{dir}/{name}", self.root()));
+        match self.raw.get(&path).await {
+            Ok(r) => Ok(Some(r.bytes().await.with_context(|| {
+                format!("reading {dir}/{name} from {}", self.url)
+            })?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {dir}/{name} from {}", self.url)),
+        }
+    }
+
+    /// Deletes `dir/name`; an object that is already gone is not an error.
+    pub async fn delete_under(&self, dir: &str, name: &str) -> Result<()> {
+        delete_under(self.raw.as_ref(), self.root(), dir, name)
+            .await
+            .with_context(|| format!("deleting {dir}/{name} from {}", self.url))
+    }
+}
+
+/// An object listed by [`Store::list_under`].
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    /// Name relative to the listed directory.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last-modified time as the store reports it (the store's clock).
+    pub last_modified: std::time::SystemTime,
+}
+
+/// See [`Store::list_under`]; usable without a `Store` borrow.
+pub async fn list_under(
+    raw: &dyn ObjectStore,
+    root: &str,
+    dir: &str,
+) -> object_store::Result<Vec<StoredObject>> {
+    let prefix = ObjPath::from(format!("{root}{dir}"));
+    let strip = format!("{prefix}/");
+    let metas: Vec<_> = raw.list(Some(&prefix)).try_collect().await?;
+    Ok(metas
+        .into_iter()
+        .filter_map(|m| {
+            let name = m
+                .location
+                .as_ref()
+                .strip_prefix(strip.as_str())?
+                .to_string();
+            Some(StoredObject {
+                name,
+                size: m.size,
+                last_modified: m.last_modified.into(),
+            })
+        })
+        .collect())
+}
+
+/// See [`Store::delete_under`]; usable without a `Store` borrow.
+pub async fn delete_under(
+    raw: &dyn ObjectStore,
+    root: &str,
+    dir: &str,
+    name: &str,
+) -> object_store::Result<()> {
+    let path = ObjPath::from(format!("{root}{dir}/{name}"));
+    match raw.delete(&path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes (overwriting) `dir/name` and returns its last-modified time as the
+/// store reports it, which serves as the store's "now" (no clock skew).
+pub async fn put_under(
+    raw: &dyn ObjectStore,
+    root: &str,
+    dir: &str,
+    name: &str,
+    body: Bytes,
+) -> object_store::Result<std::time::SystemTime> {
+    let path = ObjPath::from(format!("{root}{dir}/{name}"));
+    raw.put(&path, PutPayload::from_bytes(body)).await?;
+    Ok(raw.head(&path).await?.last_modified.into())
 }
 
 /// Image names are what object keys, file names and KMS contexts can all

@@ -1,0 +1,204 @@
+//! `lode inspect NAME`: the public facts of a manifest, read without a KMS,
+//! and with `--keys` proof that the KMS opens it (keys are never printed).
+
+use std::collections::{BTreeMap, HashSet};
+
+use anyhow::{Context, Result};
+use kms_envelope::Kms;
+use serde::Serialize;
+
+use crate::store::Store;
+
+/// Chunks this image shares with the other manifests of the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sharing {
+    /// Other manifests compared against.
+    pub other_manifests: u64,
+    /// Other manifests that could not be read or decoded (skipped).
+    pub unreadable_manifests: Vec<String>,
+    /// Distinct chunks of this image that at least one other manifest names.
+    pub shared_chunks: u64,
+    /// `shared_chunks` / distinct chunks of this image (0 when it has none).
+    pub share: f64,
+}
+
+/// What `--keys` proved.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeysCheck {
+    /// The KMS unwrapped the data key and the sealed chunk keys authenticated.
+    pub ok: bool,
+    /// Chunk keys opened.
+    pub chunk_keys: u64,
+}
+
+/// Public facts of one manifest (`--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    /// Image name.
+    pub name: String,
+    /// Where the image came from, e.g. `oci:DIR:TAG`.
+    pub source_ref: String,
+    /// Digest of the source image (its config).
+    pub source_digest: String,
+    /// Flattened image size in bytes.
+    pub image_bytes: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Chunk indexes, holes included.
+    pub chunks: u64,
+    /// Indexes with a stored chunk.
+    pub present: u64,
+    /// All-zero chunks (not stored).
+    pub holes: u64,
+    /// Distinct chunk names (an image can repeat a chunk).
+    pub distinct_chunks: u64,
+    /// Salt id the chunks were sealed with.
+    pub salt_id: u32,
+    /// Tool and version that wrote the manifest.
+    pub tool_version: String,
+    /// Manifest format version.
+    pub format_version: u16,
+    /// KMS key id the data key is wrapped under.
+    pub key_id: String,
+    /// Encryption context the data key is bound to.
+    pub encryption_context: BTreeMap<String, String>,
+    /// Encoded manifest size in bytes.
+    pub manifest_bytes: u64,
+    /// SHA-256 of the public part (hex): stable across key rewraps.
+    pub public_digest: String,
+    /// Sharing with other manifests.
+    pub sharing: Sharing,
+    /// Present with `--keys`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeysCheck>,
+}
+
+/// Reads `name`'s manifest and compares its chunks with every other manifest.
+pub async fn inspect(
+    store: &Store,
+    name: &str,
+) -> Result<(InspectReport, manifest::SealedManifest)> {
+    let sealed = store.get_manifest(name).await?;
+    let mine: HashSet<_> = sealed.names().flatten().collect();
+
+    let mut others = HashSet::new();
+    let mut other_manifests = 0;
+    let mut unreadable = Vec::new();
+    for m in store.list_manifests().await? {
+        if m.name == name {
+            continue;
+        }
+        match store.get_manifest(&m.name).await {
+            Ok(other) => {
+                other_manifests += 1;
+                others.extend(other.names().flatten().filter(|n| mine.contains(n)));
+            }
+            Err(e) => {
+                eprintln!("lode: warning: skipping manifest {}: {e:#}", m.name);
+                unreadable.push(m.name);
+            }
+        }
+    }
+    let shared = others.len() as u64;
+    let present = sealed.present_count() as u64;
+    let chunks = sealed.chunk_count() as u64;
+    let report = InspectReport {
+        name: name.to_string(),
+        source_ref: sealed.source_ref().to_string(),
+        source_digest: sealed.source_digest().to_string(),
+        image_bytes: sealed.image_size(),
+        chunk_size: sealed.chunk_size(),
+        chunks,
+        present,
+        holes: chunks - present,
+        distinct_chunks: mine.len() as u64,
+        salt_id: sealed.salt_id(),
+        tool_version: sealed.tool_version().to_string(),
+        format_version: sealed.format_version(),
+        key_id: sealed.key_id().to_string(),
+        encryption_context: sealed.context().clone(),
+        manifest_bytes: sealed.encode().len() as u64,
+        public_digest: hex::encode(sealed.public_digest()),
+        sharing: Sharing {
+            other_manifests,
+            unreadable_manifests: unreadable,
+            shared_chunks: shared,
+            share: if mine.is_empty() {
+                0.0
+            } else {
+                shared as f64 / mine.len() as f64
+            },
+        },
+        keys: None,
+    };
+    Ok((report, sealed))
+}
+
+/// Proves `kms` opens the manifest of `name` under the context bound to
+/// `name`; returns the number of chunk keys, never the keys.
+pub async fn check_keys(
+    sealed: &manifest::SealedManifest,
+    name: &str,
+    kms: &dyn Kms,
+) -> Result<KeysCheck> {
+    let opened = sealed
+        .open_with_context(kms, &manifest::image_context(name))
+        .await
+        .with_context(|| {
+            format!(
+                "the KMS could not open the keys of {name} (wrapped under key {}); \
+                 check --kms / LODE_KMS and that this role may decrypt with that key",
+                sealed.key_id()
+            )
+        })?;
+    let n = opened.chunks.iter().flatten().count() as u64;
+    Ok(KeysCheck {
+        ok: true,
+        chunk_keys: n,
+    })
+}
+
+/// Human-readable report.
+pub fn print_report(r: &InspectReport) {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!("{}", r.name);
+    println!("  source        {}", r.source_ref);
+    println!("  digest        {}", r.source_digest);
+    println!(
+        "  image         {} bytes ({:.1} MiB)",
+        r.image_bytes,
+        mib(r.image_bytes)
+    );
+    println!(
+        "  chunks        {} of {} bytes: {} stored ({} distinct), {} holes",
+        r.chunks, r.chunk_size, r.present, r.distinct_chunks, r.holes
+    );
+    println!(
+        "  shared        {} of {} distinct chunks ({:.1}%) with {} other manifests",
+        r.sharing.shared_chunks,
+        r.distinct_chunks,
+        r.sharing.share * 100.0,
+        r.sharing.other_manifests
+    );
+    if !r.sharing.unreadable_manifests.is_empty() {
+        println!(
+            "  unreadable    {} (skipped)",
+            r.sharing.unreadable_manifests.join(", ")
+        );
+    }
+    println!("  salt id       {}", r.salt_id);
+    println!("  tool          {}", r.tool_version);
+    println!("  format        {}", r.format_version);
+    println!("  key id        {}", r.key_id);
+    let ctx: Vec<String> = r
+        .encryption_context
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!("  context       {}", ctx.join(", "));
+    println!("  manifest      {} bytes", r.manifest_bytes);
+    println!("  public digest {}", r.public_digest);
+    if let Some(k) = &r.keys {
+        println!("  keys: ok ({} chunk keys)", k.chunk_keys);
+    }
+}
