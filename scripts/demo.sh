@@ -29,4 +29,10 @@ chroot "$mnt" /app/hello.sh
 "$lode" umount "$mnt"
 
 echo "== what the worker fetched"
-"$lode" stats-summary "$demo/stats.json"
+python3 - "$demo/stats.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"fetched {s['distinct_chunks_fetched']} of {s['chunks_total']} chunks, "
+      f"{s['bytes_fetched']} of {s['image_size']} bytes "
+      f"({100 * s['bytes_fetched'] / s['image_size']:.1f}% of the image)")
+PY

@@ -11,6 +11,8 @@ APT_PACKAGES=(
   qemu-utils         # qemu-img: NBD client in tests
   busybox-static     # the demo's tiny self-made image
   util-linux         # losetup, mount
+  umoci              # independent reference unpacker in flattener tests
+  time               # peak RSS in bench scripts
   pkg-config
   python3-pip
 )

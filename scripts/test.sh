@@ -41,10 +41,10 @@ if [[ -f fuzz/Cargo.toml ]]; then
   command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked -q cargo-fuzz
   # Only stable Rust is installed: RUSTC_BOOTSTRAP unlocks the flags cargo-fuzz needs.
   export RUSTC_BOOTSTRAP=1
-  (cd fuzz && cargo fuzz build -O)
+  (cd fuzz && cargo fuzz build -O -s none)
   for target in $(cd fuzz && cargo fuzz list); do
     echo "fuzzing $target"
-    (cd fuzz && cargo fuzz run -O "$target" -- -max_total_time="${FUZZ_SECONDS:-60}" -rss_limit_mb=4096 2>&1 | tail -n 3)
+    (cd fuzz && cargo fuzz run -O -s none "$target" -- -max_total_time="${FUZZ_SECONDS:-60}" -rss_limit_mb=4096 2>&1 | tail -n 3)
   done
 fi
 

@@ -11,6 +11,7 @@ mod config;
 mod gc;
 mod inspect;
 mod keys;
+mod mount;
 mod push;
 mod salts;
 mod store;
@@ -44,7 +45,7 @@ struct Cli {
 enum Command {
     /// Flatten an OCI image into a deterministic ext4 image file
     Flatten {
-        /// oci:DIR[:TAG] or docker-archive:FILE
+        /// `oci:DIR[:TAG]` or `docker-archive:FILE`
         image: String,
         /// Output image file
         #[arg(short, long)]
@@ -55,7 +56,7 @@ enum Command {
     },
     /// Flatten, chunk, seal and upload an image, then write its manifest
     Push {
-        /// oci:DIR[:TAG] or docker-archive:FILE
+        /// `oci:DIR[:TAG]` or `docker-archive:FILE`
         image: String,
         /// Name of the image in the store
         #[arg(long)]
@@ -69,6 +70,38 @@ enum Command {
         /// Print the summary as JSON
         #[arg(long)]
         json: bool,
+    },
+    /// Mount an image lazily: FUSE file, loop device, read-only ext4 at MOUNTPOINT
+    Mount {
+        /// Image name in the store
+        name: String,
+        /// Where the image's filesystem appears (created if missing)
+        mountpoint: PathBuf,
+        /// Stop after the FUSE file (MOUNTPOINT/image), no loop or ext4 mount
+        #[arg(long)]
+        file_only: bool,
+        /// Stay in the foreground instead of returning once mounted
+        #[arg(long)]
+        foreground: bool,
+        /// Write the worker's counters as JSON here at unmount
+        #[arg(long)]
+        stats: Option<PathBuf>,
+        /// Daemon log file (default: discarded)
+        #[arg(long)]
+        log_file: Option<PathBuf>,
+    },
+    /// Unmount what `lode mount` mounted and end its daemon
+    Umount {
+        /// The mountpoint given to `lode mount`
+        mountpoint: PathBuf,
+    },
+    /// Materialize a whole image from the store through the caches
+    Pull {
+        /// Image name in the store
+        name: String,
+        /// Output file
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// List the images in the store
     Ls {
@@ -206,6 +239,32 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Mount {
+            name,
+            mountpoint,
+            file_only,
+            foreground,
+            stats,
+            log_file,
+        } => mount::mount(
+            &settings,
+            mount::MountRequest {
+                name,
+                mountpoint,
+                cache_dir: settings.cache_dir.clone(),
+                stats,
+                file_only,
+                foreground,
+                log_file,
+            },
+        ),
+        Command::Umount { mountpoint } => mount::umount(&mountpoint),
+        Command::Pull { name, output } => runtime()?.block_on(mount::pull(
+            &settings,
+            &name,
+            &output,
+            settings.cache_dir.as_deref(),
+        )),
         Command::Ls { json } => {
             let store_url = settings.store.clone().unwrap_or_default();
             let store = Store::open(&settings.store()?, &store_url)?;
