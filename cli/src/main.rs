@@ -89,6 +89,9 @@ enum Command {
         /// Daemon log file (default: discarded)
         #[arg(long)]
         log_file: Option<PathBuf>,
+        /// Chunks fetched ahead of a sequential reader (0: only what is read)
+        #[arg(long, default_value_t = 4)]
+        readahead_chunks: u32,
     },
     /// Unmount what `lode mount` mounted and end its daemon
     Umount {
@@ -102,6 +105,14 @@ enum Command {
         /// Output file
         #[arg(short, long)]
         output: PathBuf,
+    },
+    /// Serve an image read-only over NBD (TCP or unix:/path)
+    ServeNbd {
+        /// Image name in the store
+        name: String,
+        /// 127.0.0.1:10809 (default), HOST:PORT, or unix:/path/to/socket
+        #[arg(long, default_value = "127.0.0.1:10809")]
+        listen: String,
     },
     /// List the images in the store
     Ls {
@@ -246,6 +257,7 @@ fn run(cli: Cli) -> Result<()> {
             foreground,
             stats,
             log_file,
+            readahead_chunks,
         } => mount::mount(
             &settings,
             mount::MountRequest {
@@ -256,6 +268,7 @@ fn run(cli: Cli) -> Result<()> {
                 file_only,
                 foreground,
                 log_file,
+                readahead_chunks,
             },
         ),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
@@ -265,6 +278,9 @@ fn run(cli: Cli) -> Result<()> {
             &output,
             settings.cache_dir.as_deref(),
         )),
+        Command::ServeNbd { name, listen } => {
+            runtime()?.block_on(mount::serve_nbd(&settings, &name, &listen))
+        }
         Command::Ls { json } => {
             let store_url = settings.store.clone().unwrap_or_default();
             let store = Store::open(&settings.store()?, &store_url)?;

@@ -19,6 +19,7 @@ pub async fn open_image(
     settings: &Settings,
     name: &str,
     cache_dir: Option<&Path>,
+    readahead_chunks: u32,
 ) -> Result<LazyImage> {
     let store_url = settings.store.clone().unwrap_or_default();
     let store = Store::open(&settings.store()?, &store_url)?;
@@ -53,9 +54,14 @@ pub async fn open_image(
     builder = builder.tier_arc(store.chunks.clone());
     let tiered = builder.build().context("building the cache tiers")?;
     let source = Arc::new(TieredSource::new(tiered, trusted));
-    LazyImage::open(&sealed, kms.as_ref(), source, LazyImageOptions::default())
-        .await
-        .with_context(|| format!("opening image {name} (does this KMS hold its key?)"))
+    LazyImage::open(
+        &sealed,
+        kms.as_ref(),
+        source,
+        LazyImageOptions::default().readahead_chunks(readahead_chunks),
+    )
+    .await
+    .with_context(|| format!("opening image {name} (does this KMS hold its key?)"))
 }
 
 /// Everything `lode mount` was asked.
@@ -74,6 +80,8 @@ pub struct MountRequest {
     pub foreground: bool,
     /// Daemon log file.
     pub log_file: Option<PathBuf>,
+    /// Chunks fetched ahead of a sequential reader.
+    pub readahead_chunks: u32,
 }
 
 /// Mounts; as a daemon unless `foreground`, returning once the mount is ready.
@@ -99,7 +107,12 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
     };
     let result = (|| {
         let rt = crate::runtime()?;
-        let image = rt.block_on(open_image(settings, &req.name, req.cache_dir.as_deref()))?;
+        let image = rt.block_on(open_image(
+            settings,
+            &req.name,
+            req.cache_dir.as_deref(),
+            req.readahead_chunks,
+        ))?;
         let opts = worker::MountOptions::default()
             .file_only(req.file_only)
             .stats_path(req.stats.clone())
@@ -151,7 +164,7 @@ pub async fn pull(
     out: &Path,
     cache_dir: Option<&Path>,
 ) -> Result<()> {
-    let image = open_image(settings, name, cache_dir).await?;
+    let image = open_image(settings, name, cache_dir, 0).await?;
     let tmp = out.with_extension("partial");
     let report = image
         .materialize(&tmp, 16)
@@ -168,5 +181,34 @@ pub async fn pull(
         report.bytes_fetched,
         report.elapsed_ms
     );
+    Ok(())
+}
+
+/// Serves the image `name` over NBD until Ctrl-C or SIGTERM.
+pub async fn serve_nbd(settings: &Settings, name: &str, listen: &str) -> Result<()> {
+    use worker::nbd::{ListenAddr, NbdOptions, NbdServer};
+    let addr: ListenAddr = listen
+        .parse()
+        .with_context(|| format!("listen address {listen:?}"))?;
+    let image = open_image(settings, name, settings.cache_dir.as_deref(), 4).await?;
+    let server = NbdServer::bind(&addr)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    println!("serving {name} read-only at {}", server.uri(name));
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    server
+        .serve(image, NbdOptions::new(name), shutdown)
+        .await
+        .context("serving NBD")?;
     Ok(())
 }

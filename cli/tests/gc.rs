@@ -252,7 +252,12 @@ fn a_killed_push_is_collected_once_its_lease_and_chunks_are_old() {
     );
     let r = env.json(&["gc", "--delete", "--grace", "10m", "--wait", "0s", "--json"]);
     assert_eq!(r["deleted"], orphans.len() as u64);
-    assert_eq!(r["ignored_objects"], staging.len() as u64);
+    // object_store's local listing may hide staging files itself; either way
+    // gc never deletes one.
+    assert!(r["ignored_objects"].as_u64().unwrap() <= staging.len() as u64);
+    for s in &staging {
+        assert!(env.chunk_path(s).exists(), "gc deleted staging file {s}");
+    }
     let stored: HashSet<String> = env.chunk_files().into_iter().filter(is_chunk).collect();
     assert_eq!(stored, live);
     env.assert_complete("keep");
