@@ -362,24 +362,13 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn flatten(image: &str, output: &std::path::Path, platform: Option<&str>) -> Result<()> {
-    use flattener::{FlattenOptions, ImageRef, Platform};
+    use flattener::{FlattenOptions, ImageRef};
     let image_ref = ImageRef::parse(image).with_context(|| format!("image {image:?}"))?;
-    let platform = match platform {
-        Some(p) => Platform::parse(p)
-            .with_context(|| format!("platform {p:?} must look like linux/amd64"))?,
-        None => Platform::default(),
-    };
-    let pb = if std::io::stderr().is_terminal() {
-        let pb = indicatif::ProgressBar::new(0);
-        if let Ok(style) =
-            indicatif::ProgressStyle::with_template("layers [{bar:30}] {bytes}/{total_bytes}")
-        {
-            pb.set_style(style.progress_chars("=> "));
-        }
-        pb
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let platform = push::parse_platform(platform)?;
+    let pb = push::bar(
+        std::io::stderr().is_terminal(),
+        "layers [{bar:30}] {bytes}/{total_bytes}",
+    );
     let progress_bar = pb.clone();
     let progress = move |p: flattener::Progress| {
         progress_bar.set_length(p.bytes_total);

@@ -130,7 +130,8 @@ impl Write for ChunkSink {
     }
 }
 
-fn bar(show: bool, template: &str) -> ProgressBar {
+/// A progress bar on a terminal, hidden otherwise.
+pub fn bar(show: bool, template: &str) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
@@ -140,6 +141,16 @@ fn bar(show: bool, template: &str) -> ProgressBar {
     }
     pb.enable_steady_tick(Duration::from_millis(200));
     pb
+}
+
+/// The platform to pick from a multi-platform index (default linux/amd64).
+pub fn parse_platform(platform: Option<&str>) -> Result<Platform> {
+    match platform {
+        Some(p) => {
+            Platform::parse(p).with_context(|| format!("platform {p:?} must look like linux/amd64"))
+        }
+        None => Ok(Platform::default()),
+    }
 }
 
 /// Pushes one image; see the module docs.
@@ -156,10 +167,7 @@ pub async fn push(req: PushRequest<'_>) -> Result<PushSummary> {
 async fn push_leased(req: PushRequest<'_>, lease: &crate::gc::Lease) -> Result<PushSummary> {
     let started = Instant::now();
     let image_ref = ImageRef::parse(req.image).with_context(|| format!("image {:?}", req.image))?;
-    let platform = match req.platform {
-        Some(p) => Platform::parse(p).with_context(|| format!("platform {p:?}"))?,
-        None => Platform::default(),
-    };
+    let platform = parse_platform(req.platform)?;
 
     let read_bar = bar(
         req.progress,
