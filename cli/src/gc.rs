@@ -5,7 +5,8 @@
 //! the public part of the manifest ([`manifest::SealedManifest::decode`]); no
 //! KMS is needed. An object under `manifests/` that cannot be read or decoded
 //! stops gc with an error before anything is deleted: a partial mark would
-//! delete live chunks.
+//! delete live chunks. A manifest that is listed but gone when read was
+//! deleted meanwhile (an image deletion); it is counted and skipped.
 //!
 //! **Sweep**: chunks named by no manifest whose last-modified time (as the
 //! store reports it) is older than the grace period (default 24 h). Without
@@ -291,6 +292,9 @@ pub struct GcReport {
     pub deferred: bool,
     /// Manifests marked from.
     pub manifests: u64,
+    /// Manifests listed but deleted before gc read them (images deleted
+    /// while gc ran; their chunks count as unnamed).
+    pub manifests_vanished: u64,
     /// Chunk objects in the store.
     pub chunks: u64,
     /// Their bytes.
@@ -331,6 +335,7 @@ pub async fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
         grace_secs: opts.grace.as_secs(),
         deferred: false,
         manifests: 0,
+        manifests_vanished: 0,
         chunks: 0,
         chunk_bytes: 0,
         live_chunks: 0,
@@ -391,12 +396,14 @@ async fn mark_and_sweep(
     let manifests = store.list_under("manifests").await?;
     let mut marked = HashSet::new();
     for m in &manifests {
-        let bytes = store.get_under("manifests", &m.name).await?.with_context(|| {
-            format!(
-                "manifest {} vanished while gc was reading it; nothing was deleted, run gc again",
-                m.name
-            )
-        })?;
+        // A manifest listed but gone when read was deleted meanwhile (stores
+        // replace objects atomically, so a rewrite never looks like this):
+        // the image is gone, its chunks are no longer named by it. A push that
+        // relies on them holds a lease, which this gc has already checked.
+        let Some(bytes) = store.get_under("manifests", &m.name).await? else {
+            report.manifests_vanished += 1;
+            continue;
+        };
         let sealed = manifest::SealedManifest::decode(&bytes).with_context(|| {
             format!(
                 "manifests/{} in {} is not a valid manifest; gc stops without deleting anything \
@@ -406,7 +413,7 @@ async fn mark_and_sweep(
         })?;
         marked.extend(sealed.names().flatten().map(|n| n.to_hex()));
     }
-    report.manifests = manifests.len() as u64;
+    report.manifests = manifests.len() as u64 - report.manifests_vanished;
 
     let mut present = HashSet::new();
     let mut doomed = Vec::new();
@@ -494,6 +501,12 @@ pub fn print_report(r: &GcReport) {
         r.chunks,
         mib(r.chunk_bytes)
     );
+    if r.manifests_vanished > 0 {
+        println!(
+            "  {} manifests were deleted while gc read them (skipped)",
+            r.manifests_vanished
+        );
+    }
     if r.deferred {
         println!("  deferred: pushes in progress held leases; nothing was deleted");
         return;
