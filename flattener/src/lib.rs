@@ -53,6 +53,7 @@ use std::sync::atomic::Ordering;
 use sha2::{Digest as _, Sha256};
 
 pub use error::{Error, LayerError, Result};
+pub use ext4::{HotEntry, HotList, HotRegion};
 pub use layers::FileSpool;
 pub use oci::{Digest, ImageRef, ImageSource, Platform};
 
@@ -99,6 +100,10 @@ pub struct FlattenOptions<'a> {
     /// layer's chunks identical in every image built on it (measured in
     /// the crate README); the bytes are in the image's layers anyway.
     pub deleted_data: ext4::DeletedData,
+    /// Profile-guided layout: copies of these blocks go, in this order, to
+    /// a hot region after the layer regions; the layer regions stay
+    /// byte-identical to a flatten without a list. Default `None`.
+    pub hot: Option<&'a HotList>,
 }
 
 impl Default for FlattenOptions<'_> {
@@ -109,6 +114,7 @@ impl Default for FlattenOptions<'_> {
             threads: 0,
             spool_dir: None,
             deleted_data: ext4::DeletedData::Keep,
+            hot: None,
         }
     }
 }
@@ -129,6 +135,12 @@ impl<'a> FlattenOptions<'a> {
     /// These options with this platform.
     pub fn with_platform(mut self, p: Platform) -> Self {
         self.platform = p;
+        self
+    }
+
+    /// These options with this hot list (profile-guided layout).
+    pub fn with_hot(mut self, hot: &'a HotList) -> Self {
+        self.hot = Some(hot);
         self
     }
 }
@@ -326,9 +338,21 @@ pub fn write_flattened<W: Write + Send>(
     deleted_data: ext4::DeletedData,
     out: W,
 ) -> Result<(ext4::ImageSummary, String)> {
+    let opts = FlattenOptions::default().with_deleted_data(deleted_data);
+    write_flattened_with(f, &opts, out)
+}
+
+/// [`write_flattened`] with the write options of `opts`
+/// ([`FlattenOptions::deleted_data`] and [`FlattenOptions::hot`]).
+pub fn write_flattened_with<W: Write + Send>(
+    f: &Flattened,
+    opts: &FlattenOptions<'_>,
+    out: W,
+) -> Result<(ext4::ImageSummary, String)> {
     let (uuid, hash_seed) = image_ids(&f.content_ids);
     let mut o = ext4::Ext4Options::new(uuid, hash_seed);
-    o.deleted_data = deleted_data;
+    o.deleted_data = opts.deleted_data;
+    o.hot = opts.hot.cloned();
     // Writer thread → output thread (write) → hasher thread (SHA-256):
     // the sequential part of a flatten is spread over three threads.
     let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<Vec<u8>>>(8);
@@ -441,7 +465,7 @@ pub fn flatten(image: &ImageRef, opts: &FlattenOptions<'_>, out: &Path) -> Resul
         pos: 0,
         started: 0,
     };
-    let (image, sha256) = write_flattened(&f, opts.deleted_data, out_file)?;
+    let (image, sha256) = write_flattened_with(&f, opts, out_file)?;
     tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
     tmp.persist(out).map_err(|e| Error::Io {
         path: out.to_owned(),
@@ -500,7 +524,7 @@ pub fn flatten_to_writer<W: Write + Send>(
     let f = build_tree(&*source, opts, &spool_dir)?;
     drop(source);
     report(opts, Phase::Writing, &f);
-    let (image, sha256) = write_flattened(&f, opts.deleted_data, out)?;
+    let (image, sha256) = write_flattened_with(&f, opts, out)?;
     Ok(summarize(&f, image, sha256))
 }
 

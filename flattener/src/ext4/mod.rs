@@ -87,12 +87,14 @@
 
 mod error;
 mod format;
+mod hot;
 mod plan;
 mod write;
 
 use std::io::{Seek, Write};
 
 pub use error::WriteError;
+pub use hot::{HotEntry, HotList, HotRegion};
 
 use crate::tree::{Spool, Tree};
 
@@ -121,6 +123,9 @@ pub struct Ext4Options {
     pub label: Vec<u8>,
     /// Treatment of unreferenced file data.
     pub deleted_data: DeletedData,
+    /// Profile-guided placement: copies of these blocks go to a hot region
+    /// (see the module docs). `None`: no hot region.
+    pub hot: Option<HotList>,
 }
 
 impl Ext4Options {
@@ -158,8 +163,11 @@ pub struct ImageSummary {
     pub inodes: u64,
     /// Per layer, bottom first, its data region.
     pub data_regions: Vec<DataRegion>,
-    /// Byte offset where metadata starts (after the last data region).
+    /// Byte offset where metadata starts (after the last data region and
+    /// the hot region).
     pub metadata_start: u64,
+    /// The hot region, when [`Ext4Options::hot`] was given.
+    pub hot_region: Option<HotRegion>,
 }
 
 /// Writes `tree` as an ext4 image to `out`, reading file contents from
@@ -189,5 +197,6 @@ pub fn write_image<W: Write + Seek>(
         inodes: u64::from(format::FIRST_INO) - 1 + plan.inodes.len() as u64 - 1,
         data_regions: plan.regions.clone(),
         metadata_start: plan.meta_start * format::BLOCK,
+        hot_region: plan.hot.as_ref().map(|h| h.summary),
     })
 }

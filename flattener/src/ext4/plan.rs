@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::error::WriteError;
 use super::format::*;
+use super::hot::{self, HotPlan};
 use super::{DataRegion, Ext4Options};
 use crate::tree::{FileData, FileId, NodeId, NodeKind, Tree};
 
@@ -51,6 +52,9 @@ pub(crate) struct InodePlan {
     pub(crate) xattr: XattrPlace,
     /// First metadata block of this inode, relative to [`Plan::meta_base`].
     pub(crate) meta_rel: u64,
+    /// Directories in the hot region: the physical block of their first
+    /// directory block (their extent tree blocks stay in the metadata).
+    pub(crate) hot_dir: Option<u64>,
 }
 
 /// Placement of one file's data.
@@ -96,6 +100,8 @@ pub(crate) struct Plan<'t> {
     pub(crate) meta_end: u64,
     /// Relative start of the xattr blocks.
     pub(crate) xattr_rel: u64,
+    /// The hot region, when a hot list was given.
+    pub(crate) hot: Option<HotPlan>,
 }
 
 /// Inode number of the inode planned at `index` (the root first).
@@ -148,17 +154,60 @@ pub(crate) fn block_runs(file: &FileData) -> impl Iterator<Item = (u64, u64)> + 
     })
 }
 
-/// The ext4 extents (logical block, length, physical block) of a file placed
-/// at `phys`.
-pub(crate) fn file_extents(file: &FileData, phys: u64) -> Vec<Extent> {
+/// The pieces (logical block, length, physical block, hot) of a file whose
+/// allocated blocks are at `phys` onwards in its layer region, except the
+/// `hot` runs (logical block, count, physical block; sorted, inside the
+/// allocated blocks), which are at their hot-region copies. Pieces are in
+/// logical order and not merged.
+pub(crate) fn file_pieces(
+    file: &FileData,
+    phys: u64,
+    hot: &[(u64, u64, u64)],
+) -> Vec<(u64, u64, u64, bool)> {
     let mut out = Vec::new();
-    let mut p = phys;
+    let mut cold = phys;
+    let mut hi = 0usize;
     for (lblk, count) in block_runs(file) {
+        let end = lblk + count;
+        let mut l = lblk;
+        while l < end {
+            while hi < hot.len() && hot[hi].0 + hot[hi].1 <= l {
+                hi += 1;
+            }
+            match hot.get(hi) {
+                Some(&(hl, hc, hp)) if hl <= l => {
+                    let stop = (hl + hc).min(end);
+                    out.push((l, stop - l, hp + (l - hl), true));
+                    l = stop;
+                }
+                next => {
+                    let stop = next.map_or(end, |h| h.0.min(end));
+                    out.push((l, stop - l, cold + (l - lblk), false));
+                    l = stop;
+                }
+            }
+        }
+        cold += count;
+    }
+    out
+}
+
+/// The ext4 extents (logical block, length, physical block) of a file placed
+/// at `phys`, with its `hot` runs (see [`file_pieces`]) at their copies.
+pub(crate) fn file_extents(file: &FileData, phys: u64, hot: &[(u64, u64, u64)]) -> Vec<Extent> {
+    let mut merged: Vec<(u64, u64, u64)> = Vec::new();
+    for (l, n, p, _) in file_pieces(file, phys, hot) {
+        match merged.last_mut() {
+            Some(last) if last.0 + last.1 == l && last.2 + last.1 == p => last.1 += n,
+            _ => merged.push((l, n, p)),
+        }
+    }
+    let mut out = Vec::new();
+    for (lblk, count, p) in merged {
         let mut done = 0;
         while done < count {
             let len = (count - done).min(MAX_EXTENT_LEN);
-            out.push(((lblk + done) as u32, len as u16, p));
-            p += len;
+            out.push(((lblk + done) as u32, len as u16, p + done));
             done += len;
         }
     }
@@ -424,7 +473,29 @@ impl<'t> Plan<'t> {
                 });
             }
         }
-        let meta_start = cursor.next_multiple_of(CHUNK_BLOCKS);
+        // The hot region, then metadata, each on a chunk boundary. With no
+        // hot blocks the metadata starts where it would without a list.
+        let data_end = cursor.next_multiple_of(CHUNK_BLOCKS);
+        let hot = opts
+            .hot
+            .as_ref()
+            .map(|list| hot::plan(tree, list, &ino_of, &mut inodes, data_end));
+        let meta_start = hot
+            .as_ref()
+            .map_or(data_end, |h| h.end().next_multiple_of(CHUNK_BLOCKS));
+        if let Some(h) = &hot {
+            // Split extents need more room in the extent tree.
+            for p in &mut inodes {
+                if let Body::File { file, tree_blocks } = &mut p.body {
+                    let runs = h.runs_of(*file);
+                    if !runs.is_empty() {
+                        let f = tree.file(*file);
+                        let n = file_extents(f, files[file.0 as usize].phys, runs).len();
+                        *tree_blocks = tree_block_count(n as u64);
+                    }
+                }
+            }
+        }
 
         // Metadata blocks that do not depend on the geometry, relative.
         let mut rel = 0u64;
@@ -437,7 +508,13 @@ impl<'t> Plan<'t> {
                     blocks,
                     tree_blocks,
                     ..
-                } => blocks + tree_blocks,
+                } => {
+                    if p.hot_dir.is_some() {
+                        tree_blocks
+                    } else {
+                        blocks + tree_blocks
+                    }
+                }
                 Body::File { tree_blocks, .. } => tree_blocks,
                 Body::SlowSymlink => 1,
                 Body::FastSymlink | Body::Special => 0,
@@ -475,6 +552,7 @@ impl<'t> Plan<'t> {
             meta_base,
             meta_end: meta_base + rel,
             xattr_rel,
+            hot,
         })
     }
 
@@ -589,12 +667,34 @@ impl<'t> Plan<'t> {
             body,
             xattr,
             meta_rel: 0,
+            hot_dir: None,
         })
     }
 
     /// Physical block of the first metadata block of inode `index`.
     pub(crate) fn meta_block(&self, index: usize) -> u64 {
         self.meta_base + self.inodes[index].meta_rel
+    }
+
+    /// The hot runs of `file` (logical block, count, physical block).
+    pub(crate) fn hot_runs(&self, file: FileId) -> &[(u64, u64, u64)] {
+        self.hot.as_ref().map_or(&[], |h| h.runs_of(file))
+    }
+
+    /// The extents of `file` (placed and referenced).
+    pub(crate) fn extents_of(&self, file: FileId) -> Vec<Extent> {
+        file_extents(
+            self.tree.file(file),
+            self.files[file.0 as usize].phys,
+            self.hot_runs(file),
+        )
+    }
+
+    /// Physical block of the first directory block of directory inode `index`.
+    pub(crate) fn dir_block(&self, index: usize) -> u64 {
+        self.inodes[index]
+            .hot_dir
+            .unwrap_or_else(|| self.meta_block(index))
     }
 
     /// Physical block of xattr block `i`.
@@ -617,10 +717,24 @@ impl<'t> Plan<'t> {
         for layer in &self.tree.layers {
             for id in layer {
                 let p = &self.files[id.0 as usize];
-                if p.owner.is_some() {
+                if p.owner.is_none() {
+                    continue;
+                }
+                let hot = self.hot_runs(*id);
+                if hot.is_empty() {
                     push(p.phys, p.phys + p.blocks);
+                } else {
+                    // The cold copies of hot blocks are free.
+                    for (_, n, b, is_hot) in file_pieces(self.tree.file(*id), p.phys, hot) {
+                        if !is_hot {
+                            push(b, b + n);
+                        }
+                    }
                 }
             }
+        }
+        if let Some(h) = &self.hot {
+            push(h.start, h.end());
         }
         push(self.meta_start, self.meta_end);
         out

@@ -4,9 +4,10 @@ use std::io::{BufWriter, Write};
 
 use super::error::WriteError;
 use super::format::*;
+use super::hot::HotItem;
 use super::plan::{
     Body, Extent, Htree, Plan, XattrPlace, block_runs, contiguous_extents, dir_block_count,
-    file_extents, index_of_ino, ino_of_index, xattr_entries,
+    index_of_ino, ino_of_index, xattr_entries,
 };
 use super::{DeletedData, Ext4Options};
 use crate::tree::{FileData, NodeId, NodeKind, Spool};
@@ -136,11 +137,12 @@ fn inode_extents(plan: &Plan<'_>, idx: usize) -> Option<(Vec<Extent>, u64)> {
     let p = &plan.inodes[idx];
     let meta = plan.meta_block(idx);
     match p.body {
-        Body::Dir { blocks, .. } => Some((contiguous_extents(blocks, meta), meta + blocks)),
-        Body::File { file, .. } => {
-            let f = plan.tree.file(file);
-            Some((file_extents(f, plan.files[file.0 as usize].phys), meta))
-        }
+        Body::Dir { blocks, .. } => match p.hot_dir {
+            // Directory blocks in the hot region, extent tree blocks in the metadata.
+            Some(hot) => Some((contiguous_extents(blocks, hot), meta)),
+            None => Some((contiguous_extents(blocks, meta), meta + blocks)),
+        },
+        Body::File { file, .. } => Some((plan.extents_of(file), meta)),
         Body::SlowSymlink => Some((vec![(0, 1, meta)], meta + 1)),
         Body::FastSymlink | Body::Special => None,
     }
@@ -367,18 +369,20 @@ fn htree_blocks(
     Ok(buf)
 }
 
-/// Copies the present blocks of `f` from the spool.
-fn copy_file<W: Write>(
+/// Copies the logical blocks `runs` (lblk, count; ascending within a call)
+/// of `f` from the spool, zeros where the blocks are partly holes.
+fn copy_blocks<W: Write>(
     out: &mut Out<W>,
     spool: &dyn Spool,
     f: &FileData,
+    runs: impl Iterator<Item = (u64, u64)>,
     node: Option<NodeId>,
     buf: &mut [u8],
 ) -> Result<(), WriteError> {
-    let mut ei = 0usize;
-    for (lblk, count) in block_runs(f) {
+    for (lblk, count) in runs {
         let mut off = lblk * BLOCK;
         let end = (lblk + count) * BLOCK;
+        let mut ei = f.extents.partition_point(|e| e.file_offset + e.len <= off);
         while off < end {
             let n = (buf.len() as u64).min(end - off) as usize;
             let stop = off + n as u64;
@@ -558,7 +562,33 @@ pub(crate) fn write<W: Write>(
             }
             out.seek_block(place.phys)?;
             let node = place.owner.map(|i| plan.inodes[i as usize].node);
-            copy_file(&mut out, spool, plan.tree.file(*id), node, &mut buf)?;
+            let f = plan.tree.file(*id);
+            copy_blocks(&mut out, spool, f, block_runs(f), node, &mut buf)?;
+        }
+    }
+
+    // Hot region: copies of hot file blocks and hot directories, in access order.
+    if let Some(hot) = &plan.hot {
+        out.seek_block(hot.start)?;
+        for item in &hot.items {
+            match *item {
+                HotItem::File { file, lblk, count } => {
+                    let place = &plan.files[file.0 as usize];
+                    let node = place.owner.map(|i| plan.inodes[i as usize].node);
+                    let f = plan.tree.file(file);
+                    let runs = std::iter::once((lblk, count));
+                    copy_blocks(&mut out, spool, f, runs, node, &mut buf)?;
+                }
+                HotItem::Dir { index } => {
+                    let blocks = dir_blocks(plan, index, &opts.hash_seed)?;
+                    out.write(&blocks)?;
+                }
+            }
+        }
+        if out.pos != hot.end() * BLOCK {
+            return Err(WriteError::Internal {
+                reason: "hot region does not end where planned".into(),
+            });
         }
     }
 
@@ -614,8 +644,9 @@ pub(crate) fn write<W: Write>(
     for (idx, p) in plan.inodes.iter().enumerate() {
         let node = plan.tree.node(p.node);
         match (p.body, &node.kind) {
+            (Body::Dir { .. }, _) if p.hot_dir.is_some() => {}
             (Body::Dir { .. }, _) => {
-                out.seek_block(plan.meta_block(idx))?;
+                out.seek_block(plan.dir_block(idx))?;
                 let blocks = dir_blocks(plan, idx, &opts.hash_seed)?;
                 out.write(&blocks)?;
             }

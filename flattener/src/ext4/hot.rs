@@ -1,0 +1,316 @@
+//! Profile-guided placement: a copy of the blocks an earlier run read first
+//! goes to a contiguous hot region, in the order they were read.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::format::BLOCK;
+use super::plan::{Body, InodePlan, block_runs, index_of_ino};
+use crate::tree::{FileId, NodeId, NodeKind, Tree};
+
+/// Profile-guided placement: blocks to copy into the hot region, in order of
+/// first access.
+///
+/// Build it from a profile recorded on an earlier run of the image (which
+/// blocks of which files and directories were read, in order) and pass it as
+/// [`FlattenOptions::hot`](crate::FlattenOptions::hot) or
+/// [`Ext4Options::hot`](super::Ext4Options::hot). The list never makes a
+/// flatten fail: paths that do not exist, symlinks, devices and the like are
+/// skipped and counted ([`HotRegion::entries_skipped`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HotList {
+    /// The entries, in order of first access.
+    pub entries: Vec<HotEntry>,
+}
+
+/// One burst of reads of one file or directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HotEntry {
+    /// Absolute path in the final tree, e.g. b"/usr/bin/python3".
+    ///
+    /// Symlinks in the parent part resolve inside the image root (as in
+    /// layer application); a path naming a symlink itself is skipped.
+    pub path: Vec<u8>,
+    /// (first logical 4 KiB block, block count) ranges of the file or
+    /// directory, in the order they were first read.
+    ///
+    /// Ranges are clamped to the file, blocks already placed and holes are
+    /// ignored. For a directory the ranges do not matter: all its blocks
+    /// are placed at its first appearance.
+    pub blocks: Vec<(u64, u64)>,
+}
+
+impl HotEntry {
+    /// An entry for the whole of `path`.
+    pub fn whole(path: impl Into<Vec<u8>>) -> Self {
+        Self {
+            path: path.into(),
+            blocks: vec![(0, u64::MAX)],
+        }
+    }
+}
+
+/// Where the hot region landed (see [`ImageSummary::hot_region`](super::ImageSummary::hot_region)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HotRegion {
+    /// Byte offset of the region (a multiple of 512 KiB, right after the
+    /// chunk holding the end of the last layer region).
+    pub start: u64,
+    /// Length in bytes (`blocks * 4096`; 0 when nothing was placed, and
+    /// then the image is the one without a list).
+    pub len: u64,
+    /// Blocks placed: `file_blocks + dir_blocks`.
+    pub blocks: u64,
+    /// Copies of regular-file blocks.
+    pub file_blocks: u64,
+    /// Directory blocks (moved from the metadata region).
+    pub dir_blocks: u64,
+    /// Entries whose path does not exist or names something other than a
+    /// regular file or directory.
+    pub entries_skipped: usize,
+}
+
+/// One stretch of the hot region, in region order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HotItem {
+    /// `count` logical blocks of `file` from `lblk`, all allocated.
+    File { file: FileId, lblk: u64, count: u64 },
+    /// All directory blocks of the inode planned at `index`.
+    Dir { index: usize },
+}
+
+/// The planned hot region.
+#[derive(Debug, Default)]
+pub(crate) struct HotPlan {
+    /// First block of the region.
+    pub(crate) start: u64,
+    /// What the region holds, front to back.
+    pub(crate) items: Vec<HotItem>,
+    /// Per file, its hot runs (logical block, count, physical block),
+    /// sorted by logical block.
+    pub(crate) runs: BTreeMap<FileId, Vec<(u64, u64, u64)>>,
+    pub(crate) summary: HotRegion,
+}
+
+impl HotPlan {
+    /// One past the region's last block.
+    pub(crate) fn end(&self) -> u64 {
+        self.start + self.summary.blocks
+    }
+
+    /// The hot runs of `file` (empty if it has none).
+    pub(crate) fn runs_of(&self, file: FileId) -> &[(u64, u64, u64)] {
+        self.runs.get(&file).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The most symlinks followed while resolving one path (as the kernel).
+const MAX_SYMLINKS: usize = 40;
+
+/// The node at `path`, following symlinks in the parent part inside the
+/// root; a final symlink is returned as is.
+pub(crate) fn resolve(tree: &Tree, path: &[u8]) -> Option<NodeId> {
+    let components = |p: &[u8]| -> Vec<Vec<u8>> {
+        p.split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+            .rev()
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    // Pending components, next one last.
+    let mut todo = components(path);
+    let mut stack = vec![Tree::ROOT];
+    let mut followed = 0;
+    while let Some(name) = todo.pop() {
+        if name == b".." {
+            if stack.len() > 1 {
+                stack.pop();
+            }
+            continue;
+        }
+        let dir = *stack.last()?;
+        let NodeKind::Directory { entries } = &tree.nodes.get(dir.0 as usize)?.kind else {
+            return None;
+        };
+        let child = *entries.get(&name)?;
+        match &tree.nodes.get(child.0 as usize)?.kind {
+            NodeKind::Symlink { target } if !todo.is_empty() => {
+                followed += 1;
+                if followed > MAX_SYMLINKS {
+                    return None;
+                }
+                if target.first() == Some(&b'/') {
+                    stack.truncate(1);
+                }
+                todo.extend(components(target));
+            }
+            _ if todo.is_empty() => return Some(child),
+            _ => stack.push(child),
+        }
+    }
+    stack.last().copied()
+}
+
+/// Plans the hot region from `start`: resolves every entry, keeps each
+/// block's first appearance, skips holes, and gives hot directories their
+/// place (`InodePlan::hot_dir`).
+pub(crate) fn plan(
+    tree: &Tree,
+    list: &HotList,
+    ino_of: &[u32],
+    inodes: &mut [InodePlan],
+    start: u64,
+) -> HotPlan {
+    let mut hp = HotPlan {
+        start,
+        ..HotPlan::default()
+    };
+    let mut next = start;
+    let mut seen: HashSet<(FileId, u64)> = HashSet::new();
+    for entry in &list.entries {
+        let index = resolve(tree, &entry.path)
+            .and_then(|id| ino_of.get(id.0 as usize).copied())
+            .filter(|&ino| ino != 0)
+            .and_then(index_of_ino)
+            .filter(|&i| i < inodes.len());
+        let Some(index) = index else {
+            hp.summary.entries_skipped += 1;
+            continue;
+        };
+        match (inodes[index].body, &tree.node(inodes[index].node).kind) {
+            (Body::Dir { blocks, .. }, _) => {
+                if inodes[index].hot_dir.is_none() {
+                    inodes[index].hot_dir = Some(next);
+                    hp.items.push(HotItem::Dir { index });
+                    next += blocks;
+                    hp.summary.dir_blocks += blocks;
+                }
+            }
+            (Body::File { file, .. }, NodeKind::Regular { .. }) => {
+                let f = tree.file(file);
+                let runs: Vec<(u64, u64)> = block_runs(f).collect();
+                let file_blocks = f.size.div_ceil(BLOCK);
+                for &(first, count) in &entry.blocks {
+                    let lo = first.min(file_blocks);
+                    let hi = first.saturating_add(count).min(file_blocks);
+                    let mut ri = runs.partition_point(|r| r.0 + r.1 <= lo);
+                    while ri < runs.len() && runs[ri].0 < hi {
+                        let (rs, rc) = runs[ri];
+                        for lblk in lo.max(rs)..hi.min(rs + rc) {
+                            if !seen.insert((file, lblk)) {
+                                continue;
+                            }
+                            match hp.items.last_mut() {
+                                Some(HotItem::File {
+                                    file: last,
+                                    lblk: l,
+                                    count: c,
+                                }) if *last == file && *l + *c == lblk => *c += 1,
+                                _ => hp.items.push(HotItem::File {
+                                    file,
+                                    lblk,
+                                    count: 1,
+                                }),
+                            }
+                            next += 1;
+                            hp.summary.file_blocks += 1;
+                        }
+                        ri += 1;
+                    }
+                }
+            }
+            _ => hp.summary.entries_skipped += 1,
+        }
+    }
+    let mut phys = start;
+    for item in &hp.items {
+        match *item {
+            HotItem::File { file, lblk, count } => {
+                hp.runs.entry(file).or_default().push((lblk, count, phys));
+                phys += count;
+            }
+            HotItem::Dir { index } => {
+                if let Body::Dir { blocks, .. } = inodes[index].body {
+                    phys += blocks;
+                }
+            }
+        }
+    }
+    for runs in hp.runs.values_mut() {
+        runs.sort_unstable();
+    }
+    hp.summary.blocks = next - start;
+    hp.summary.start = start * BLOCK;
+    hp.summary.len = hp.summary.blocks * BLOCK;
+    hp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{Metadata, Node};
+
+    fn tree() -> Tree {
+        let mut t = Tree::new(Metadata::default());
+        let add = |t: &mut Tree, dir: NodeId, name: &[u8], kind: NodeKind| {
+            let id = t.push_node(Node {
+                meta: Metadata::default(),
+                kind,
+            });
+            if let NodeKind::Directory { entries } = &mut t.node_mut(dir).kind {
+                entries.insert(name.to_vec(), id);
+            }
+            id
+        };
+        let dir = || NodeKind::Directory {
+            entries: BTreeMap::new(),
+        };
+        let usr = add(&mut t, Tree::ROOT, b"usr", dir());
+        let lib = add(&mut t, usr, b"lib", dir());
+        add(&mut t, lib, b"f", NodeKind::Fifo);
+        add(
+            &mut t,
+            Tree::ROOT,
+            b"lib",
+            NodeKind::Symlink {
+                target: b"usr/lib".to_vec(),
+            },
+        );
+        add(
+            &mut t,
+            usr,
+            b"abs",
+            NodeKind::Symlink {
+                target: b"/usr/../usr/lib".to_vec(),
+            },
+        );
+        add(
+            &mut t,
+            Tree::ROOT,
+            b"loop",
+            NodeKind::Symlink {
+                target: b"loop/x".to_vec(),
+            },
+        );
+        t
+    }
+
+    #[test]
+    fn paths_resolve_through_parent_symlinks_inside_the_root() {
+        let t = tree();
+        let lib = resolve(&t, b"/usr/lib").unwrap();
+        let f = resolve(&t, b"/usr/lib/f").unwrap();
+        assert_eq!(resolve(&t, b"/"), Some(Tree::ROOT));
+        assert_eq!(resolve(&t, b""), Some(Tree::ROOT));
+        assert_eq!(resolve(&t, b"/lib/f"), Some(f));
+        assert_eq!(resolve(&t, b"usr//./lib/"), Some(lib));
+        assert_eq!(resolve(&t, b"/usr/abs/f"), Some(f));
+        assert_eq!(resolve(&t, b"/../../usr/lib/../lib/f"), Some(f));
+        // A final symlink is the symlink itself.
+        let l = resolve(&t, b"/lib").unwrap();
+        assert!(matches!(t.node(l).kind, NodeKind::Symlink { .. }));
+        assert_eq!(resolve(&t, b"/usr/lib/f/x"), None);
+        assert_eq!(resolve(&t, b"/nope"), None);
+        assert_eq!(resolve(&t, b"/loop/y"), None);
+    }
+}
