@@ -913,6 +913,35 @@ mod tests {
     }
 
     #[test]
+    fn hot_runs_split_extents_and_merge_when_contiguous() {
+        let f = file(7 * 4096, &[(0, 3 * 4096), (5 * 4096, 2 * 4096)]);
+        assert_eq!(file_extents(&f, 100, &[]), vec![(0, 3, 100), (5, 2, 103)]);
+        assert_eq!(
+            file_extents(&f, 100, &[(1, 1, 1000), (5, 2, 1001)]),
+            vec![(0, 1, 100), (1, 1, 1000), (2, 1, 102), (5, 2, 1001)]
+        );
+        let pieces = file_pieces(&f, 100, &[(1, 1, 1000), (5, 2, 1001)]);
+        let cold: Vec<_> = pieces.iter().filter(|p| !p.3).map(|p| (p.2, p.1)).collect();
+        assert_eq!(cold, vec![(100, 1), (102, 1)]);
+        // Hot runs placed back to back make one extent.
+        let g = file(4 * 4096, &[(0, 4 * 4096)]);
+        assert_eq!(
+            file_extents(&g, 100, &[(0, 2, 1000), (2, 2, 1002)]),
+            vec![(0, 4, 1000)]
+        );
+        // Long cold remainders still respect the extent length limit.
+        let h = file(40_000 * 4096, &[(0, 40_000 * 4096)]);
+        assert_eq!(
+            file_extents(&h, 100, &[(0, 1, 9000)]),
+            vec![(0, 1, 9000), (1, 32768, 101), (32769, 7231, 101 + 32768)]
+        );
+        assert_eq!(
+            file_extents(&h, 100, &[]),
+            vec![(0, 32768, 100), (32768, 7232, 100 + 32768)]
+        );
+    }
+
+    #[test]
     fn tree_blocks_grow_by_levels() {
         assert_eq!(tree_block_count(4), 0);
         assert_eq!(tree_block_count(5), 1);

@@ -1,0 +1,441 @@
+//! Profile-guided layout: a hot list moves copies of file blocks and whole
+//! directories into a hot region. Judged by e2fsck, the kernel's ext4 (the
+//! mounted tree and FIEMAP) and byte comparisons with the plain layout.
+
+mod ext4_support;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::process::Command;
+
+use ext4_support::{Builder, Mount, check_image, have, meta, test_opts};
+use flattener::ext4::{DeletedData, Ext4Options, HotEntry, HotList, ImageSummary};
+use flattener::tree::{NodeKind, Tree};
+use proptest::prelude::*;
+
+const CHUNK: u64 = 512 * 1024;
+const BLOCK: u64 = 4096;
+
+fn bytes(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8 ^ seed as u8)
+        .collect()
+}
+
+/// Two layers: a big, a small and a sparse file, a hashed directory of 300
+/// entries, a symlinked parent, a FIFO, a hard link, an empty file.
+fn sample() -> Builder {
+    let mut b = Builder::new();
+    let usr = b.dir(Tree::ROOT, b"usr", meta(0o755));
+    let big = b.file(usr, b"big", meta(0o644), 0, &bytes(150 * 4096 - 7, 1));
+    b.link(usr, b"big-link", big);
+    b.file(usr, b"small", meta(0o644), 0, &bytes(100, 2));
+    let sparse = b.contents(
+        0,
+        8 << 20,
+        &[
+            (0, &bytes(5000, 3)),
+            ((1 << 20) + 100, &bytes(9000, 4)),
+            (4 << 20, &bytes(4096, 5)),
+        ],
+    );
+    b.add(
+        usr,
+        b"sparse",
+        meta(0o644),
+        NodeKind::Regular { file: sparse },
+    );
+    b.file(usr, b"empty", meta(0o644), 0, b"");
+    let lib = b.dir(usr, b"lib", meta(0o755));
+    for i in 0..300u32 {
+        let name = format!("module-with-a-longish-name-{i:04}.py");
+        b.file(
+            lib,
+            name.as_bytes(),
+            meta(0o644),
+            0,
+            &bytes(200 + i as usize, i),
+        );
+    }
+    b.add(
+        Tree::ROOT,
+        b"lib",
+        meta(0o777),
+        NodeKind::Symlink {
+            target: b"usr/lib".to_vec(),
+        },
+    );
+    let app = b.dir(Tree::ROOT, b"app", meta(0o755));
+    b.file(app, b"main.py", meta(0o644), 1, &bytes(20 * 1024, 9));
+    let run = b.dir(Tree::ROOT, b"run", meta(0o755));
+    b.add(run, b"fifo", meta(0o644), NodeKind::Fifo);
+    b
+}
+
+fn entry(path: &str, blocks: &[(u64, u64)]) -> HotEntry {
+    HotEntry {
+        path: path.as_bytes().to_vec(),
+        blocks: blocks.to_vec(),
+    }
+}
+
+/// The list of the main test, with what each entry must contribute.
+fn sample_list() -> HotList {
+    HotList {
+        entries: vec![
+            entry("/usr/lib", &[(0, 1)]),
+            entry("/usr/big", &[(10, 5), (0, 3)]),
+            entry("/usr/small", &[(0, 10)]),
+            entry("/usr/sparse", &[(0, 2000)]),
+            entry("/nope", &[(0, 1)]),
+            entry("/lib/module-with-a-longish-name-0007.py", &[(0, 1)]),
+            entry("/lib", &[(0, 1)]),
+            entry("/run/fifo", &[(0, 1)]),
+            entry("/usr/big", &[(12, 6), (140, u64::MAX)]),
+            entry("/usr/big-link", &[(3, 2)]),
+            entry("/usr/lib", &[(0, 100)]),
+            entry("/", &[]),
+            entry("/app/main.py", &[(0, 1)]),
+            entry("/usr/big", &[(u64::MAX, 5)]),
+            entry("/usr/sparse", &[(100, 10)]),
+            entry("/usr/empty", &[(0, 1)]),
+            entry("/usr/small/x", &[(0, 1)]),
+        ],
+    }
+}
+
+/// What the hot region of `sample_list` must hold, front to back.
+enum Slot {
+    /// One block of a file: (path, logical block).
+    File(&'static str, u64),
+    /// All blocks of a directory.
+    Dir(&'static str),
+}
+
+fn expected_slots() -> Vec<Slot> {
+    use Slot::*;
+    let mut v = vec![Dir("usr/lib")];
+    v.extend((10..15).map(|l| File("usr/big", l)));
+    v.extend((0..3).map(|l| File("usr/big", l)));
+    v.push(File("usr/small", 0));
+    // Blocks 0-1, 256-258 and 1024 are present; the rest are holes.
+    for l in [0, 1, 256, 257, 258, 1024] {
+        v.push(File("usr/sparse", l));
+    }
+    v.push(File("usr/lib/module-with-a-longish-name-0007.py", 0));
+    v.extend((15..18).map(|l| File("usr/big", l)));
+    v.extend((140..150).map(|l| File("usr/big", l)));
+    v.extend((3..5).map(|l| File("usr/big", l)));
+    v.push(Dir(""));
+    v.push(File("app/main.py", 0));
+    v
+}
+
+/// Entries of `sample_list` that must be skipped: /nope, /lib (a symlink),
+/// /run/fifo, /usr/small/x.
+const SKIPPED: usize = 4;
+
+fn hot_opts(list: &HotList) -> Ext4Options {
+    let mut o = test_opts();
+    o.hot = Some(list.clone());
+    o
+}
+
+/// Whole 512 KiB chunks of every layer region.
+fn regions<'a>(image: &'a [u8], s: &ImageSummary) -> Vec<&'a [u8]> {
+    s.data_regions
+        .iter()
+        .map(|r| {
+            assert_eq!(r.start % CHUNK, 0);
+            &image[r.start as usize..(r.start + r.len).next_multiple_of(CHUNK) as usize]
+        })
+        .collect()
+}
+
+/// (logical block -> physical block) of `path` as the kernel maps it (FIEMAP).
+fn fiemap(path: &Path) -> BTreeMap<u64, u64> {
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const EXTENT_LAST: u32 = 1;
+    const COUNT: usize = 64;
+    let f = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut map = BTreeMap::new();
+    let mut start = 0u64;
+    loop {
+        // struct fiemap (32 bytes) + COUNT struct fiemap_extent (56 bytes).
+        let mut buf = vec![0u64; (32 + 56 * COUNT) / 8];
+        buf[0] = start;
+        buf[1] = u64::MAX - start;
+        buf[3] = COUNT as u64; // fm_extent_count (low half of word 3)
+        // SAFETY: the buffer is a struct fiemap with room for COUNT extents.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP, buf.as_mut_ptr()) };
+        assert_eq!(r, 0, "FIEMAP {}", path.display());
+        let mapped = (buf[2] >> 32) as usize;
+        let mut last = false;
+        for i in 0..mapped {
+            let e = &buf[4 + 7 * i..4 + 7 * (i + 1)];
+            let (logical, physical, len) = (e[0], e[1], e[2]);
+            for k in 0..len / BLOCK {
+                map.insert(logical / BLOCK + k, physical / BLOCK + k);
+            }
+            start = logical + len;
+            last = (e[5] as u32) & EXTENT_LAST != 0;
+        }
+        if mapped == 0 || last {
+            return map;
+        }
+    }
+}
+
+/// Whether debugfs says block `blk` is marked in use in the block bitmap.
+fn block_in_use(image: &Path, blk: u64) -> bool {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("testb {blk}"))
+        .arg(image)
+        .output()
+        .expect("debugfs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("Block {blk}")), "debugfs: {text}");
+    !text.contains("not in use")
+}
+
+#[test]
+fn hot_region_holds_the_listed_blocks_in_access_order() {
+    let b = sample();
+    let list = sample_list();
+    let (_pd, plain_path, plain) = check_image(&b, &test_opts());
+    let (_hd, hot_path, hot) = check_image(&b, &hot_opts(&list));
+
+    let region = hot.hot_region.expect("a hot region");
+    assert_eq!(plain.hot_region, None);
+    let last = hot.data_regions.last().unwrap();
+    assert_eq!(
+        region.start,
+        (last.start + last.len).next_multiple_of(CHUNK)
+    );
+    assert_eq!(region.entries_skipped, SKIPPED);
+    assert_eq!(region.len, region.blocks * BLOCK);
+    assert_eq!(region.blocks, region.file_blocks + region.dir_blocks);
+    assert_eq!(
+        hot.metadata_start,
+        (region.start + region.len).next_multiple_of(CHUNK)
+    );
+    assert_eq!(hot.data_regions, plain.data_regions);
+
+    // The layer regions are byte-identical to the plain layout.
+    let (pi, hi) = (
+        std::fs::read(&plain_path).unwrap(),
+        std::fs::read(&hot_path).unwrap(),
+    );
+    assert!(regions(&pi, &plain) == regions(&hi, &hot));
+
+    let (Some(pm), Some(hm)) = (Mount::new(&plain_path), Mount::new(&hot_path)) else {
+        return;
+    };
+    // The kernel finds each listed block at its place in the hot region.
+    let first = region.start / BLOCK;
+    let mut at = first;
+    let mut file_blocks = 0;
+    for slot in expected_slots() {
+        match slot {
+            Slot::File(path, lblk) => {
+                let map = fiemap(&hm.path().join(path));
+                assert_eq!(map.get(&lblk), Some(&at), "{path} block {lblk}");
+                at += 1;
+                file_blocks += 1;
+            }
+            Slot::Dir(path) => {
+                let map = fiemap(&hm.path().join(path));
+                assert!(map.len() > 1 || path.is_empty(), "{path}: {map:?}");
+                let plain_map = fiemap(&pm.path().join(path));
+                assert_eq!(map.len(), plain_map.len(), "{path}");
+                for (i, (&l, &p)) in map.iter().enumerate() {
+                    assert_eq!((l, p), (i as u64, at + i as u64), "{path}");
+                }
+                // In the plain layout the directory is in the metadata region.
+                assert!(
+                    plain_map
+                        .values()
+                        .all(|&p| p * BLOCK >= plain.metadata_start)
+                );
+                at += map.len() as u64;
+            }
+        }
+    }
+    assert_eq!(at - first, region.blocks);
+    assert_eq!(file_blocks, region.file_blocks);
+
+    // Every other block of every file stays where the plain layout has it,
+    // and the cold copies of hot blocks are free in the bitmap.
+    let mut cold_copies = 0;
+    for path in ["usr/big", "usr/small", "usr/sparse", "app/main.py"]
+        .into_iter()
+        .map(String::from)
+        .chain((0..300).map(|i| format!("usr/lib/module-with-a-longish-name-{i:04}.py")))
+    {
+        let (p, h) = (
+            fiemap(&pm.path().join(&path)),
+            fiemap(&hm.path().join(&path)),
+        );
+        assert_eq!(
+            p.keys().collect::<Vec<_>>(),
+            h.keys().collect::<Vec<_>>(),
+            "{path}"
+        );
+        for (l, &pp) in &p {
+            let hp = h[l];
+            let in_hot = hp >= first && hp < first + region.blocks;
+            assert!(in_hot || hp == pp, "{path} block {l}: {hp} vs {pp}");
+            if in_hot && cold_copies < 8 {
+                assert!(block_in_use(&plain_path, pp));
+                assert!(!block_in_use(&hot_path, pp), "{path} block {l} at {pp}");
+                assert!(block_in_use(&hot_path, hp));
+                cold_copies += 1;
+            }
+        }
+    }
+    assert_eq!(cold_copies, 8);
+    drop((pm, hm));
+}
+
+#[test]
+fn same_tree_and_list_give_the_same_bytes() {
+    let b = sample();
+    let list = sample_list();
+    let one = b.write_vec(&hot_opts(&list));
+    let two = b.write_vec(&hot_opts(&list));
+    assert!(one == two, "two writes differ");
+    let plain = b.write_vec(&test_opts());
+    assert!(one != plain);
+    // Another order is another hot region, over the same layer regions.
+    let mut reversed = list.clone();
+    reversed.entries.reverse();
+    let other = b.write_vec(&hot_opts(&reversed));
+    assert!(other != one);
+    let dir = tempfile::tempdir().unwrap();
+    let s = b.write(&hot_opts(&list), &dir.path().join("i"));
+    assert_eq!(regions(&one, &s), regions(&other, &s));
+    assert_eq!(regions(&one, &s), regions(&plain, &s));
+}
+
+#[test]
+fn empty_or_useless_list_changes_nothing() {
+    let b = sample();
+    let plain = b.write_vec(&test_opts());
+    for list in [
+        HotList::default(),
+        HotList {
+            entries: vec![entry("/nope", &[(0, 9)]), entry("/usr/empty", &[(0, 9)])],
+        },
+    ] {
+        assert!(b.write_vec(&hot_opts(&list)) == plain);
+        let dir = tempfile::tempdir().unwrap();
+        let s = b.write(&hot_opts(&list), &dir.path().join("i"));
+        let r = s.hot_region.unwrap();
+        assert_eq!((r.blocks, r.len), (0, 0));
+    }
+}
+
+#[test]
+fn deleted_data_zero_keeps_cold_copies_and_many_extents_need_tree_blocks() {
+    // A file whose every other block is hot: 400 extents, a deeper tree.
+    let mut b = Builder::new();
+    b.file(
+        Tree::ROOT,
+        b"striped",
+        meta(0o644),
+        0,
+        &bytes(800 * 4096, 3),
+    );
+    b.file(Tree::ROOT, b"gone", meta(0o644), 0, &bytes(9000, 4));
+    b.unlink(Tree::ROOT, b"gone");
+    let list = HotList {
+        entries: vec![HotEntry {
+            path: b"/striped".to_vec(),
+            blocks: (0..400).map(|i| (798 - 2 * i, 1)).collect(),
+        }],
+    };
+    for deleted in [DeletedData::Zero, DeletedData::Keep] {
+        let mut plain = test_opts();
+        plain.deleted_data = deleted;
+        let mut hot = hot_opts(&list);
+        hot.deleted_data = deleted;
+        let (_d, path, s) = check_image(&b, &hot);
+        assert_eq!(s.hot_region.unwrap().file_blocks, 400);
+        let hi = std::fs::read(path).unwrap();
+        let pi = b.write_vec(&plain);
+        assert!(regions(&pi, &s) == regions(&hi, &s));
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Pick {
+    Path(usize),
+    Module(u32),
+}
+
+const PATHS: &[&str] = &[
+    "/usr/big",
+    "/usr/big-link",
+    "/usr/small",
+    "/usr/sparse",
+    "/usr/empty",
+    "/usr/lib",
+    "/usr",
+    "/",
+    "/app/main.py",
+    "/lib",
+    "/run/fifo",
+    "/missing",
+    "/lib/module-with-a-longish-name-0003.py",
+];
+
+fn list_strategy() -> impl Strategy<Value = HotList> {
+    let pick = prop_oneof![
+        (0..PATHS.len()).prop_map(Pick::Path),
+        (0u32..300).prop_map(Pick::Module),
+    ];
+    let range = prop_oneof![
+        (0u64..1100, 0u64..200),
+        (0u64..200, Just(u64::MAX)),
+        (Just(u64::MAX - 3), 0u64..10),
+    ];
+    prop::collection::vec((pick, prop::collection::vec(range, 0..4)), 0..24).prop_map(|v| HotList {
+        entries: v
+            .into_iter()
+            .map(|(pick, blocks)| HotEntry {
+                path: match pick {
+                    Pick::Path(i) => PATHS[i].as_bytes().to_vec(),
+                    Pick::Module(i) => {
+                        format!("/usr/lib/module-with-a-longish-name-{i:04}.py").into_bytes()
+                    }
+                },
+                blocks,
+            })
+            .collect(),
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_lists_keep_the_filesystem_and_the_layer_regions(list in list_strategy()) {
+        if !have("e2fsck", "checking images") {
+            return Ok(());
+        }
+        let b = sample();
+        // e2fsck -fn clean and the mounted tree equal to the tree.
+        let (_d, path, s) = check_image(&b, &hot_opts(&list));
+        let hi = std::fs::read(path).unwrap();
+        let pi = b.write_vec(&test_opts());
+        prop_assert!(regions(&pi, &s) == regions(&hi, &s));
+        let r = s.hot_region.unwrap();
+        prop_assert_eq!(r.blocks, r.file_blocks + r.dir_blocks);
+        if r.blocks == 0 {
+            prop_assert!(hi == pi);
+        }
+    }
+}
