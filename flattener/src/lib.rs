@@ -32,6 +32,32 @@
 //! # Ok::<(), flattener::Error>(())
 //! ```
 //!
+//! # Layout
+//!
+//! The image starts with the superblock chunk, then one data region per
+//! layer (each on a 512 KiB chunk boundary, depending only on the layers up
+//! to it, so a base layer's chunks are the same in every image built on
+//! it), then metadata. With a [`HotList`] ([`FlattenOptions::with_hot`],
+//! profile-guided layout), a hot region sits between the last layer region
+//! and the metadata: copies of the blocks a recorded start read, in the
+//! order they were read, plus the directories it looked up. Files' extents
+//! point at the copies; the layer regions keep every byte (the cold copies
+//! are merely free in the bitmap), so dedup across images is unaffected
+//! whatever the profile. Details in the [`ext4`] module docs.
+//!
+//! ```
+//! use flattener::{FlattenOptions, HotEntry, HotList};
+//!
+//! let hot = HotList {
+//!     entries: vec![
+//!         HotEntry { path: b"/usr/bin/python3.11".to_vec(), blocks: vec![(0, 64), (300, 8)] },
+//!         HotEntry::whole(b"/usr/lib/python3.11".to_vec()), // a directory: all its blocks
+//!     ],
+//! };
+//! let opts = FlattenOptions::default().with_hot(&hot);
+//! assert!(opts.hot.is_some());
+//! ```
+//!
 //! Features: none; gzip uses flate2 with the pure-Rust zlib-rs backend,
 //! zstd uses ruzstd (pure Rust).
 //!

@@ -18,7 +18,8 @@
 //! | --- | --- |
 //! | first 512 KiB | superblock and group descriptors (`sparse_super2` with no backups: no other copy anywhere) |
 //! | one region per layer, each on a 512 KiB boundary | the data of `tree.layers[i]`'s files, in list order, each file contiguous from a block boundary, holes not allocated |
-//! | after the last region, on a 512 KiB boundary | bitmaps, inode tables, directory blocks, extent tree blocks, long symlinks, xattr blocks |
+//! | only with [`Ext4Options::hot`]: the hot region, after the last layer region, on a 512 KiB boundary | copies of the listed file blocks and the listed directories' blocks, in order of first access |
+//! | after the last region, on a 512 KiB boundary | bitmaps, inode tables, directory blocks (those not in the hot region), extent tree blocks, long symlinks, xattr blocks |
 //!
 //! A layer's region depends only on the layers up to it, so the 512 KiB
 //! chunks of a base layer's data are byte-identical whatever sits on top.
@@ -26,6 +27,29 @@
 //! keep their place; [`DeletedData`] says whether their bytes are kept or
 //! zeroed. Their blocks are free in the bitmaps either way. The image size is
 //! a multiple of 512 KiB.
+//!
+//! # Profile-guided layout (hot region)
+//!
+//! A cold start reads a small part of an image, scattered over the layer
+//! regions: a few blocks of many files, and many directories. Given a
+//! [`HotList`] recorded on an earlier run (which blocks of which paths were
+//! read, in order), the writer puts a **copy** of each listed block in a
+//! contiguous hot region, in order of first access, and points the file's
+//! extents at the copies (extents are split into cold and hot runs). Listed
+//! directories are placed whole in the hot region instead of the metadata
+//! region. A start then fetches the hot region's few chunks instead of many
+//! chunks each holding a few needed blocks.
+//!
+//! The layer regions do not change at all: the cold position of a hot block
+//! keeps its bytes (it is only free in the block bitmap and referenced by no
+//! extent). So the chunks of a shared base layer are byte-identical whatever
+//! profile an image was built with, and still deduplicate across images;
+//! only the hot region and the metadata differ. The price is the hot region's
+//! size (the copies are extra bytes, about the data a start reads). Entries
+//! naming missing paths, symlinks or special files are skipped and counted
+//! ([`HotRegion::entries_skipped`]); blocks past the end of a file, holes and
+//! blocks listed before are ignored. Without a list, or with one that places
+//! nothing, the image is byte for byte the one without.
 //!
 //! Extended attributes go in the inode's spare 92 bytes when they fit, else
 //! in one xattr block shared by all inodes with identical attributes.
