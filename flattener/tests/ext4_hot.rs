@@ -201,6 +201,23 @@ fn block_in_use(image: &Path, blk: u64) -> bool {
     !text.contains("not in use")
 }
 
+/// Physical blocks of the extent tree of `path` (`ETB` in debugfs's stat).
+fn extent_tree_blocks(image: &Path, path: &str) -> Vec<u64> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("stat {path}"))
+        .arg(image)
+        .output()
+        .expect("debugfs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("EXTENTS:"), "debugfs: {text}");
+    text.split(", ")
+        .flat_map(|t| t.split_whitespace())
+        .filter_map(|t| t.strip_prefix("(ETB").and_then(|t| t.split_once("):")))
+        .map(|(_, blk)| blk.parse().expect("block number"))
+        .collect()
+}
+
 #[test]
 fn hot_region_holds_the_listed_blocks_in_access_order() {
     let b = sample();
@@ -217,7 +234,18 @@ fn hot_region_holds_the_listed_blocks_in_access_order() {
     );
     assert_eq!(region.entries_skipped, SKIPPED);
     assert_eq!(region.len, region.blocks * BLOCK);
-    assert_eq!(region.blocks, region.file_blocks + region.dir_blocks);
+    assert_eq!(
+        region.blocks,
+        region.file_blocks + region.dir_blocks + region.tree_blocks
+    );
+    // usr/big's blocks are split in many runs: its extent tree no longer
+    // fits in the inode, and its tree block opens the hot region.
+    assert_eq!(region.tree_blocks, 1);
+    assert_eq!(
+        extent_tree_blocks(&hot_path, "/usr/big"),
+        vec![region.start / BLOCK]
+    );
+    assert!(extent_tree_blocks(&plain_path, "/usr/big").is_empty());
     assert_eq!(
         hot.metadata_start,
         (region.start + region.len).next_multiple_of(CHUNK)
@@ -236,7 +264,7 @@ fn hot_region_holds_the_listed_blocks_in_access_order() {
     };
     // The kernel finds each listed block at its place in the hot region.
     let first = region.start / BLOCK;
-    let mut at = first;
+    let mut at = first + region.tree_blocks;
     let mut file_blocks = 0;
     for slot in expected_slots() {
         match slot {
@@ -265,6 +293,7 @@ fn hot_region_holds_the_listed_blocks_in_access_order() {
         }
     }
     assert_eq!(at - first, region.blocks);
+    assert_eq!(region.blocks, 1 + 32 + region.dir_blocks);
     assert_eq!(file_blocks, region.file_blocks);
 
     // Every other block of every file stays where the plain layout has it,
@@ -363,7 +392,13 @@ fn deleted_data_zero_keeps_cold_copies_and_many_extents_need_tree_blocks() {
         let mut hot = hot_opts(&list);
         hot.deleted_data = deleted;
         let (_d, path, s) = check_image(&b, &hot);
-        assert_eq!(s.hot_region.unwrap().file_blocks, 400);
+        let r = s.hot_region.unwrap();
+        // 800 extents: three leaf blocks under the inode's root.
+        assert_eq!((r.file_blocks, r.tree_blocks), (400, 3));
+        let mut etb = extent_tree_blocks(&path, "/striped");
+        etb.sort_unstable();
+        let first = r.start / BLOCK;
+        assert_eq!(etb, vec![first, first + 1, first + 2]);
         let hi = std::fs::read(path).unwrap();
         let pi = b.write_vec(&plain);
         assert!(regions(&pi, &s) == regions(&hi, &s));
@@ -433,7 +468,7 @@ proptest! {
         let pi = b.write_vec(&test_opts());
         prop_assert!(regions(&pi, &s) == regions(&hi, &s));
         let r = s.hot_region.unwrap();
-        prop_assert_eq!(r.blocks, r.file_blocks + r.dir_blocks);
+        prop_assert_eq!(r.blocks, r.file_blocks + r.dir_blocks + r.tree_blocks);
         if r.blocks == 0 {
             prop_assert!(hi == pi);
         }

@@ -185,12 +185,13 @@ fn corpus_python_app_with_python_hot() {
     .unwrap();
     let r = hot.hot_region.unwrap();
     println!(
-        "python-app: {} entries, hot region {} MiB at {} ({} file + {} dir blocks, {} skipped), image {} -> {} MiB",
+        "python-app: {} entries, hot region {} MiB at {} ({} file + {} dir + {} extent tree blocks, {} skipped), image {} -> {} MiB",
         list.entries.len(),
         r.len >> 20,
         r.start,
         r.file_blocks,
         r.dir_blocks,
+        r.tree_blocks,
         r.entries_skipped,
         plain.size_bytes >> 20,
         hot.size_bytes >> 20

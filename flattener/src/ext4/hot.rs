@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::format::BLOCK;
-use super::plan::{Body, InodePlan, block_runs, index_of_ino};
+use super::plan::{
+    Body, FilePlace, InodePlan, block_runs, file_extents, index_of_ino, tree_block_count,
+};
 use crate::tree::{FileId, NodeId, NodeKind, Tree};
 
 /// Profile-guided placement: blocks to copy into the hot region, in order of
@@ -59,12 +61,16 @@ pub struct HotRegion {
     /// Length in bytes (`blocks * 4096`; 0 when nothing was placed, and
     /// then the image is the one without a list).
     pub len: u64,
-    /// Blocks placed: `file_blocks + dir_blocks`.
+    /// Blocks placed: `file_blocks + dir_blocks + tree_blocks`.
     pub blocks: u64,
     /// Copies of regular-file blocks.
     pub file_blocks: u64,
     /// Directory blocks (moved from the metadata region).
     pub dir_blocks: u64,
+    /// Extent tree blocks of files with hot blocks whose extents do not
+    /// fit in the inode (moved from the metadata region; the hot region
+    /// starts with them).
+    pub tree_blocks: u64,
     /// Entries whose path does not exist or names something other than a
     /// regular file or directory.
     pub entries_skipped: usize,
@@ -77,6 +83,8 @@ pub(crate) enum HotItem {
     File { file: FileId, lblk: u64, count: u64 },
     /// All directory blocks of the inode planned at `index`.
     Dir { index: usize },
+    /// The extent tree blocks of the file inode planned at `index`.
+    Tree { index: usize },
 }
 
 /// The planned hot region.
@@ -152,21 +160,28 @@ pub(crate) fn resolve(tree: &Tree, path: &[u8]) -> Option<NodeId> {
 }
 
 /// Plans the hot region from `start`: resolves every entry, keeps each
-/// block's first appearance, skips holes, and gives hot directories their
-/// place (`InodePlan::hot_dir`).
+/// block's first appearance, skips holes, gives hot directories their place
+/// (`InodePlan::hot_dir`) and sizes the extent trees of files with hot
+/// blocks.
+///
+/// The region holds, front to back: the extent tree blocks of files whose
+/// extents no longer fit in the inode (in order of the files' first
+/// appearance; a start reads them before the file's data), then the file
+/// blocks and directories in order of first appearance.
 pub(crate) fn plan(
     tree: &Tree,
     list: &HotList,
     ino_of: &[u32],
     inodes: &mut [InodePlan],
+    files: &[FilePlace],
     start: u64,
 ) -> HotPlan {
     let mut hp = HotPlan {
         start,
         ..HotPlan::default()
     };
-    let mut next = start;
     let mut seen: HashSet<(FileId, u64)> = HashSet::new();
+    let mut dirs_seen: HashSet<usize> = HashSet::new();
     for entry in &list.entries {
         let index = resolve(tree, &entry.path)
             .and_then(|id| ino_of.get(id.0 as usize).copied())
@@ -179,10 +194,8 @@ pub(crate) fn plan(
         };
         match (inodes[index].body, &tree.node(inodes[index].node).kind) {
             (Body::Dir { blocks, .. }, _) => {
-                if inodes[index].hot_dir.is_none() {
-                    inodes[index].hot_dir = Some(next);
+                if dirs_seen.insert(index) {
                     hp.items.push(HotItem::Dir { index });
-                    next += blocks;
                     hp.summary.dir_blocks += blocks;
                 }
             }
@@ -212,7 +225,6 @@ pub(crate) fn plan(
                                     count: 1,
                                 }),
                             }
-                            next += 1;
                             hp.summary.file_blocks += 1;
                         }
                         ri += 1;
@@ -222,27 +234,86 @@ pub(crate) fn plan(
             _ => hp.summary.entries_skipped += 1,
         }
     }
-    let mut phys = start;
+
+    // Hot runs relative to the data part of the region.
+    let mut rel = 0u64;
+    let mut order: Vec<FileId> = Vec::new();
     for item in &hp.items {
         match *item {
             HotItem::File { file, lblk, count } => {
-                hp.runs.entry(file).or_default().push((lblk, count, phys));
-                phys += count;
-            }
-            HotItem::Dir { index } => {
-                if let Body::Dir { blocks, .. } = inodes[index].body {
-                    phys += blocks;
+                let runs = hp.runs.entry(file).or_default();
+                if runs.is_empty() {
+                    order.push(file);
                 }
+                runs.push((lblk, count, rel));
+                rel += count;
             }
+            HotItem::Dir { index } => rel += dir_blocks(&inodes[index]),
+            HotItem::Tree { .. } => {}
         }
     }
     for runs in hp.runs.values_mut() {
         runs.sort_unstable();
     }
+    // Split extents may need (more) extent tree blocks. Their number does
+    // not depend on where the runs land (cold and hot pieces never merge).
+    let mut trees: Vec<(usize, u64)> = Vec::new();
+    for file in order {
+        let Some(index) = files[file.0 as usize].owner.map(|i| i as usize) else {
+            continue;
+        };
+        let n = file_extents(
+            tree.file(file),
+            files[file.0 as usize].phys,
+            &hp.runs[&file],
+        )
+        .len();
+        let blocks = tree_block_count(n as u64);
+        if let Body::File { tree_blocks, .. } = &mut inodes[index].body {
+            *tree_blocks = blocks;
+        }
+        if blocks > 0 {
+            trees.push((index, blocks));
+        }
+    }
+    // Final places: extent trees first, then the items in order.
+    let mut next = start;
+    for &(index, blocks) in &trees {
+        inodes[index].hot_tree = Some(next);
+        next += blocks;
+        hp.summary.tree_blocks += blocks;
+    }
+    let data = next;
+    for runs in hp.runs.values_mut() {
+        for r in runs {
+            r.2 += data;
+        }
+    }
+    for item in &hp.items {
+        match *item {
+            HotItem::File { count, .. } => next += count,
+            HotItem::Dir { index } => {
+                inodes[index].hot_dir = Some(next);
+                next += dir_blocks(&inodes[index]);
+            }
+            HotItem::Tree { .. } => {}
+        }
+    }
+    hp.items.splice(
+        0..0,
+        trees.iter().map(|&(index, _)| HotItem::Tree { index }),
+    );
     hp.summary.blocks = next - start;
     hp.summary.start = start * BLOCK;
     hp.summary.len = hp.summary.blocks * BLOCK;
     hp
+}
+
+fn dir_blocks(p: &InodePlan) -> u64 {
+    match p.body {
+        Body::Dir { blocks, .. } => blocks,
+        _ => 0,
+    }
 }
 
 #[cfg(test)]

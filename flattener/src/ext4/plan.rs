@@ -55,6 +55,9 @@ pub(crate) struct InodePlan {
     /// Directories in the hot region: the physical block of their first
     /// directory block (their extent tree blocks stay in the metadata).
     pub(crate) hot_dir: Option<u64>,
+    /// Files with hot blocks and an extent tree: the physical block of
+    /// their first extent tree block, in the hot region.
+    pub(crate) hot_tree: Option<u64>,
 }
 
 /// Placement of one file's data.
@@ -194,16 +197,21 @@ pub(crate) fn file_pieces(
 
 /// The ext4 extents (logical block, length, physical block) of a file placed
 /// at `phys`, with its `hot` runs (see [`file_pieces`]) at their copies.
+///
+/// Cold and hot pieces never merge, so the number of extents does not
+/// depend on where the hot region starts.
 pub(crate) fn file_extents(file: &FileData, phys: u64, hot: &[(u64, u64, u64)]) -> Vec<Extent> {
-    let mut merged: Vec<(u64, u64, u64)> = Vec::new();
-    for (l, n, p, _) in file_pieces(file, phys, hot) {
+    let mut merged: Vec<(u64, u64, u64, bool)> = Vec::new();
+    for (l, n, p, h) in file_pieces(file, phys, hot) {
         match merged.last_mut() {
-            Some(last) if last.0 + last.1 == l && last.2 + last.1 == p => last.1 += n,
-            _ => merged.push((l, n, p)),
+            Some(last) if last.0 + last.1 == l && last.2 + last.1 == p && last.3 == h => {
+                last.1 += n
+            }
+            _ => merged.push((l, n, p, h)),
         }
     }
     let mut out = Vec::new();
-    for (lblk, count, p) in merged {
+    for (lblk, count, p, _) in merged {
         let mut done = 0;
         while done < count {
             let len = (count - done).min(MAX_EXTENT_LEN);
@@ -479,23 +487,10 @@ impl<'t> Plan<'t> {
         let hot = opts
             .hot
             .as_ref()
-            .map(|list| hot::plan(tree, list, &ino_of, &mut inodes, data_end));
+            .map(|list| hot::plan(tree, list, &ino_of, &mut inodes, &files, data_end));
         let meta_start = hot
             .as_ref()
             .map_or(data_end, |h| h.end().next_multiple_of(CHUNK_BLOCKS));
-        if let Some(h) = &hot {
-            // Split extents need more room in the extent tree.
-            for p in &mut inodes {
-                if let Body::File { file, tree_blocks } = &mut p.body {
-                    let runs = h.runs_of(*file);
-                    if !runs.is_empty() {
-                        let f = tree.file(*file);
-                        let n = file_extents(f, files[file.0 as usize].phys, runs).len();
-                        *tree_blocks = tree_block_count(n as u64);
-                    }
-                }
-            }
-        }
 
         // Metadata blocks that do not depend on the geometry, relative.
         let mut rel = 0u64;
@@ -515,7 +510,8 @@ impl<'t> Plan<'t> {
                         blocks + tree_blocks
                     }
                 }
-                Body::File { tree_blocks, .. } => tree_blocks,
+                Body::File { tree_blocks, .. } if p.hot_tree.is_none() => tree_blocks,
+                Body::File { .. } => 0,
                 Body::SlowSymlink => 1,
                 Body::FastSymlink | Body::Special => 0,
             };
@@ -668,6 +664,7 @@ impl<'t> Plan<'t> {
             xattr,
             meta_rel: 0,
             hot_dir: None,
+            hot_tree: None,
         })
     }
 

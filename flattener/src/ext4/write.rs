@@ -142,7 +142,7 @@ fn inode_extents(plan: &Plan<'_>, idx: usize) -> Option<(Vec<Extent>, u64)> {
             Some(hot) => Some((contiguous_extents(blocks, hot), meta)),
             None => Some((contiguous_extents(blocks, meta), meta + blocks)),
         },
-        Body::File { file, .. } => Some((plan.extents_of(file), meta)),
+        Body::File { file, .. } => Some((plan.extents_of(file), p.hot_tree.unwrap_or(meta))),
         Body::SlowSymlink => Some((vec![(0, 1, meta)], meta + 1)),
         Body::FastSymlink | Body::Special => None,
     }
@@ -583,6 +583,19 @@ pub(crate) fn write<W: Write>(
                     let blocks = dir_blocks(plan, index, &opts.hash_seed)?;
                     out.write(&blocks)?;
                 }
+                HotItem::Tree { index } => {
+                    let Some((ext, base)) = inode_extents(plan, index) else {
+                        return Err(WriteError::Internal {
+                            reason: "hot extent tree of an inode without extents".into(),
+                        });
+                    };
+                    if out.pos != base * BLOCK {
+                        return Err(WriteError::Internal {
+                            reason: "hot extent tree blocks out of place".into(),
+                        });
+                    }
+                    out.write(&build_extent_tree(&ext, base).1)?;
+                }
             }
         }
         if out.pos != hot.end() * BLOCK {
@@ -650,6 +663,8 @@ pub(crate) fn write<W: Write>(
                 let blocks = dir_blocks(plan, idx, &opts.hash_seed)?;
                 out.write(&blocks)?;
             }
+            // Extent tree blocks already written in the hot region.
+            (Body::File { .. }, _) if p.hot_tree.is_some() => continue,
             (Body::File { .. }, _) => {}
             (Body::SlowSymlink, NodeKind::Symlink { target }) => {
                 out.seek_block(plan.meta_block(idx))?;
