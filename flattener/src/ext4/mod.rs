@@ -18,7 +18,7 @@
 //! | --- | --- |
 //! | first 512 KiB | superblock and group descriptors (`sparse_super2` with no backups: no other copy anywhere) |
 //! | one region per layer, each on a 512 KiB boundary | the data of `tree.layers[i]`'s files, in list order, each file contiguous from a block boundary, holes not allocated |
-//! | only with [`Ext4Options::hot`]: the hot region, after the last layer region, on a 512 KiB boundary | copies of the listed file blocks and the listed directories' blocks, in order of first access |
+//! | only with [`Ext4Options::hot`]: the hot region, after the last layer region, on a 512 KiB boundary | extent tree blocks of files whose split extents outgrow the inode, then copies of the listed file blocks and the listed directories' blocks, in order of first access |
 //! | after the last region, on a 512 KiB boundary | bitmaps, inode tables, directory blocks (those not in the hot region), extent tree blocks, long symlinks, xattr blocks |
 //!
 //! A layer's region depends only on the layers up to it, so the 512 KiB
@@ -37,7 +37,8 @@
 //! contiguous hot region, in order of first access, and points the file's
 //! extents at the copies (extents are split into cold and hot runs). Listed
 //! directories are placed whole in the hot region instead of the metadata
-//! region. A start then fetches the hot region's few chunks instead of many
+//! region, and so are the extent tree blocks of files whose split extents
+//! no longer fit in the inode (at the region's front). A start then fetches the hot region's few chunks instead of many
 //! chunks each holding a few needed blocks.
 //!
 //! The layer regions do not change at all: the cold position of a hot block
