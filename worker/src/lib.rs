@@ -70,6 +70,7 @@ pub mod loopdev;
 mod mount;
 #[cfg(feature = "nbd")]
 pub mod nbd;
+pub mod profile;
 mod source;
 mod stats;
 mod tiered;
@@ -78,12 +79,13 @@ mod tiered;
 pub use daemon::{Daemon, DaemonOptions, Readiness, spawn_daemon};
 pub use error::{ChunkError, Error, Result, SourceError};
 pub use image::{
-    ChunkAccess, ChunkTable, LazyImage, LazyImageOptions, MaterializeReport, PrefetchReport, Verify,
+    BLOCK_SIZE, BlockLog, BlockRun, ChunkAccess, ChunkTable, LazyImage, LazyImageOptions,
+    MaterializeReport, PrefetchReport, Verify,
 };
 #[cfg(feature = "fuse")]
 pub use mount::{
-    DEFAULT_STATE_DIR, MountHandle, MountOptions, MountState, is_mount_point, mount, mounts,
-    state_path, unmount,
+    DEFAULT_STATE_DIR, MountHandle, MountOptions, MountState, ProfileTarget, is_mount_point,
+    mount, mounts, state_path, unmount,
 };
 pub use source::{ChunkSource, Fault, Fetched, MemorySource, TierId};
 pub use stats::{Percentiles, Stats, TierStats};
