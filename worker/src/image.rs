@@ -715,9 +715,7 @@ impl LazyImage {
     }
 
     fn record_access(&self, index: u64) {
-        if self.inner.opts.record_access
-            && self.recording()
-            && set_bit(&self.inner.accessed, index)
+        if self.inner.opts.record_access && self.recording() && set_bit(&self.inner.accessed, index)
         {
             let at_ms = self.inner.started.elapsed().as_millis() as u64;
             lock(&self.inner.access).push(ChunkAccess { index, at_ms });
@@ -947,15 +945,13 @@ impl LazyImage {
             t.chunks.len() as u64,
             self.inner.holes,
         );
-        stats.prefetch = lock(&self.inner.prefetch_report)
-            .as_ref()
-            .map(|(t0, r)| {
-                let mut r = r.clone();
-                if !r.finished {
-                    r.elapsed_ms = t0.elapsed().as_millis() as u64;
-                }
-                r
-            });
+        stats.prefetch = lock(&self.inner.prefetch_report).as_ref().map(|(t0, r)| {
+            let mut r = r.clone();
+            if !r.finished {
+                r.elapsed_ms = t0.elapsed().as_millis() as u64;
+            }
+            r
+        });
         stats
     }
 
@@ -1436,13 +1432,20 @@ mod tests {
     async fn block_recording_keeps_first_accesses_in_order() {
         // Chunks of 4 KiB = one block each; chunk 2 is a hole.
         let opts = no_readahead().record(Duration::from_secs(3600));
-        let (_data, _source, image) = setup(8 * CS as usize, &[2], TierId::untrusted("store"), opts);
+        let (_data, _source, image) =
+            setup(8 * CS as usize, &[2], TierId::untrusted("store"), opts);
         let mut buf = vec![0u8; 3 * CS as usize];
         // Blocks 5..8 (to the end), then 1..4 (crossing the hole), then 5 again
         // (nothing new), then a 1-byte read of block 0.
-        image.read_at(5 * u64::from(CS) + 7, &mut buf).await.unwrap();
+        image
+            .read_at(5 * u64::from(CS) + 7, &mut buf)
+            .await
+            .unwrap();
         image.read_at(u64::from(CS), &mut buf).await.unwrap();
-        image.read_at(5 * u64::from(CS), &mut buf[..10]).await.unwrap();
+        image
+            .read_at(5 * u64::from(CS), &mut buf[..10])
+            .await
+            .unwrap();
         image.read_at(100, &mut buf[..1]).await.unwrap();
         let log = image.block_log().expect("recording");
         let runs: Vec<(u64, u64)> = log.runs.iter().map(|r| (r.block, r.count)).collect();
@@ -1483,8 +1486,12 @@ mod tests {
         assert_eq!(log.runs[0].block, 0);
         assert_eq!(image.access_log().len(), 1);
 
-        let (_data, _source, plain) =
-            setup(4 * CS as usize, &[], TierId::untrusted("store"), no_readahead());
+        let (_data, _source, plain) = setup(
+            4 * CS as usize,
+            &[],
+            TierId::untrusted("store"),
+            no_readahead(),
+        );
         plain.read_at(0, &mut buf).await.unwrap();
         assert!(plain.block_log().is_none());
         assert!(plain.access_log().is_empty());

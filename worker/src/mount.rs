@@ -450,7 +450,12 @@ impl MountHandle {
                 }
             }
         };
-        let profile = Profile::record(&target.image, &target.manifest_digest, &self.image, map.as_ref());
+        let profile = Profile::record(
+            &target.image,
+            &target.manifest_digest,
+            &self.image,
+            map.as_ref(),
+        );
         profile.save(&target.path)?;
         tracing::info!(
             profile = %target.path.display(),

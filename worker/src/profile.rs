@@ -46,6 +46,9 @@ pub const PROFILE_VERSION: u32 = 1;
 /// [`Profile::files`]; reads closer together join the file's entry.
 pub const BURST_GAP_MS: u64 = 1000;
 
+/// `(first 4 KiB block, count)` ranges of a file.
+pub type BlockRanges = Vec<(u64, u64)>;
+
 /// A recorded prefetch profile. See the [module docs](self).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
@@ -256,8 +259,8 @@ impl Profile {
     /// The file part as `(path, [(first 4 KiB block, count)])`, bursts of one
     /// file merged and kept at the file's first position: the input of a
     /// hot-file layout.
-    pub fn files_as_ranges(&self) -> Vec<(Vec<u8>, Vec<(u64, u64)>)> {
-        let mut order: Vec<(Vec<u8>, Vec<(u64, u64)>)> = Vec::new();
+    pub fn files_as_ranges(&self) -> Vec<(Vec<u8>, BlockRanges)> {
+        let mut order: Vec<(Vec<u8>, BlockRanges)> = Vec::new();
         let mut at: HashMap<&[u8], usize> = HashMap::new();
         for f in &self.files {
             match at.get(f.path.as_slice()) {
@@ -387,7 +390,7 @@ impl BlockMap {
     /// Attributes recorded blocks to files: file bursts in order of first
     /// access, and the number of blocks that belong to no file.
     pub fn attribute(&self, log: &BlockLog) -> (Vec<FileAccess>, u64) {
-        let mut entries: Vec<(u32, u64, Vec<(u64, u64)>)> = Vec::new();
+        let mut entries: Vec<(u32, u64, BlockRanges)> = Vec::new();
         // file -> (entry index, time of its latest block)
         let mut open: HashMap<u32, (usize, u64)> = HashMap::new();
         let mut unmapped = 0;
@@ -405,7 +408,9 @@ impl BlockMap {
                         let n = (e.phys + e.len).min(end) - b;
                         let logical = e.logical + (b - e.phys);
                         let idx = match open.get(&e.file) {
-                            Some(&(idx, last)) if run.at_ms.saturating_sub(last) <= BURST_GAP_MS => {
+                            Some(&(idx, last))
+                                if run.at_ms.saturating_sub(last) <= BURST_GAP_MS =>
+                            {
                                 idx
                             }
                             _ => {
@@ -450,7 +455,7 @@ mod fiemap {
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use super::{BLOCK_SIZE, BlockMap};
     use crate::error::{Error, Result};
@@ -503,11 +508,7 @@ mod fiemap {
             // SAFETY: `fm` is a valid, writable `struct fiemap` followed by
             // room for `fm_extent_count` extents, as the ioctl requires.
             let rc = unsafe {
-                libc::ioctl(
-                    file.as_raw_fd(),
-                    FS_IOC_FIEMAP as _,
-                    &mut fm as *mut Fiemap,
-                )
+                libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP as _, &mut fm as *mut Fiemap)
             };
             if rc != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -548,47 +549,55 @@ mod fiemap {
             let dev = meta.dev();
             let mut map = Self::default();
             let mut seen = HashSet::new();
-            let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(root.to_path_buf(), b"/".to_vec())];
             map.add(root, b"/", &mut seen, (meta.dev(), meta.ino()));
-            while let Some((dir, rel)) = stack.pop() {
-                let entries = match std::fs::read_dir(&dir) {
-                    Ok(rd) => rd,
-                    Err(e) => {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot list directory");
-                        map.unreadable += 1;
-                        continue;
-                    }
+            // Pre-order, names in byte order: (directory path, its path in
+            // the image, its entries still to visit, reversed).
+            let mut stack = vec![(root.to_path_buf(), b"/".to_vec(), map.list(root))];
+            while let Some((_, rel, entries)) = stack.last_mut() {
+                let Some(entry) = entries.pop() else {
+                    stack.pop();
+                    continue;
                 };
-                let mut names: Vec<_> = entries.filter_map(|e| e.ok()).collect();
-                names.sort_by_key(|e| e.file_name());
-                // Pushed in reverse so that directories are walked in name order.
-                let mut subdirs = Vec::new();
-                for entry in names {
-                    let path = entry.path();
-                    let Ok(m) = std::fs::symlink_metadata(&path) else {
-                        map.unreadable += 1;
-                        continue;
-                    };
-                    if m.dev() != dev {
-                        continue;
-                    }
-                    let mut child = rel.clone();
-                    if child.len() > 1 {
-                        child.push(b'/');
-                    }
-                    child.extend_from_slice(entry.file_name().as_bytes());
-                    let ft = m.file_type();
-                    if ft.is_dir() {
-                        map.add(&path, &child, &mut seen, (m.dev(), m.ino()));
-                        subdirs.push((path, child));
-                    } else if ft.is_file() {
-                        map.add(&path, &child, &mut seen, (m.dev(), m.ino()));
-                    }
+                let mut child = rel.clone();
+                if child.len() > 1 {
+                    child.push(b'/');
                 }
-                stack.extend(subdirs.into_iter().rev());
+                child.extend_from_slice(entry.file_name().as_bytes());
+                let path = entry.path();
+                let Ok(m) = std::fs::symlink_metadata(&path) else {
+                    map.unreadable += 1;
+                    continue;
+                };
+                if m.dev() != dev {
+                    continue;
+                }
+                let ft = m.file_type();
+                if ft.is_dir() {
+                    map.add(&path, &child, &mut seen, (m.dev(), m.ino()));
+                    let entries = map.list(&path);
+                    stack.push((path, child, entries));
+                } else if ft.is_file() {
+                    map.add(&path, &child, &mut seen, (m.dev(), m.ino()));
+                }
             }
             map.finish();
             Ok(map)
+        }
+
+        /// Entries of `dir`, sorted by name, reversed (popped in order).
+        fn list(&mut self, dir: &Path) -> Vec<std::fs::DirEntry> {
+            match std::fs::read_dir(dir) {
+                Ok(rd) => {
+                    let mut v: Vec<_> = rd.filter_map(|e| e.ok()).collect();
+                    v.sort_by_key(|e| std::cmp::Reverse(e.file_name()));
+                    v
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot list directory");
+                    self.unreadable += 1;
+                    Vec::new()
+                }
+            }
         }
 
         fn add(&mut self, path: &Path, rel: &[u8], seen: &mut HashSet<(u64, u64)>, id: (u64, u64)) {
@@ -712,18 +721,18 @@ mod tests {
         let log = BlockLog {
             window_ms: 0,
             runs: vec![
-                run(0, 1, 0),    // superblock: unmapped
-                run(12, 4, 3),   // /a 2..4, /b 0..2
-                run(10, 1, 4),   // /a 0 (same burst)
-                run(21, 1, 900), // /a 5: within BURST_GAP_MS of 4 ms
-                run(16, 3, 950), // /b 2, then 17..19 unmapped
+                run(0, 1, 0),     // superblock: unmapped
+                run(12, 4, 3),    // /a 2..4, /b 0..2
+                run(10, 1, 4),    // /a 0 (same burst)
+                run(21, 1, 900),  // /a 5: within BURST_GAP_MS of 4 ms
+                run(16, 3, 950),  // /b 2, then 17..19 unmapped
                 run(20, 1, 5000), // /a 4: a later burst
             ],
             truncated: false,
         };
         let (files, unmapped) = map.attribute(&log);
         assert_eq!(unmapped, 1 + 2);
-        let got: Vec<(&[u8], u64, Vec<(u64, u64)>)> = files
+        let got: Vec<(&[u8], u64, BlockRanges)> = files
             .iter()
             .map(|f| (f.path.as_slice(), f.at_ms, f.blocks.clone()))
             .collect();
@@ -735,10 +744,7 @@ mod tests {
                 (&b"/a"[..], 5000, vec![(4, 1)]),
             ]
         );
-        let p = Profile {
-            files,
-            ..sample()
-        };
+        let p = Profile { files, ..sample() };
         assert_eq!(
             p.files_as_ranges(),
             vec![
@@ -754,7 +760,10 @@ mod tests {
         let json = p.to_json();
         let text = String::from_utf8(json.clone()).unwrap();
         assert!(text.contains("\"path\": \"/bin/sh\""), "{text}");
-        assert!(text.contains("\"blocks\": [\n        [\n          0,"), "{text}");
+        assert!(
+            text.contains("\"blocks\": [\n        [\n          0,"),
+            "{text}"
+        );
         assert_eq!(Profile::from_json(&json, "x").unwrap(), p);
         // Non-UTF-8 paths survive as byte arrays.
         let mut q = p.clone();
@@ -763,13 +772,19 @@ mod tests {
 
         let stored = p.chunks_only();
         assert!(stored.files.is_empty() && stored.unmapped_blocks == 0);
-        assert!(!String::from_utf8(stored.to_json()).unwrap().contains("/bin/sh"));
+        assert!(
+            !String::from_utf8(stored.to_json())
+                .unwrap()
+                .contains("/bin/sh")
+        );
         assert_eq!(stored.chunk_indexes(), vec![3, 0]);
 
         let bad = |f: &dyn Fn(&mut Profile), want: &str| {
             let mut b = sample();
             f(&mut b);
-            let e = Profile::from_json(&b.to_json(), "f.json").unwrap_err().to_string();
+            let e = Profile::from_json(&b.to_json(), "f.json")
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("f.json") && e.contains(want), "{e} lacks {want}");
         };
         bad(&|p| p.version = 2, "version 2");
@@ -785,8 +800,13 @@ mod tests {
         assert!(e.to_string().contains("not a valid profile"), "{e}");
 
         assert!(p.check_image(&digest(), 10 * 8192, 8192).is_ok());
-        let e = p.check_image(&"cd".repeat(32), 10 * 8192, 8192).unwrap_err();
-        assert!(e.contains("abababababab") && e.contains("cdcdcdcdcdcd"), "{e}");
+        let e = p
+            .check_image(&"cd".repeat(32), 10 * 8192, 8192)
+            .unwrap_err();
+        assert!(
+            e.contains("abababababab") && e.contains("cdcdcdcdcdcd"),
+            "{e}"
+        );
         assert!(p.check_image(&digest(), 8192, 8192).is_err());
     }
 
