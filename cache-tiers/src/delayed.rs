@@ -100,7 +100,10 @@ mod tests {
         let key = "a".to_string();
         let t0 = Instant::now();
         tier.put(&key, Bytes::from_static(b"x")).await.unwrap();
-        assert!(t0.elapsed() < Duration::from_millis(30), "puts are not delayed");
+        assert!(
+            t0.elapsed() < Duration::from_millis(30),
+            "puts are not delayed"
+        );
         for want in [Some(Bytes::from_static(b"x")), None] {
             let t0 = Instant::now();
             assert_eq!(tier.get(&key).await.unwrap(), want);
@@ -111,6 +114,10 @@ mod tests {
         let t0 = Instant::now();
         let gets = (0..10).map(|_| tier.get(&key));
         futures::future::join_all(gets).await;
-        assert!(t0.elapsed() < Duration::from_millis(250), "{:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_millis(250),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 }

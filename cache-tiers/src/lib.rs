@@ -107,9 +107,9 @@ mod object;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use delayed::Delayed;
 #[cfg(feature = "disk")]
 pub use disk::DiskTier;
-pub use delayed::Delayed;
 pub use erasure::{ErasureCodedBuilder, ErasureCodedTier, HedgeBudget, Node, ShardStats};
 pub use error::{Error, Result};
 pub use key::{CacheKey, Weight, default_storage_name};
