@@ -210,7 +210,7 @@ pub struct BlockLog {
     /// Runs of newly read blocks, in the order they were first read. A block
     /// appears at most once.
     pub runs: Vec<BlockRun>,
-    /// Whether recording stopped early because [`MAX_BLOCK_RUNS`] was reached.
+    /// Whether recording stopped early at its cap (2^20 runs, 24 MiB).
     pub truncated: bool,
 }
 

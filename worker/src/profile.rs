@@ -29,6 +29,34 @@
 //! `unmapped_blocks` counts blocks that belong to no file or directory
 //! (superblock, group descriptors, bitmaps, inode tables, extent blocks).
 //! Paths that are not UTF-8 are written as arrays of bytes.
+//!
+//! # Example
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use worker::profile::{BlockMap, Profile};
+//! use worker::{ChunkTable, LazyImage, LazyImageOptions, MemorySource, TierId};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> worker::Result<()> {
+//! // A 64 KiB image of holes in chunks of 16 KiB, recording for a minute.
+//! let table = ChunkTable { image_size: 65536, chunk_size: 16384, chunks: vec![None; 4] };
+//! let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
+//! let opts = LazyImageOptions::default().record(Duration::from_secs(60));
+//! let image = LazyImage::new(table, source, opts)?;
+//! let mut buf = [0u8; 8192];
+//! image.read_at(20480, &mut buf).await?; // blocks 5 and 6
+//!
+//! // Blocks 4..8 hold /app/main.py (on a real mount: BlockMap::from_mounted_tree).
+//! let map = BlockMap::from_extents([(&b"/app/main.py"[..], 4, 0, 4)]);
+//! let profile = Profile::record("app", &"00".repeat(32), &image, Some(&map));
+//! assert_eq!(profile.files[0].path, b"/app/main.py");
+//! assert_eq!(profile.files[0].blocks, vec![(1, 2)]);
+//! let back = Profile::from_json(&profile.to_json(), "example")?;
+//! assert_eq!(back, profile);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
