@@ -481,6 +481,11 @@ impl Drop for MountHandle {
 /// as it was), asks the serving process to end (SIGTERM; it writes its
 /// stats) and waits for it, then removes whatever a crashed daemon left
 /// (FUSE mount, state file). The loop device detaches itself (autoclear).
+///
+/// A mount that records a prefetch profile must map blocks to files while
+/// ext4 is still mounted: after checking that ext4 is not busy, the serving
+/// process is asked to end first; it writes the profile, then unmounts
+/// everything itself.
 pub fn unmount(mountpoint: &Path, state_dir: &Path) -> Result<MountState> {
     let mountpoint = absolute(mountpoint)?;
     let state_path = state_dir.join(format!("{}.json", key_of(&mountpoint)));
