@@ -338,6 +338,7 @@ fn run(cli: Cli) -> Result<()> {
                 record_profile,
                 profile_window: gc::parse_duration(&profile_window).context("--profile-window")?,
                 prefetch: prefetch.settings(),
+                crypto: provider(&cli.crypto)?,
             },
         ),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
@@ -346,6 +347,7 @@ fn run(cli: Cli) -> Result<()> {
             &name,
             &output,
             settings.cache_dir.as_deref(),
+            provider(&cli.crypto)?,
         )),
         Command::ServeNbd {
             name,
@@ -356,6 +358,7 @@ fn run(cli: Cli) -> Result<()> {
             &name,
             &listen,
             prefetch.settings(),
+            provider(&cli.crypto)?,
         )),
         Command::Profile { action } => {
             let store_url = settings.store.clone().unwrap_or_default();

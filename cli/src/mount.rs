@@ -156,6 +156,8 @@ pub struct MountRequest {
     pub profile_window: Duration,
     /// Prefetch of a stored profile.
     pub prefetch: Prefetch,
+    /// Crypto backend for opening chunks (`--crypto`).
+    pub crypto: &'static dyn chunk_core::CryptoProvider,
 }
 
 /// Mounts; as a daemon unless `foreground`, returning once the mount is ready.
@@ -181,7 +183,9 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
     };
     let result = (|| {
         let rt = crate::runtime()?;
-        let mut image_opts = LazyImageOptions::default().readahead_chunks(req.readahead_chunks);
+        let mut image_opts = LazyImageOptions::default()
+            .readahead_chunks(req.readahead_chunks)
+            .crypto(req.crypto);
         if req.record_profile.is_some() {
             image_opts = image_opts.record(req.profile_window);
         }
@@ -259,12 +263,15 @@ pub async fn pull(
     name: &str,
     out: &Path,
     cache_dir: Option<&Path>,
+    crypto: &'static dyn chunk_core::CryptoProvider,
 ) -> Result<()> {
     let image = open_image(
         settings,
         name,
         cache_dir,
-        LazyImageOptions::default().readahead_chunks(0),
+        LazyImageOptions::default()
+            .readahead_chunks(0)
+            .crypto(crypto),
     )
     .await?
     .image;
@@ -293,6 +300,7 @@ pub async fn serve_nbd(
     name: &str,
     listen: &str,
     prefetch: Prefetch,
+    crypto: &'static dyn chunk_core::CryptoProvider,
 ) -> Result<()> {
     use worker::nbd::{ListenAddr, NbdOptions, NbdServer};
     let addr: ListenAddr = listen
@@ -302,7 +310,9 @@ pub async fn serve_nbd(
         settings,
         name,
         settings.cache_dir.as_deref(),
-        LazyImageOptions::default().readahead_chunks(4),
+        LazyImageOptions::default()
+            .readahead_chunks(4)
+            .crypto(crypto),
     )
     .await?;
     start_prefetch(&opened, name, prefetch).await?;
