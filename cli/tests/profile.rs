@@ -266,14 +266,36 @@ fn record_save_and_prefetch_on_real_mounts() {
         "the store served the prefetch and nothing else: {st}"
     );
 
-    // 4. --no-prefetch: the reads fetch on demand.
-    let (m, stderr) = Mount::new(&env, "demo", "noprefetch", &["--no-prefetch"]);
+    // 4. --no-prefetch: the reads fetch on demand (here from a store slowed
+    // down by --store-latency: every store fetch takes at least 30 ms).
+    let (m, stderr) = Mount::new(
+        &env,
+        "demo",
+        "noprefetch",
+        &["--no-prefetch", "--store-latency", "30ms"],
+    );
     assert!(!stderr.contains("prefetching"), "{stderr}");
     assert_eq!(chroot(&m.mnt, RUN), want);
     let st = m.umount();
     assert!(st.get("prefetch").is_none(), "{st}");
     assert_eq!(st["prefetch_chunks"], 0);
-    assert_eq!(st["demand_fetches"], chunks.len() as u64, "{st}");
+    assert!(
+        st["demand_fetches"].as_u64().unwrap() >= chunks.len() as u64,
+        "{st}"
+    );
+    let store_latency = &st["tiers"]["store"]["fetch_latency"];
+    assert!(store_latency["count"].as_u64().unwrap() > 0, "{st}");
+    assert!(
+        store_latency["p50_us"].as_u64().unwrap() >= 30_000,
+        "store fetches were delayed: {st}"
+    );
+    assert!(
+        recorded_stats["tiers"]["store"]["fetch_latency"]["p50_us"]
+            .as_u64()
+            .unwrap()
+            < 30_000,
+        "and without the flag they were not: {recorded_stats}"
+    );
 
     // 5. A stored profile of another manifest is not used: a warning.
     let other = two_layer_image(&env.dir.path().join("other"), 1, 2);
