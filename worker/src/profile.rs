@@ -838,6 +838,62 @@ mod tests {
         assert!(p.check_image(&digest(), 8192, 8192).is_err());
     }
 
+    proptest::proptest! {
+        /// Every recorded block is attributed exactly once: to the file and
+        /// logical block `lookup` gives, or to the unmapped count.
+        #[test]
+        fn attribution_accounts_for_every_block(
+            lens in proptest::collection::vec((0u64..6, 1u64..8), 1..12),
+            reads in proptest::collection::vec((0u64..120, 1u64..10, 0u64..3000), 0..20),
+        ) {
+            // Files laid out with gaps: file i at phys `at`, logical 0.. (two extents).
+            let mut extents = Vec::new();
+            let names: Vec<Vec<u8>> = (0..lens.len()).map(|i| format!("/f{i}").into_bytes()).collect();
+            let mut at = 0;
+            for (i, &(gap, len)) in lens.iter().enumerate() {
+                at += gap;
+                extents.push((names[i].as_slice(), at, 0, len));
+                extents.push((names[i].as_slice(), at + len + 1, len, 1));
+                at += len + 2;
+            }
+            let map = BlockMap::from_extents(extents);
+            // Runs of first accesses: blocks appear once, times never go back.
+            let mut seen = HashSet::new();
+            let mut runs = Vec::new();
+            let mut t = 0;
+            for (start, n, dt) in reads {
+                t += dt;
+                for b in start..start + n {
+                    if seen.insert(b) {
+                        runs.push(run(b, 1, t));
+                    }
+                }
+            }
+            let log = BlockLog { window_ms: 0, runs, truncated: false };
+            let (files, unmapped) = map.attribute(&log);
+            let mut want: HashMap<Vec<u8>, HashSet<u64>> = HashMap::new();
+            let mut want_unmapped = 0;
+            for b in &seen {
+                match map.lookup(*b) {
+                    Some((p, l)) => { want.entry(p.to_vec()).or_default().insert(l); }
+                    None => want_unmapped += 1,
+                }
+            }
+            proptest::prop_assert_eq!(unmapped, want_unmapped);
+            let mut got: HashMap<Vec<u8>, HashSet<u64>> = HashMap::new();
+            for f in &files {
+                proptest::prop_assert!(f.blocks.windows(2).all(|w| w[0].0 + w[0].1 < w[1].0), "sorted, merged");
+                for &(first, count) in &f.blocks {
+                    for l in first..first + count {
+                        proptest::prop_assert!(got.entry(f.path.clone()).or_default().insert(l), "block listed twice");
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(got, want);
+            proptest::prop_assert!(files.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+        }
+    }
+
     #[test]
     fn save_and_load() {
         let dir = tempfile::tempdir().unwrap();
