@@ -451,3 +451,97 @@ fn save_refuses_foreign_profiles_show_rm_and_gc_collects_orphans() {
         true
     );
 }
+
+fn is_mounted(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = path.to_str().unwrap();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(want))
+}
+
+#[test]
+fn busy_umount_is_refused_and_a_stopped_foreground_mount_writes_its_profile() {
+    if !can_mount() {
+        return;
+    }
+    let env = Env::new();
+    let image = busybox_image(&env.dir.path().join("oci"));
+    env.ok(&["push", &image, "--name", "demo"]);
+
+    // A recording daemon mount with a process inside: `lode umount` refuses
+    // and changes nothing; once the process is gone it unmounts and the
+    // profile is written.
+    let profile = env.dir.path().join("busy.json");
+    let (m, _) = Mount::new(&env, "demo", "busy", &["--record-profile", s(&profile)]);
+    let mut inside = Command::new("sleep")
+        .arg("60")
+        .current_dir(m.mnt.join("etc"))
+        .spawn()
+        .unwrap();
+    let out = env.run(&["umount", s(&m.mnt)]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("busy"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(&m.mnt), "still mounted");
+    assert_eq!(
+        std::fs::read_to_string(m.mnt.join("etc/passwd")).unwrap(),
+        "root:x:0:0:root:/root:/bin/sh\n",
+        "and still served"
+    );
+    assert!(!profile.exists());
+    inside.kill().unwrap();
+    inside.wait().unwrap();
+    let mnt = m.mnt.clone();
+    m.umount();
+    assert!(!is_mounted(&mnt));
+    let p: Value = serde_json::from_slice(&std::fs::read(&profile).unwrap()).unwrap();
+    assert!(
+        p["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"] == "/etc/passwd"),
+        "{p}"
+    );
+
+    // A foreground mount stopped with SIGTERM writes its profile before ext4 goes.
+    let fg_profile = env.dir.path().join("fg.json");
+    let fg_mnt = env.dir.path().join("mnt-fg");
+    std::fs::create_dir_all(&fg_mnt).unwrap();
+    let mut child = env
+        .cmd()
+        .args([
+            "mount",
+            "demo",
+            s(&fg_mnt),
+            "--foreground",
+            "--record-profile",
+        ])
+        .arg(&fg_profile)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !is_mounted(&fg_mnt) {
+        assert!(Instant::now() < deadline, "foreground mount never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::read(fg_mnt.join("app/hello.sh")).unwrap();
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(child.wait().unwrap().success());
+    assert!(!is_mounted(&fg_mnt));
+    let p: Value = serde_json::from_slice(&std::fs::read(&fg_profile).unwrap()).unwrap();
+    assert!(
+        p["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"] == "/app/hello.sh"),
+        "{p}"
+    );
+}
