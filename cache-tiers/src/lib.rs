@@ -18,6 +18,8 @@
 //! - [`MemoryTier`], [`DiskTier`]: L1, bounded in bytes, LRU.
 //! - [`ErasureCodedTier`] over [`MemcachedNode`]s: L2.
 //! - [`ObjectStoreTier`]: L3 on a local directory, memory or S3.
+//! - [`Delayed`]: adds a fixed latency to every get of a tier (for
+//!   benchmarks and fault tests, e.g. a local store that behaves like S3).
 //! - [`CacheKey`]: what a key must offer (a stable byte form).
 //!
 //! # Example
@@ -86,6 +88,7 @@
 //!   delaying/blocking TCP proxy and launchers for `memcached` and
 //!   `moto_server` test servers.
 
+mod delayed;
 mod error;
 mod key;
 mod memory;
@@ -104,6 +107,7 @@ mod object;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use delayed::Delayed;
 #[cfg(feature = "disk")]
 pub use disk::DiskTier;
 pub use erasure::{ErasureCodedBuilder, ErasureCodedTier, HedgeBudget, Node, ShardStats};

@@ -31,8 +31,12 @@ pub struct Settings {
     /// L2 erasure code as data+parity shards, e.g. 4+1
     #[arg(long, env = "LODE_L2_SHARDS", global = true)]
     pub l2_shards: Option<String>,
+    /// For benchmarks and fault tests: delay every chunk GET from the store
+    /// (L3) by this much, e.g. 20ms, to make a local store behave like a remote one
+    #[arg(long, env = "LODE_STORE_LATENCY", global = true)]
+    pub store_latency: Option<String>,
     /// TOML file with any of the settings above (keys: store, kms, salts,
-    /// cache_dir, cache_size, l2, l2_shards); default ~/.config/lode/config.toml
+    /// cache_dir, cache_size, l2, l2_shards, store_latency); default ~/.config/lode/config.toml
     /// or /etc/lode/config.toml when present
     #[arg(long, env = "LODE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -48,6 +52,7 @@ struct FileSettings {
     cache_size: Option<String>,
     l2: Option<String>,
     l2_shards: Option<String>,
+    store_latency: Option<String>,
 }
 
 impl Settings {
@@ -69,6 +74,7 @@ impl Settings {
             self.cache_size = self.cache_size.or(file.cache_size);
             self.l2 = self.l2.or(file.l2);
             self.l2_shards = self.l2_shards.or(file.l2_shards);
+            self.store_latency = self.store_latency.or(file.store_latency);
         }
         Ok(self)
     }
@@ -94,6 +100,14 @@ impl Settings {
     /// The salt file, or an error saying how to give one.
     pub fn salts(&self) -> Result<&Path> {
         self.salts.as_deref().context("no salt file given: use --salts FILE or LODE_SALTS (create one with `lode salt new FILE`)")
+    }
+
+    /// The added store latency (`--store-latency`), if any.
+    pub fn store_latency(&self) -> Result<Option<std::time::Duration>> {
+        self.store_latency
+            .as_deref()
+            .map(|s| crate::gc::parse_duration(s).context("--store-latency / LODE_STORE_LATENCY"))
+            .transpose()
     }
 
     /// L1 disk cache size in bytes (default 4 GiB).
@@ -303,7 +317,7 @@ mod tests {
     fn flags_win_over_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("c.toml");
-        std::fs::write(&cfg, "store = \"file:///from/file\"\nkms = \"local:/k\"\nl2 = \"memcached://a:1,b:2\"\nl2_shards = \"1+1\"\n")
+        std::fs::write(&cfg, "store = \"file:///from/file\"\nkms = \"local:/k\"\nl2 = \"memcached://a:1,b:2\"\nl2_shards = \"1+1\"\nstore_latency = \"20ms\"\n")
             .unwrap();
         let s = Settings {
             store: Some("memory://".into()),
@@ -322,5 +336,9 @@ mod tests {
         );
         let l2 = s.l2().unwrap().unwrap();
         assert_eq!((l2.nodes.len(), l2.data, l2.parity), (2, 1, 1));
+        assert_eq!(
+            s.store_latency().unwrap(),
+            Some(std::time::Duration::from_millis(20))
+        );
     }
 }

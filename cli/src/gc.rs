@@ -321,6 +321,12 @@ pub struct GcReport {
     pub deleted_bytes: u64,
     /// The collectable chunks.
     pub chunks_collectable: Vec<Collected>,
+    /// Prefetch profiles (`profiles/NAME`) in the store.
+    pub profiles: u64,
+    /// Profiles whose manifest is gone (collected with `--delete`).
+    pub orphan_profiles: Vec<String>,
+    /// Orphan profiles deleted by this run.
+    pub profiles_deleted: u64,
 }
 
 fn is_chunk_name(s: &str) -> bool {
@@ -349,6 +355,9 @@ pub async fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
         deleted: 0,
         deleted_bytes: 0,
         chunks_collectable: Vec::new(),
+        profiles: 0,
+        orphan_profiles: Vec::new(),
+        profiles_deleted: 0,
     };
     if !opts.delete {
         mark_and_sweep(store, opts, SystemTime::now(), None, &mut report).await?;
@@ -391,10 +400,15 @@ async fn mark_and_sweep(
     lease: Option<&Lease>,
     report: &mut GcReport,
 ) -> Result<()> {
-    // Chunks first, then manifests: see the module docs.
+    // Chunks first, then manifests: see the module docs. Profiles before
+    // manifests too: a profile is saved only while its manifest exists, so
+    // one listed here whose manifest is missing from the later listing
+    // belongs to a deleted image.
     let chunks = store.list_under("chunks").await?;
+    let profiles = store.list_under(crate::store::PROFILES).await?;
     let manifests = store.list_under("manifests").await?;
     let mut marked = HashSet::new();
+    let mut images: HashSet<&str> = HashSet::new();
     for m in &manifests {
         // A manifest listed but gone when read was deleted meanwhile (stores
         // replace objects atomically, so a rewrite never looks like this):
@@ -404,6 +418,7 @@ async fn mark_and_sweep(
             report.manifests_vanished += 1;
             continue;
         };
+        images.insert(m.name.as_str());
         let sealed = manifest::SealedManifest::decode(&bytes).with_context(|| {
             format!(
                 "manifests/{} in {} is not a valid manifest; gc stops without deleting anything \
@@ -414,6 +429,13 @@ async fn mark_and_sweep(
         marked.extend(sealed.names().flatten().map(|n| n.to_hex()));
     }
     report.manifests = manifests.len() as u64 - report.manifests_vanished;
+    report.profiles = profiles.len() as u64;
+    report.orphan_profiles = profiles
+        .iter()
+        .filter(|p| !images.contains(p.name.as_str()))
+        .map(|p| p.name.clone())
+        .collect();
+    report.orphan_profiles.sort();
 
     let mut present = HashSet::new();
     let mut doomed = Vec::new();
@@ -460,33 +482,39 @@ async fn mark_and_sweep(
             .await?;
         report.deleted = deleted.len() as u64;
         report.deleted_bytes = deleted.iter().sum();
+        for name in &report.orphan_profiles {
+            lease.check().await?;
+            store.delete_under(crate::store::PROFILES, name).await?;
+            report.profiles_deleted += 1;
+        }
     }
     report.chunks_collectable = doomed;
     Ok(())
 }
 
-/// Parses `24h`, `30m`, `90s`, `2d` or `0s` (a plain number means seconds).
+/// Parses `24h`, `30m`, `90s`, `2d`, `20ms` or `0s` (a plain number means seconds).
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
     if digits.is_empty() {
-        bail!("duration {s:?} must look like 24h, 30m, 90s, 2d or 0s");
+        bail!("duration {s:?} must look like 24h, 30m, 90s, 2d, 20ms or 0s");
     }
     let n: u64 = digits
         .parse()
         .with_context(|| format!("duration {s:?} is too large"))?;
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => bail!("duration {s:?}: unit must be s, m, h or d"),
+    let mult_ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => bail!("duration {s:?}: unit must be ms, s, m, h or d"),
     };
-    let secs = n
-        .checked_mul(mult)
+    let ms = n
+        .checked_mul(mult_ms)
         .with_context(|| format!("duration {s:?} is too large"))?;
-    Ok(Duration::from_secs(secs))
+    Ok(Duration::from_millis(ms))
 }
 
 /// Human-readable report.
@@ -538,6 +566,18 @@ pub fn print_report(r: &GcReport) {
             r.deleted, r.deleted_bytes
         );
     }
+    if !r.orphan_profiles.is_empty() {
+        let verb = if r.mode == "dry-run" {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        println!(
+            "  {verb} {} prefetch profiles of deleted images: {}",
+            r.orphan_profiles.len(),
+            r.orphan_profiles.join(", ")
+        );
+    }
     if r.missing_chunks > 0 {
         println!(
             "  WARNING: {} chunks named by manifests are missing from the store",
@@ -563,7 +603,8 @@ mod tests {
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
         assert_eq!(parse_duration("15").unwrap(), Duration::from_secs(15));
         assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
-        for bad in ["", "h", "5w", "-1s", "1.5h", "99999999999999999999d"] {
+        assert_eq!(parse_duration("20ms").unwrap(), Duration::from_millis(20));
+        for bad in ["", "h", "5w", "-1s", "1.5h", "99999999999999999999d", "5us"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -31,6 +31,17 @@ pub struct KeysCheck {
     pub chunk_keys: u64,
 }
 
+/// The image's stored prefetch profile (`profiles/NAME`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileFacts {
+    /// Chunks it prefetches.
+    pub chunks: u64,
+    /// Recording window in milliseconds.
+    pub window_ms: u64,
+    /// Whether it was recorded on this manifest (a stale one is not used).
+    pub matches_manifest: bool,
+}
+
 /// Public facts of one manifest (`--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct InspectReport {
@@ -68,6 +79,8 @@ pub struct InspectReport {
     pub public_digest: String,
     /// Sharing with other manifests.
     pub sharing: Sharing,
+    /// The stored prefetch profile, `null` when there is none.
+    pub profile: Option<ProfileFacts>,
     /// Present with `--keys`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keys: Option<KeysCheck>,
@@ -99,6 +112,23 @@ pub async fn inspect(
             }
         }
     }
+    let profile = match store.get_profile(name).await {
+        Ok(p) => p.map(|p| ProfileFacts {
+            chunks: p.chunks.len() as u64,
+            window_ms: p.window_ms,
+            matches_manifest: p
+                .check_image(
+                    &hex::encode(sealed.public_digest()),
+                    sealed.image_size(),
+                    sealed.chunk_size(),
+                )
+                .is_ok(),
+        }),
+        Err(e) => {
+            eprintln!("lode: warning: {e:#}");
+            None
+        }
+    };
     let shared = others.len() as u64;
     let present = sealed.present_count() as u64;
     let chunks = sealed.chunk_count() as u64;
@@ -129,6 +159,7 @@ pub async fn inspect(
                 shared as f64 / mine.len() as f64
             },
         },
+        profile,
         keys: None,
     };
     Ok((report, sealed))
@@ -198,6 +229,19 @@ pub fn print_report(r: &InspectReport) {
     println!("  context       {}", ctx.join(", "));
     println!("  manifest      {} bytes", r.manifest_bytes);
     println!("  public digest {}", r.public_digest);
+    match &r.profile {
+        Some(p) => println!(
+            "  profile       {} chunks (window {} ms){}",
+            p.chunks,
+            p.window_ms,
+            if p.matches_manifest {
+                ""
+            } else {
+                ", STALE: recorded on another manifest, not used"
+            }
+        ),
+        None => println!("  profile       none (see `lode profile save`)"),
+    }
     if let Some(k) = &r.keys {
         println!("  keys: ok ({} chunk keys)", k.chunk_keys);
     }

@@ -12,6 +12,7 @@ mod gc;
 mod inspect;
 mod keys;
 mod mount;
+mod profile;
 mod push;
 mod salts;
 mod store;
@@ -92,6 +93,15 @@ enum Command {
         /// Chunks fetched ahead of a sequential reader (0: only what is read)
         #[arg(long, default_value_t = 4)]
         readahead_chunks: u32,
+        /// Record a prefetch profile and write it to FILE (JSON) when the mount
+        /// ends: the chunks read in the first seconds and the files they belong to
+        #[arg(long, value_name = "FILE")]
+        record_profile: Option<PathBuf>,
+        /// How long after mounting the profile records (e.g. 60s, 2m, 500ms)
+        #[arg(long, default_value = "60s", requires = "record_profile")]
+        profile_window: String,
+        #[command(flatten)]
+        prefetch: PrefetchArgs,
     },
     /// Unmount what `lode mount` mounted and end its daemon
     Umount {
@@ -113,6 +123,13 @@ enum Command {
         /// 127.0.0.1:10809 (default), HOST:PORT, or unix:/path/to/socket
         #[arg(long, default_value = "127.0.0.1:10809")]
         listen: String,
+        #[command(flatten)]
+        prefetch: PrefetchArgs,
+    },
+    /// Store, show or remove an image's prefetch profile (profiles/NAME)
+    Profile {
+        #[command(subcommand)]
+        action: ProfileAction,
     },
     /// List the images in the store
     Ls {
@@ -158,6 +175,52 @@ enum Command {
         /// Print JSON
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// Prefetch of the stored profile at mount.
+#[derive(clap::Args)]
+struct PrefetchArgs {
+    /// Chunks the prefetch of a stored profile fetches at once
+    #[arg(long, default_value_t = 16)]
+    prefetch_concurrency: usize,
+    /// Do not prefetch the image's stored profile (profiles/NAME)
+    #[arg(long)]
+    no_prefetch: bool,
+}
+
+impl PrefetchArgs {
+    fn settings(&self) -> mount::Prefetch {
+        mount::Prefetch {
+            enabled: !self.no_prefetch,
+            concurrency: self.prefetch_concurrency.max(1),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum ProfileAction {
+    /// Store the chunk part of a recorded profile (indexes and times, no
+    /// paths) as profiles/NAME; refused unless it was recorded on NAME's
+    /// current manifest. Later mounts of NAME prefetch those chunks
+    Save {
+        /// Image name in the store
+        name: String,
+        /// Profile written by `lode mount --record-profile FILE`
+        file: PathBuf,
+    },
+    /// Show the stored profile of an image
+    Show {
+        /// Image name in the store
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the stored profile of an image
+    Rm {
+        /// Image name in the store
+        name: String,
     },
 }
 
@@ -258,6 +321,9 @@ fn run(cli: Cli) -> Result<()> {
             stats,
             log_file,
             readahead_chunks,
+            record_profile,
+            profile_window,
+            prefetch,
         } => mount::mount(
             &settings,
             mount::MountRequest {
@@ -269,6 +335,10 @@ fn run(cli: Cli) -> Result<()> {
                 foreground,
                 log_file,
                 readahead_chunks,
+                record_profile,
+                profile_window: gc::parse_duration(&profile_window).context("--profile-window")?,
+                prefetch: prefetch.settings(),
+                crypto: provider(&cli.crypto)?,
             },
         ),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
@@ -277,9 +347,50 @@ fn run(cli: Cli) -> Result<()> {
             &name,
             &output,
             settings.cache_dir.as_deref(),
+            provider(&cli.crypto)?,
         )),
-        Command::ServeNbd { name, listen } => {
-            runtime()?.block_on(mount::serve_nbd(&settings, &name, &listen))
+        Command::ServeNbd {
+            name,
+            listen,
+            prefetch,
+        } => runtime()?.block_on(mount::serve_nbd(
+            &settings,
+            &name,
+            &listen,
+            prefetch.settings(),
+            provider(&cli.crypto)?,
+        )),
+        Command::Profile { action } => {
+            let store_url = settings.store.clone().unwrap_or_default();
+            let store = Store::open(&settings.store()?, &store_url)?;
+            let rt = runtime()?;
+            match action {
+                ProfileAction::Save { name, file } => {
+                    let stored = rt.block_on(profile::save(&store, &name, &file))?;
+                    println!(
+                        "saved {}/{name}: {} chunks (manifest {})",
+                        store::PROFILES,
+                        stored.chunks.len(),
+                        &stored.manifest_digest[..12]
+                    );
+                }
+                ProfileAction::Show { name, json } => {
+                    let Some(p) = rt.block_on(store.get_profile(&name))? else {
+                        anyhow::bail!("no profile for {name:?} in {}", store.url);
+                    };
+                    let summary = rt.block_on(profile::summary(&store, &name, &p));
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&summary)?);
+                    } else {
+                        profile::print_summary(&name, &summary);
+                    }
+                }
+                ProfileAction::Rm { name } => {
+                    rt.block_on(profile::rm(&store, &name))?;
+                    println!("removed {}/{name}", store::PROFILES);
+                }
+            }
+            Ok(())
         }
         Command::Ls { json } => {
             let store_url = settings.store.clone().unwrap_or_default();

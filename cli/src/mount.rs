@@ -2,25 +2,53 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use cache_tiers::{
-    DiskTier, ErasureCodedTier, FillPolicy, MemcachedConfig, MemcachedNode, Node, Tiered,
+    Delayed, DiskTier, ErasureCodedTier, FillPolicy, MemcachedConfig, MemcachedNode, Node, Tier,
+    Tiered,
 };
 use worker::{LazyImage, LazyImageOptions, TieredSource};
 
 use crate::config::Settings;
-use crate::store::Store;
+use crate::store::{PROFILES, Store};
+
+/// An image opened for serving, with what it was opened from.
+pub struct Opened {
+    /// The lazily served image.
+    pub image: LazyImage,
+    /// Its sealed manifest (public part readable).
+    pub sealed: manifest::SealedManifest,
+    /// The store it came from.
+    pub store: Store,
+}
+
+impl Opened {
+    /// Hex public digest of the manifest (what profiles are bound to).
+    pub fn digest(&self) -> String {
+        hex::encode(self.sealed.public_digest())
+    }
+}
+
+/// Whether and how to prefetch a stored profile at open.
+#[derive(Debug, Clone, Copy)]
+pub struct Prefetch {
+    /// Prefetch when `profiles/NAME` exists and fits the manifest.
+    pub enabled: bool,
+    /// Chunk fetches in flight at once.
+    pub concurrency: usize,
+}
 
 /// Opens the image `name` lazily over L1 disk (when a cache dir is given),
-/// optional L2 memcached, and the store.
+/// optional L2 memcached, and the store (slowed by `--store-latency`).
 pub async fn open_image(
     settings: &Settings,
     name: &str,
     cache_dir: Option<&Path>,
-    readahead_chunks: u32,
-) -> Result<LazyImage> {
+    opts: LazyImageOptions,
+) -> Result<Opened> {
     let store_url = settings.store.clone().unwrap_or_default();
     let store = Store::open(&settings.store()?, &store_url)?;
     let sealed = store.get_manifest(name).await?;
@@ -51,17 +79,57 @@ pub async fn open_image(
             .context("configuring the L2 cache")?;
         builder = builder.tier(tier);
     }
-    builder = builder.tier_arc(store.chunks.clone());
+    let l3: Arc<dyn Tier<String, Bytes>> = store.chunks.clone();
+    builder = match settings.store_latency()? {
+        Some(delay) if !delay.is_zero() => builder.tier(Delayed::new(l3, delay)),
+        _ => builder.tier_arc(l3),
+    };
     let tiered = builder.build().context("building the cache tiers")?;
     let source = Arc::new(TieredSource::new(tiered, trusted));
-    LazyImage::open(
-        &sealed,
-        kms.as_ref(),
-        source,
-        LazyImageOptions::default().readahead_chunks(readahead_chunks),
-    )
-    .await
-    .with_context(|| format!("opening image {name} (does this KMS hold its key?)"))
+    let image = LazyImage::open(&sealed, kms.as_ref(), source, opts)
+        .await
+        .with_context(|| format!("opening image {name} (does this KMS hold its key?)"))?;
+    Ok(Opened {
+        image,
+        sealed,
+        store,
+    })
+}
+
+/// Starts prefetching the stored profile of `name` in the background, when
+/// there is one that fits the manifest; says what it does on stderr.
+pub async fn start_prefetch(opened: &Opened, name: &str, prefetch: Prefetch) -> Result<()> {
+    if !prefetch.enabled {
+        return Ok(());
+    }
+    let profile = match opened.store.get_profile(name).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            eprintln!("lode: warning: not prefetching: {e:#}");
+            return Ok(());
+        }
+    };
+    let digest = opened.digest();
+    if let Err(why) = profile.check_image(
+        &digest,
+        opened.sealed.image_size(),
+        opened.sealed.chunk_size(),
+    ) {
+        eprintln!(
+            "lode: warning: not prefetching: {PROFILES}/{name} does not fit this image: {why}"
+        );
+        return Ok(());
+    }
+    let chunks = profile.chunk_indexes();
+    eprintln!(
+        "lode: prefetching {} chunks of {name} from {PROFILES}/{name} ({} at once)",
+        chunks.len(),
+        prefetch.concurrency.max(1)
+    );
+    // The report also lands in the stats; the task runs on by itself.
+    drop(opened.image.prefetch(chunks, prefetch.concurrency.max(1)));
+    Ok(())
 }
 
 /// Everything `lode mount` was asked.
@@ -82,6 +150,14 @@ pub struct MountRequest {
     pub log_file: Option<PathBuf>,
     /// Chunks fetched ahead of a sequential reader.
     pub readahead_chunks: u32,
+    /// Record a prefetch profile and write it here when the mount ends.
+    pub record_profile: Option<PathBuf>,
+    /// How long after opening the recording runs.
+    pub profile_window: Duration,
+    /// Prefetch of a stored profile.
+    pub prefetch: Prefetch,
+    /// Crypto backend for opening chunks (`--crypto`).
+    pub crypto: &'static dyn chunk_core::CryptoProvider,
 }
 
 /// Mounts; as a daemon unless `foreground`, returning once the mount is ready.
@@ -107,15 +183,34 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
     };
     let result = (|| {
         let rt = crate::runtime()?;
-        let image = rt.block_on(open_image(
+        let mut image_opts = LazyImageOptions::default()
+            .readahead_chunks(req.readahead_chunks)
+            .crypto(req.crypto);
+        if req.record_profile.is_some() {
+            image_opts = image_opts.record(req.profile_window);
+        }
+        let opened = rt.block_on(open_image(
             settings,
             &req.name,
             req.cache_dir.as_deref(),
-            req.readahead_chunks,
+            image_opts,
         ))?;
+        // Before mounting: the kernel's first reads join the prefetch.
+        rt.block_on(start_prefetch(&opened, &req.name, req.prefetch))?;
+        let target = req.record_profile.as_ref().map(|path| {
+            if req.file_only {
+                eprintln!(
+                    "lode: --file-only: no ext4 tree to map blocks to files, so the profile {} will list chunks only",
+                    path.display()
+                );
+            }
+            worker::ProfileTarget::new(absolute(path), &req.name, opened.digest())
+        });
+        let image = opened.image;
         let opts = worker::MountOptions::default()
             .file_only(req.file_only)
             .stats_path(req.stats.clone())
+            .record_profile(target)
             .source_name(format!("lode:{}", req.name));
         let handle = {
             let _guard = rt.enter();
@@ -149,6 +244,11 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
     }
 }
 
+/// `path` made absolute (the daemon may change directory).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// Unmounts ext4, the loop device and FUSE, and ends the daemon.
 pub fn umount(mountpoint: &Path) -> Result<()> {
     worker::unmount(mountpoint, Path::new(worker::DEFAULT_STATE_DIR))
@@ -163,8 +263,18 @@ pub async fn pull(
     name: &str,
     out: &Path,
     cache_dir: Option<&Path>,
+    crypto: &'static dyn chunk_core::CryptoProvider,
 ) -> Result<()> {
-    let image = open_image(settings, name, cache_dir, 0).await?;
+    let image = open_image(
+        settings,
+        name,
+        cache_dir,
+        LazyImageOptions::default()
+            .readahead_chunks(0)
+            .crypto(crypto),
+    )
+    .await?
+    .image;
     let tmp = out.with_extension("partial");
     let report = image
         .materialize(&tmp, 16)
@@ -185,12 +295,28 @@ pub async fn pull(
 }
 
 /// Serves the image `name` over NBD until Ctrl-C or SIGTERM.
-pub async fn serve_nbd(settings: &Settings, name: &str, listen: &str) -> Result<()> {
+pub async fn serve_nbd(
+    settings: &Settings,
+    name: &str,
+    listen: &str,
+    prefetch: Prefetch,
+    crypto: &'static dyn chunk_core::CryptoProvider,
+) -> Result<()> {
     use worker::nbd::{ListenAddr, NbdOptions, NbdServer};
     let addr: ListenAddr = listen
         .parse()
         .with_context(|| format!("listen address {listen:?}"))?;
-    let image = open_image(settings, name, settings.cache_dir.as_deref(), 4).await?;
+    let opened = open_image(
+        settings,
+        name,
+        settings.cache_dir.as_deref(),
+        LazyImageOptions::default()
+            .readahead_chunks(4)
+            .crypto(crypto),
+    )
+    .await?;
+    start_prefetch(&opened, name, prefetch).await?;
+    let image = opened.image;
     let server = NbdServer::bind(&addr)
         .await
         .with_context(|| format!("listening on {listen}"))?;

@@ -1,5 +1,6 @@
 //! The store: content-addressed chunks under `chunks/`, sealed manifests
-//! under `manifests/NAME`, on a local directory, S3 or memory.
+//! under `manifests/NAME`, prefetch profiles (chunk indexes only) under
+//! `profiles/NAME`, on a local directory, S3 or memory.
 
 use std::sync::Arc;
 
@@ -175,6 +176,31 @@ impl Store {
         delete_under(self.raw.as_ref(), self.root(), dir, name)
             .await
             .with_context(|| format!("deleting {dir}/{name} from {}", self.url))
+    }
+}
+
+/// Where prefetch profiles live: `profiles/NAME`, beside `manifests/NAME`.
+pub const PROFILES: &str = "profiles";
+
+impl Store {
+    /// The stored prefetch profile of `name`, if any (validated).
+    pub async fn get_profile(&self, name: &str) -> Result<Option<worker::profile::Profile>> {
+        check_image_name(name)?;
+        let Some(bytes) = self.get_under(PROFILES, name).await? else {
+            return Ok(None);
+        };
+        let what = format!("{PROFILES}/{name} in {}", self.url);
+        Ok(Some(worker::profile::Profile::from_json(&bytes, &what)?))
+    }
+
+    /// Stores the chunk part of `profile` as the profile of `name`.
+    pub async fn put_profile(&self, name: &str, profile: &worker::profile::Profile) -> Result<()> {
+        check_image_name(name)?;
+        let body = Bytes::from(profile.chunks_only().to_json());
+        put_under(self.raw.as_ref(), self.root(), PROFILES, name, body)
+            .await
+            .with_context(|| format!("writing {PROFILES}/{name} to {}", self.url))?;
+        Ok(())
     }
 }
 

@@ -128,6 +128,14 @@ pub enum Error {
     /// `unmount` found no lode mount at this path.
     #[error("no lode mount at {}", .0.display())]
     NotMounted(PathBuf),
+    /// A prefetch profile is malformed or does not fit the image.
+    #[error("prefetch profile {what}: {reason}")]
+    Profile {
+        /// Which profile (a file path, `profiles/NAME`).
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The daemon exited or failed before it was ready.
     #[error("mount daemon failed: {0}")]
     Daemon(String),

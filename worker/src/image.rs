@@ -2,9 +2,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chunk_core::{ChunkRef, CryptoProvider};
@@ -93,8 +93,17 @@ pub struct LazyImageOptions {
     pub readahead_chunks: u32,
     /// Name-check policy.
     pub verify: Verify,
-    /// Record the first access of each chunk (for prefetch profiles).
+    /// Record the first access of each chunk (for prefetch profiles):
+    /// [`LazyImage::access_log`].
     pub record_access: bool,
+    /// Record the first access of each 4 KiB block of the image
+    /// ([`BLOCK_SIZE`]), in order and with its time, so that a profile can
+    /// name the files that were read: [`LazyImage::block_log`]. Memory: one
+    /// bit per block plus one [`BlockRun`] per read that touched new blocks.
+    pub record_blocks: bool,
+    /// Stop both recordings this long after the image was opened (`None`:
+    /// until [`LazyImage::stop_recording`]).
+    pub record_window: Option<Duration>,
     /// The crypto backend (default: `chunk_core::RustCrypto`).
     pub crypto: &'static dyn CryptoProvider,
     /// A chunk fetch that takes longer fails with [`ChunkError::Timeout`]
@@ -109,6 +118,8 @@ impl Default for LazyImageOptions {
             readahead_chunks: 4,
             verify: Verify::default(),
             record_access: false,
+            record_blocks: false,
+            record_window: None,
             crypto: &chunk_core::RustCrypto,
             fetch_timeout: std::time::Duration::from_secs(60),
         }
@@ -152,6 +163,68 @@ impl LazyImageOptions {
         self.record_access = record;
         self
     }
+    /// Sets [`record_blocks`](Self::record_blocks).
+    #[must_use]
+    pub fn record_blocks(mut self, record: bool) -> Self {
+        self.record_blocks = record;
+        self
+    }
+    /// Sets [`record_window`](Self::record_window).
+    #[must_use]
+    pub fn record_window(mut self, window: Option<Duration>) -> Self {
+        self.record_window = window;
+        self
+    }
+    /// Records chunks and blocks for `window` after opening: the settings of
+    /// a prefetch-profile recording (`lode mount --record-profile`).
+    #[must_use]
+    pub fn record(self, window: Duration) -> Self {
+        self.record_access(true)
+            .record_blocks(true)
+            .record_window(Some(window))
+    }
+}
+
+/// The unit of block recording: 4 KiB, the ext4 block size lode writes.
+pub const BLOCK_SIZE: u64 = 4096;
+
+/// Stop block recording after this many runs (24 MiB) whatever the window.
+const MAX_BLOCK_RUNS: usize = 1 << 20;
+
+/// Blocks `block .. block + count` were first read `at_ms` after opening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRun {
+    /// First block (image offset / [`BLOCK_SIZE`]).
+    pub block: u64,
+    /// Number of consecutive blocks.
+    pub count: u64,
+    /// Milliseconds since the image was opened.
+    pub at_ms: u64,
+}
+
+/// What [`LazyImage::block_log`] returns: first accesses of blocks in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockLog {
+    /// The recording window in milliseconds (0: none was set).
+    pub window_ms: u64,
+    /// Runs of newly read blocks, in the order they were first read. A block
+    /// appears at most once.
+    pub runs: Vec<BlockRun>,
+    /// Whether recording stopped early at its cap (2^20 runs, 24 MiB).
+    pub truncated: bool,
+}
+
+impl BlockLog {
+    /// Number of distinct blocks recorded.
+    pub fn blocks(&self) -> u64 {
+        self.runs.iter().map(|r| r.count).sum()
+    }
+}
+
+struct BlockRecorder {
+    bits: Box<[AtomicU64]>,
+    runs: Mutex<Vec<BlockRun>>,
+    truncated: AtomicBool,
 }
 
 /// The first access of one chunk, for prefetch profiles.
@@ -163,15 +236,27 @@ pub struct ChunkAccess {
     pub at_ms: u64,
 }
 
-/// Outcome of [`LazyImage::prefetch`].
+/// Outcome of [`LazyImage::prefetch`]; also in [`Stats::prefetch`] (the
+/// latest prefetch, while it runs and once it is done).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PrefetchReport {
+    /// Chunk indexes asked for.
+    #[serde(default)]
+    pub requested: u64,
     /// Chunks now fetched (or already cached).
     pub fetched: u64,
     /// Chunks skipped because they are holes.
     pub holes: u64,
     /// Chunks that failed (errors are also logged).
     pub failed: u64,
+    /// Whether the prefetch has finished.
+    #[serde(default)]
+    pub finished: bool,
+    /// Milliseconds from the start of the prefetch to its end (or to now
+    /// while it runs).
+    #[serde(default)]
+    pub elapsed_ms: u64,
 }
 
 /// Outcome of [`LazyImage::materialize`].
@@ -269,6 +354,9 @@ struct Inner {
     readahead: Mutex<Readahead>,
     access: Mutex<Vec<ChunkAccess>>,
     accessed: Box<[AtomicU64]>,
+    blocks: Option<BlockRecorder>,
+    recording_stopped: AtomicBool,
+    prefetch_report: Mutex<Option<(Instant, PrefetchReport)>>,
     started: Instant,
 }
 
@@ -362,6 +450,13 @@ impl LazyImage {
                 }),
                 access: Mutex::default(),
                 accessed: bitset(n),
+                blocks: opts.record_blocks.then(|| BlockRecorder {
+                    bits: bitset(table.image_size.div_ceil(BLOCK_SIZE) as usize),
+                    runs: Mutex::default(),
+                    truncated: AtomicBool::new(false),
+                }),
+                recording_stopped: AtomicBool::new(false),
+                prefetch_report: Mutex::default(),
                 started: Instant::now(),
                 opts,
                 table,
@@ -440,6 +535,7 @@ impl LazyImage {
         let last = (offset + len as u64 - 1) / cs;
 
         self.note_pattern(offset, len as u64, last);
+        self.record_block_access(offset, len as u64);
 
         // Start every missing chunk first so a multi-chunk read fetches in parallel.
         let mut parts: Vec<(u64, Option<Part>)> = Vec::with_capacity((last - first + 1) as usize);
@@ -517,7 +613,10 @@ impl LazyImage {
             return Part::Ready(b);
         }
         match cause {
-            Cause::Read => c.plaintext_misses.fetch_add(1, Relaxed),
+            Cause::Read => {
+                c.demand_fetches.fetch_add(1, Relaxed);
+                c.plaintext_misses.fetch_add(1, Relaxed)
+            }
             Cause::Readahead => c.readahead_chunks.fetch_add(1, Relaxed),
             Cause::Prefetch => c.prefetch_chunks.fetch_add(1, Relaxed),
         };
@@ -600,17 +699,101 @@ impl LazyImage {
         }
     }
 
+    /// Whether recordings still run (not stopped, inside the window).
+    fn recording(&self) -> bool {
+        let inner = &self.inner;
+        if inner.recording_stopped.load(Relaxed) {
+            return false;
+        }
+        match inner.opts.record_window {
+            Some(w) if inner.started.elapsed() > w => {
+                inner.recording_stopped.store(true, Relaxed);
+                false
+            }
+            _ => true,
+        }
+    }
+
     fn record_access(&self, index: u64) {
-        if self.inner.opts.record_access && set_bit(&self.inner.accessed, index) {
+        if self.inner.opts.record_access && self.recording() && set_bit(&self.inner.accessed, index)
+        {
             let at_ms = self.inner.started.elapsed().as_millis() as u64;
             lock(&self.inner.access).push(ChunkAccess { index, at_ms });
         }
+    }
+
+    /// Marks the 4 KiB blocks of `offset .. offset + len` and appends runs of
+    /// those that were not marked before.
+    fn record_block_access(&self, offset: u64, len: u64) {
+        let Some(rec) = &self.inner.blocks else {
+            return;
+        };
+        if len == 0 || !self.recording() || rec.truncated.load(Relaxed) {
+            return;
+        }
+        let first = offset / BLOCK_SIZE;
+        let last = (offset + len - 1) / BLOCK_SIZE;
+        let at_ms = self.inner.started.elapsed().as_millis() as u64;
+        let mut new: Vec<BlockRun> = Vec::new();
+        for block in first..=last {
+            if set_bit(&rec.bits, block) {
+                match new.last_mut() {
+                    Some(r) if r.block + r.count == block => r.count += 1,
+                    _ => new.push(BlockRun {
+                        block,
+                        count: 1,
+                        at_ms,
+                    }),
+                }
+            }
+        }
+        if new.is_empty() {
+            return;
+        }
+        let mut runs = lock(&rec.runs);
+        if runs.len() + new.len() > MAX_BLOCK_RUNS {
+            rec.truncated.store(true, Relaxed);
+            tracing::warn!(
+                runs = runs.len(),
+                "block recording stopped: too many runs for one profile"
+            );
+            return;
+        }
+        runs.extend(new);
     }
 
     /// First accesses of chunks by reads, in order (empty unless
     /// [`LazyImageOptions::record_access`] is set). Holes are not recorded.
     pub fn access_log(&self) -> Vec<ChunkAccess> {
         lock(&self.inner.access).clone()
+    }
+
+    /// First accesses of 4 KiB blocks by reads, in order (`None` unless
+    /// [`LazyImageOptions::record_blocks`] is set). Blocks of holes are
+    /// recorded too: they belong to files all the same.
+    pub fn block_log(&self) -> Option<BlockLog> {
+        let rec = self.inner.blocks.as_ref()?;
+        Some(BlockLog {
+            window_ms: self
+                .inner
+                .opts
+                .record_window
+                .map_or(0, |w| w.as_millis() as u64),
+            runs: lock(&rec.runs).clone(),
+            truncated: rec.truncated.load(Relaxed),
+        })
+    }
+
+    /// Stops recording chunk and block accesses now (before walking the
+    /// mounted file system to map blocks to files, say, so the walk's own
+    /// reads are not recorded). The logs keep what was recorded.
+    pub fn stop_recording(&self) {
+        self.inner.recording_stopped.store(true, Relaxed);
+    }
+
+    /// The recording window, if one was set.
+    pub fn record_window(&self) -> Option<Duration> {
+        self.inner.opts.record_window
     }
 
     /// Fetches the given chunks in the background, in order, with at most
@@ -623,9 +806,21 @@ impl LazyImage {
         concurrency: usize,
     ) -> tokio::task::JoinHandle<PrefetchReport> {
         let this = self.clone();
+        let t0 = Instant::now();
+        let requested = indexes.len() as u64;
+        *lock(&self.inner.prefetch_report) = Some((
+            t0,
+            PrefetchReport {
+                requested,
+                ..PrefetchReport::default()
+            },
+        ));
         self.inner.rt.spawn(async move {
             let n = this.chunk_count();
-            let mut report = PrefetchReport::default();
+            let mut report = PrefetchReport {
+                requested,
+                ..PrefetchReport::default()
+            };
             let mut pending = Vec::new();
             for index in indexes {
                 match this.inner.table.chunks.get(index as usize) {
@@ -664,6 +859,16 @@ impl LazyImage {
                     report.failed += 1;
                 }
             }
+            report.finished = true;
+            report.elapsed_ms = t0.elapsed().as_millis() as u64;
+            *lock(&this.inner.prefetch_report) = Some((t0, report.clone()));
+            tracing::info!(
+                fetched = report.fetched,
+                holes = report.holes,
+                failed = report.failed,
+                elapsed_ms = report.elapsed_ms,
+                "prefetch finished"
+            );
             report
         })
     }
@@ -734,12 +939,20 @@ impl LazyImage {
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         let t = &self.inner.table;
-        self.inner.counters.snapshot(
+        let mut stats = self.inner.counters.snapshot(
             t.image_size,
             t.chunk_size,
             t.chunks.len() as u64,
             self.inner.holes,
-        )
+        );
+        stats.prefetch = lock(&self.inner.prefetch_report).as_ref().map(|(t0, r)| {
+            let mut r = r.clone();
+            if !r.finished {
+                r.elapsed_ms = t0.elapsed().as_millis() as u64;
+            }
+            r
+        });
+        stats
     }
 
     /// Writes [`stats`](Self::stats) as pretty JSON to `path`.
@@ -1191,23 +1404,97 @@ mod tests {
         let (_data, source, image) = setup(8 * CS as usize, &[3], TierId::untrusted("store"), opts);
         let report = image.prefetch(vec![5, 3, 1, 99], 2).await.unwrap();
         assert_eq!(
-            report,
-            PrefetchReport {
-                fetched: 2,
-                holes: 1,
-                failed: 1
-            }
+            (
+                report.requested,
+                report.fetched,
+                report.holes,
+                report.failed,
+                report.finished
+            ),
+            (4, 2, 1, 1, true)
         );
         assert_eq!(source.total_fetches(), 2);
-        assert_eq!(image.stats().prefetch_chunks, 2);
+        let stats = image.stats();
+        assert_eq!(stats.prefetch_chunks, 2);
+        assert_eq!(stats.prefetch, Some(report));
         let mut buf = vec![0u8; 10];
         for off in [6u64, 1, 3, 6, 5] {
             image.read_at(off * u64::from(CS), &mut buf).await.unwrap();
         }
         // 1 and 5 were prefetched: only 6 more fetch. The hole (3) is not recorded.
         assert_eq!(source.total_fetches(), 3);
+        assert_eq!(image.stats().demand_fetches, 1);
         let order: Vec<u64> = image.access_log().iter().map(|a| a.index).collect();
         assert_eq!(order, vec![6, 1, 5]);
+    }
+
+    #[tokio::test]
+    async fn block_recording_keeps_first_accesses_in_order() {
+        // Chunks of 4 KiB = one block each; chunk 2 is a hole.
+        let opts = no_readahead().record(Duration::from_secs(3600));
+        let (_data, _source, image) =
+            setup(8 * CS as usize, &[2], TierId::untrusted("store"), opts);
+        let mut buf = vec![0u8; 3 * CS as usize];
+        // Blocks 5..8 (to the end), then 1..4 (crossing the hole), then 5 again
+        // (nothing new), then a 1-byte read of block 0.
+        image
+            .read_at(5 * u64::from(CS) + 7, &mut buf)
+            .await
+            .unwrap();
+        image.read_at(u64::from(CS), &mut buf).await.unwrap();
+        image
+            .read_at(5 * u64::from(CS), &mut buf[..10])
+            .await
+            .unwrap();
+        image.read_at(100, &mut buf[..1]).await.unwrap();
+        let log = image.block_log().expect("recording");
+        let runs: Vec<(u64, u64)> = log.runs.iter().map(|r| (r.block, r.count)).collect();
+        // 5..=7 (the read is clipped at the end), 1..=3 (the hole too), 0.
+        assert_eq!(runs, vec![(5, 3), (1, 3), (0, 1)]);
+        assert_eq!(log.blocks(), 7);
+        assert_eq!(log.window_ms, 3_600_000);
+        assert!(!log.truncated);
+        assert!(log.runs.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+        // Chunks are recorded without the hole.
+        let chunks: Vec<u64> = image.access_log().iter().map(|a| a.index).collect();
+        assert_eq!(chunks, vec![5, 6, 7, 1, 3, 0]);
+
+        // After stop_recording nothing more is recorded.
+        image.stop_recording();
+        let (_d, _s, image2) = setup(
+            4 * CS as usize,
+            &[],
+            TierId::untrusted("store"),
+            no_readahead().record(Duration::from_secs(3600)),
+        );
+        image2.stop_recording();
+        image2.read_at(0, &mut buf).await.unwrap();
+        assert_eq!(image2.block_log().expect("enabled").runs, vec![]);
+        assert!(image2.access_log().is_empty());
+    }
+
+    #[tokio::test]
+    async fn recording_ends_with_its_window_and_is_off_by_default() {
+        let opts = no_readahead().record(Duration::from_millis(50));
+        let (_data, _source, image) = setup(4 * CS as usize, &[], TierId::untrusted("store"), opts);
+        let mut buf = vec![0u8; 10];
+        image.read_at(0, &mut buf).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        image.read_at(2 * u64::from(CS), &mut buf).await.unwrap();
+        let log = image.block_log().expect("recording");
+        assert_eq!(log.runs.len(), 1, "{log:?}");
+        assert_eq!(log.runs[0].block, 0);
+        assert_eq!(image.access_log().len(), 1);
+
+        let (_data, _source, plain) = setup(
+            4 * CS as usize,
+            &[],
+            TierId::untrusted("store"),
+            no_readahead(),
+        );
+        plain.read_at(0, &mut buf).await.unwrap();
+        assert!(plain.block_log().is_none());
+        assert!(plain.access_log().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

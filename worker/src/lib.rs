@@ -14,6 +14,14 @@
 //! - [`LazyImage`]: `open` (sealed manifest + KMS), `read_at`,
 //!   `read_at_blocking`, `prefetch`, `materialize` (for `lode pull`),
 //!   `stats`, `access_log` (for prefetch profiles).
+//! - [`profile`]: prefetch profiles. [`LazyImageOptions::record`] makes an
+//!   image log the first read of every chunk and 4 KiB block
+//!   ([`LazyImage::access_log`], [`LazyImage::block_log`]);
+//!   [`profile::BlockMap`] maps blocks to files with `FIEMAP` on the mounted
+//!   ext4; [`profile::Profile`] is the JSON file (load, save, validate, check
+//!   against a manifest); [`LazyImage::prefetch`] fetches its chunks in the
+//!   background with bounded concurrency ([`MountOptions::record_profile`]
+//!   writes one when a mount ends).
 //! - [`ChunkSource`] and [`TieredSource`]: where sealed chunks come from.
 //! - [`mount`], [`unmount`], [`MountHandle`], [`spawn_daemon`] (feature
 //!   `fuse`): the image as one read-only FUSE file, a read-only loop device
@@ -70,6 +78,7 @@ pub mod loopdev;
 mod mount;
 #[cfg(feature = "nbd")]
 pub mod nbd;
+pub mod profile;
 mod source;
 mod stats;
 mod tiered;
@@ -78,12 +87,13 @@ mod tiered;
 pub use daemon::{Daemon, DaemonOptions, Readiness, spawn_daemon};
 pub use error::{ChunkError, Error, Result, SourceError};
 pub use image::{
-    ChunkAccess, ChunkTable, LazyImage, LazyImageOptions, MaterializeReport, PrefetchReport, Verify,
+    BLOCK_SIZE, BlockLog, BlockRun, ChunkAccess, ChunkTable, LazyImage, LazyImageOptions,
+    MaterializeReport, PrefetchReport, Verify,
 };
 #[cfg(feature = "fuse")]
 pub use mount::{
-    DEFAULT_STATE_DIR, MountHandle, MountOptions, MountState, is_mount_point, mount, mounts,
-    state_path, unmount,
+    DEFAULT_STATE_DIR, MountHandle, MountOptions, MountState, ProfileTarget, is_mount_point, mount,
+    mounts, state_path, unmount,
 };
 pub use source::{ChunkSource, Fault, Fetched, MemorySource, TierId};
 pub use stats::{Percentiles, Stats, TierStats};

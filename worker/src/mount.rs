@@ -14,6 +14,7 @@ use crate::LazyImage;
 use crate::error::{Error, Result};
 use crate::fuse::ImageFs;
 use crate::loopdev::LoopDevice;
+use crate::profile::{BlockMap, Profile};
 
 /// Where mount state files live unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/run/lode";
@@ -42,6 +43,36 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// ext4 mount data; `noload` never replays a journal on a read-only image.
     pub ext4_data: String,
+    /// Write a prefetch profile when the mount ends (the image must record:
+    /// [`LazyImageOptions::record`](crate::LazyImageOptions::record)).
+    pub record_profile: Option<ProfileTarget>,
+}
+
+/// Where and for which manifest a mount writes its prefetch profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProfileTarget {
+    /// The profile file to write.
+    pub path: PathBuf,
+    /// Image name recorded in the profile.
+    pub image: String,
+    /// Hex public digest of the manifest the image was opened from.
+    pub manifest_digest: String,
+}
+
+impl ProfileTarget {
+    /// A profile of `image` (manifest public digest `manifest_digest`, hex) written to `path`.
+    pub fn new(
+        path: impl Into<PathBuf>,
+        image: impl Into<String>,
+        manifest_digest: impl Into<String>,
+    ) -> Self {
+        Self {
+            path: path.into(),
+            image: image.into(),
+            manifest_digest: manifest_digest.into(),
+        }
+    }
 }
 
 impl Default for MountOptions {
@@ -56,6 +87,7 @@ impl Default for MountOptions {
             fuse_threads: 2,
             allow_other: true,
             ext4_data: "noload".into(),
+            record_profile: None,
         }
     }
 }
@@ -83,6 +115,12 @@ impl MountOptions {
     #[must_use]
     pub fn fuse_dir(mut self, dir: Option<PathBuf>) -> Self {
         self.fuse_dir = dir;
+        self
+    }
+    /// Sets [`record_profile`](Self::record_profile).
+    #[must_use]
+    pub fn record_profile(mut self, target: Option<ProfileTarget>) -> Self {
+        self.record_profile = target;
         self
     }
     /// Sets [`source_name`](Self::source_name).
@@ -119,6 +157,11 @@ pub struct MountState {
     /// The FUSE connection id (its name under `/sys/fs/fuse/connections`).
     #[serde(default)]
     pub fuse_conn: Option<u64>,
+    /// Where a prefetch profile is written at unmount (the serving process
+    /// must map blocks to files before ext4 goes, so [`unmount`] asks it to
+    /// end first).
+    #[serde(default)]
+    pub profile_path: Option<PathBuf>,
 }
 
 /// A mounted image. [`wait`](Self::wait) serves until unmounted or signalled;
@@ -131,6 +174,7 @@ pub struct MountHandle {
     state_path: PathBuf,
     session: Option<JoinHandle<std::io::Result<()>>>,
     ended: Option<mpsc::Receiver<()>>,
+    profile: Option<ProfileTarget>,
     done: bool,
 }
 
@@ -231,10 +275,12 @@ pub fn mount(image: LazyImage, mountpoint: &Path, opts: &MountOptions) -> Result
             file_only: opts.file_only,
             stats_path: opts.stats_path.clone(),
             fuse_conn: fuse_connection_id(&fuse_dir),
+            profile_path: opts.record_profile.as_ref().map(|t| t.path.clone()),
         },
         state_path,
         session: Some(thread),
         ended: Some(rx),
+        profile: opts.record_profile.clone(),
         done: false,
     };
 
@@ -331,6 +377,9 @@ impl MountHandle {
                 first_err.get_or_insert(e);
             }
         };
+        if let Some(target) = self.profile.take() {
+            keep(self.write_profile(&target));
+        }
         if !self.state.file_only && is_mount_point(&self.state.mountpoint) {
             // We are going away: a busy ext4 is detached lazily; its readers
             // get EIO once FUSE is gone instead of hanging.
@@ -374,6 +423,51 @@ impl MountHandle {
     }
 }
 
+impl MountHandle {
+    /// Stops recording, maps the recorded blocks to files through the still
+    /// mounted ext4 tree (FIEMAP), and writes the profile.
+    fn write_profile(&self, target: &ProfileTarget) -> Result<()> {
+        self.image.stop_recording();
+        let map = if self.state.file_only {
+            tracing::warn!(
+                profile = %target.path.display(),
+                "file-only mount: no ext4 tree to map blocks to files; the profile holds chunks only"
+            );
+            None
+        } else if !is_mount_point(&self.state.mountpoint) {
+            tracing::warn!(
+                profile = %target.path.display(),
+                mountpoint = %self.state.mountpoint.display(),
+                "ext4 is no longer mounted; the profile holds chunks only"
+            );
+            None
+        } else {
+            match BlockMap::from_mounted_tree(&self.state.mountpoint) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::error!(error = %e, "mapping blocks to files failed; the profile holds chunks only");
+                    None
+                }
+            }
+        };
+        let profile = Profile::record(
+            &target.image,
+            &target.manifest_digest,
+            &self.image,
+            map.as_ref(),
+        );
+        profile.save(&target.path)?;
+        tracing::info!(
+            profile = %target.path.display(),
+            chunks = profile.chunks.len(),
+            files = profile.files.len(),
+            unmapped_blocks = profile.unmapped_blocks,
+            "prefetch profile written"
+        );
+        Ok(())
+    }
+}
+
 impl Drop for MountHandle {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
@@ -387,6 +481,11 @@ impl Drop for MountHandle {
 /// as it was), asks the serving process to end (SIGTERM; it writes its
 /// stats) and waits for it, then removes whatever a crashed daemon left
 /// (FUSE mount, state file). The loop device detaches itself (autoclear).
+///
+/// A mount that records a prefetch profile must map blocks to files while
+/// ext4 is still mounted: after checking that ext4 is not busy, the serving
+/// process is asked to end first; it writes the profile, then unmounts
+/// everything itself.
 pub fn unmount(mountpoint: &Path, state_dir: &Path) -> Result<MountState> {
     let mountpoint = absolute(mountpoint)?;
     let state_path = state_dir.join(format!("{}.json", key_of(&mountpoint)));
@@ -394,34 +493,62 @@ pub fn unmount(mountpoint: &Path, state_dir: &Path) -> Result<MountState> {
         Ok(s) => s,
         Err(_) => return Err(Error::NotMounted(mountpoint)),
     };
+    let serving = state.pid != std::process::id() && process_alive(state.pid, state.pid_start);
+    if serving && state.profile_path.is_some() {
+        // The daemon maps recorded blocks to files through the mounted tree:
+        // let it end (and unmount) itself. Refuse first, changing nothing,
+        // when ext4 is busy (MNT_EXPIRE only marks an idle mount: EAGAIN).
+        if !state.file_only && is_mount_point(&state.mountpoint) {
+            match sys_umount(&state.mountpoint, libc::MNT_EXPIRE) {
+                Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
+                    return Err(busy(&state.mountpoint));
+                }
+                Ok(()) | Err(_) => {}
+            }
+        }
+        stop_daemon(&state, Duration::from_secs(600))?;
+        cleanup_dead(&state, &state_path);
+        return Ok(state);
+    }
     if !state.file_only && is_mount_point(&state.mountpoint) {
         match sys_umount(&state.mountpoint, 0) {
             Ok(()) => {}
             Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
-                return Err(Error::Mount(format!(
-                    "{} is busy (a process uses files or has its cwd there); nothing was unmounted",
-                    state.mountpoint.display()
-                )));
+                return Err(busy(&state.mountpoint));
             }
             Err(e) => return Err(e),
         }
     }
-    if state.pid != std::process::id() && process_alive(state.pid, state.pid_start) {
-        // SAFETY: plain kill(2) to a pid we verified by its start time.
-        unsafe { libc::kill(state.pid as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while process_alive(state.pid, state.pid_start) {
-            if Instant::now() > deadline {
-                return Err(Error::Mount(format!(
-                    "lode daemon pid {} did not exit within 30 s",
-                    state.pid
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    if serving {
+        stop_daemon(&state, Duration::from_secs(30))?;
     }
     cleanup_dead(&state, &state_path);
     Ok(state)
+}
+
+fn busy(mountpoint: &Path) -> Error {
+    Error::Mount(format!(
+        "{} is busy (a process uses files or has its cwd there); nothing was unmounted",
+        mountpoint.display()
+    ))
+}
+
+/// Sends SIGTERM to the serving process and waits until it has exited.
+fn stop_daemon(state: &MountState, patience: Duration) -> Result<()> {
+    // SAFETY: plain kill(2) to a pid we verified by its start time.
+    unsafe { libc::kill(state.pid as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + patience;
+    while process_alive(state.pid, state.pid_start) {
+        if Instant::now() > deadline {
+            return Err(Error::Mount(format!(
+                "lode daemon pid {} did not exit within {} s",
+                state.pid,
+                patience.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// All lode mounts with a state file in `state_dir` (live or stale).

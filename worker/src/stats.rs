@@ -157,6 +157,13 @@ pub struct Stats {
     pub readahead_chunks: u64,
     /// Fetches started by `prefetch`.
     pub prefetch_chunks: u64,
+    /// Fetches a read had to start itself: no cache, readahead or prefetch
+    /// had the chunk or had it in flight (the reads that paid a full fetch).
+    #[serde(default)]
+    pub demand_fetches: u64,
+    /// The latest prefetch (from a profile), while it runs and once done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<crate::PrefetchReport>,
     /// Chunk fetches that ended in an error.
     pub chunk_errors: u64,
     /// Of those, bytes that failed the name check or decryption.
@@ -190,6 +197,7 @@ pub(crate) struct Counters {
     pub(crate) distinct_chunks_fetched: AtomicU64,
     pub(crate) readahead_chunks: AtomicU64,
     pub(crate) prefetch_chunks: AtomicU64,
+    pub(crate) demand_fetches: AtomicU64,
     pub(crate) chunk_errors: AtomicU64,
     pub(crate) verify_failures: AtomicU64,
     pub(crate) read_latency: Histogram,
@@ -237,6 +245,8 @@ impl Counters {
             distinct_chunks_fetched: l(&self.distinct_chunks_fetched),
             readahead_chunks: l(&self.readahead_chunks),
             prefetch_chunks: l(&self.prefetch_chunks),
+            demand_fetches: l(&self.demand_fetches),
+            prefetch: None,
             chunk_errors: l(&self.chunk_errors),
             verify_failures: l(&self.verify_failures),
             tiers: lock(&self.tiers)

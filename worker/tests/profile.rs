@@ -1,0 +1,293 @@
+//! Prefetch profiles on real file systems: the FIEMAP block map of a
+//! loop-mounted ext4 (from `mke2fs -d`) checked byte for byte against the
+//! image, and a recording lazy mount whose profile names the files read.
+//!
+//! Needs root, loop devices, `mke2fs` and `mount` (and `/dev/fuse` for the
+//! lazy mount); skipped otherwise unless `LODE_REQUIRE_SERVERS=1`.
+
+#![cfg(feature = "fuse")]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use worker::profile::{BlockMap, Profile};
+use worker::{
+    BLOCK_SIZE, ChunkTable, LazyImage, LazyImageOptions, MemorySource, MountOptions, ProfileTarget,
+    TierId,
+};
+
+const CHUNK: u32 = 512 * 1024;
+
+fn skip(why: &str) -> bool {
+    if std::env::var("LODE_REQUIRE_SERVERS").as_deref() == Ok("1") {
+        panic!("required environment missing: {why}");
+    }
+    eprintln!("skipped: {why}");
+    true
+}
+
+fn unavailable(need_fuse: bool) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip("not root");
+    }
+    if need_fuse && !Path::new("/dev/fuse").exists() {
+        return skip("/dev/fuse missing");
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return skip("/dev/loop-control missing");
+    }
+    if Command::new("mke2fs").arg("-V").output().is_err() {
+        return skip("mke2fs missing (apt-get install e2fsprogs)");
+    }
+    false
+}
+
+fn test_files() -> BTreeMap<String, Vec<u8>> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut random = |n: usize| (0..n).map(|_| rng.u8(..)).collect::<Vec<u8>>();
+    let mut files = BTreeMap::new();
+    files.insert("small.txt".into(), b"hello from lode\n".to_vec());
+    files.insert("bin/odd".into(), random(700_001));
+    files.insert("data/late".into(), random(1_500_000));
+    files.insert("sub/inner".into(), random(9000));
+    for i in 0..30 {
+        files.insert(format!("many/f{i:02}"), random(10_000 + i * 5000));
+    }
+    files
+}
+
+/// A 32 MiB ext4 image of `files`, plus a symlink and a hard link.
+fn build_ext4(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    let root = dir.join("root");
+    for (p, data) in files {
+        let path = root.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+    std::os::unix::fs::symlink("bin/odd", root.join("link-to-odd")).unwrap();
+    std::fs::hard_link(root.join("bin/odd"), root.join("zz-hardlink")).unwrap();
+    let img = dir.join("fs.ext4");
+    let out = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-d"])
+        .arg(&root)
+        .arg(&img)
+        .arg("32M")
+        .output()
+        .expect("run mke2fs");
+    assert!(
+        out.status.success(),
+        "mke2fs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(img).unwrap()
+}
+
+/// Unmounts (lazily) on drop.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn mount(args: &[&str], target: &Path) -> Mounted {
+    let st = Command::new("mount")
+        .args(args)
+        .arg(target)
+        .status()
+        .expect("mount");
+    assert!(st.success(), "mount {args:?} {}", target.display());
+    Mounted(target.to_path_buf())
+}
+
+#[test]
+fn fiemap_map_matches_the_image_bytes() {
+    if unavailable(false) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let files = test_files();
+    let data = build_ext4(tmp.path(), &files);
+    let img = tmp.path().join("fs.ext4");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _ext4 = mount(&["-o", "ro,loop", img.to_str().unwrap()], &mnt);
+    // Another file system mounted inside: never crossed.
+    let _tmpfs = mount(&["-t", "tmpfs", "tmpfs"], &mnt.join("sub"));
+    std::fs::write(mnt.join("sub/on-tmpfs"), b"not in the image").unwrap();
+
+    let map = BlockMap::from_mounted_tree(&mnt).unwrap();
+    assert_eq!(map.unreadable, 0);
+    // Every block the map attributes holds that file's bytes at that logical block.
+    let mut per_path: HashMap<Vec<u8>, u64> = HashMap::new();
+    let bs = BLOCK_SIZE as usize;
+    for block in 0..(data.len() / bs) as u64 {
+        let Some((path, logical)) = map.lookup(block) else {
+            continue;
+        };
+        *per_path.entry(path.to_vec()).or_default() += 1;
+        let rel = std::str::from_utf8(&path[1..]).unwrap();
+        if let Some(content) = files.get(rel) {
+            let at = logical as usize * bs;
+            assert!(
+                at < content.len(),
+                "{rel}: logical block {logical} past the end"
+            );
+            let want = &content[at..(at + bs).min(content.len())];
+            let got = &data[block as usize * bs..][..want.len()];
+            assert!(
+                got == want,
+                "{rel}: block {block} is not logical block {logical}"
+            );
+        } else {
+            // Only directories are mapped besides the files.
+            assert!(
+                mnt.join(rel).is_dir() || rel.is_empty(),
+                "unexpected mapped path {rel:?}"
+            );
+        }
+    }
+    for (rel, content) in &files {
+        let path = format!("/{rel}");
+        if rel.starts_with("sub/") {
+            // Hidden below the tmpfs.
+            assert!(
+                !per_path.contains_key(path.as_bytes()),
+                "{rel} crossed into tmpfs"
+            );
+            continue;
+        }
+        assert_eq!(
+            per_path.get(path.as_bytes()).copied().unwrap_or(0),
+            content.len().div_ceil(bs) as u64,
+            "blocks of {rel}"
+        );
+    }
+    assert!(per_path.contains_key(&b"/"[..]), "root directory mapped");
+    assert!(per_path.contains_key(&b"/many"[..]), "directories mapped");
+    assert!(
+        !per_path.contains_key(&b"/link-to-odd"[..]),
+        "symlink not followed"
+    );
+    assert!(
+        !per_path.contains_key(&b"/zz-hardlink"[..]),
+        "hard link mapped once"
+    );
+    assert!(!per_path.contains_key(&b"/sub/on-tmpfs"[..]));
+}
+
+fn seal(data: &[u8]) -> (ChunkTable, Vec<(chunk_core::ChunkName, Vec<u8>)>) {
+    let mut stored = Vec::new();
+    let chunks = data
+        .chunks(CHUNK as usize)
+        .map(|c| {
+            if c.iter().all(|&b| b == 0) {
+                return None;
+            }
+            let sealed = chunk_core::seal(
+                &chunk_core::RustCrypto,
+                &chunk_core::Salt::new(1, [7; 32]),
+                c,
+            )
+            .expect("seal");
+            let (r, ct) = (sealed.chunk_ref(), sealed.ciphertext);
+            stored.push((r.name, ct));
+            Some(r)
+        })
+        .collect();
+    let table = ChunkTable {
+        image_size: data.len() as u64,
+        chunk_size: CHUNK,
+        chunks,
+    };
+    (table, stored)
+}
+
+#[test]
+fn recording_mount_writes_a_profile_naming_the_files_read() {
+    if unavailable(true) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let files = test_files();
+    let data = build_ext4(tmp.path(), &files);
+    let (table, stored) = seal(&data);
+    let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
+    for (n, ct) in stored {
+        source.insert(n, Bytes::from(ct));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let image = LazyImage::with_runtime(
+        table,
+        source,
+        LazyImageOptions::default().record(Duration::from_secs(600)),
+        rt.handle().clone(),
+    )
+    .unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let profile_path = tmp.path().join("profile.json");
+    let digest = "12".repeat(32);
+    let opts = MountOptions::default()
+        .state_dir(tmp.path().join("state"))
+        .record_profile(Some(ProfileTarget::new(&profile_path, "test", &digest)));
+    let handle = worker::mount(image.clone(), &mnt, &opts).unwrap();
+    assert_eq!(
+        std::fs::read(mnt.join("bin/odd")).unwrap(),
+        files["bin/odd"]
+    );
+    assert_eq!(
+        std::fs::read(mnt.join("small.txt")).unwrap(),
+        files["small.txt"]
+    );
+    handle.unmount().unwrap();
+
+    let p = Profile::load(&profile_path).unwrap();
+    assert_eq!(
+        (p.image.as_str(), p.manifest_digest.as_str()),
+        ("test", digest.as_str())
+    );
+    assert_eq!(
+        (p.image_size, p.chunk_size, p.window_ms),
+        (data.len() as u64, CHUNK, 600_000)
+    );
+    assert!(!p.chunks.is_empty());
+    assert_eq!(p.chunks, image.access_log());
+    let ranges = p.files_as_ranges();
+    let find = |name: &str| {
+        ranges
+            .iter()
+            .find(|(path, _)| path == name.as_bytes())
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| panic!("{name} missing from {:?}", p.files))
+    };
+    // The whole of bin/odd was read: one range over all its blocks.
+    assert_eq!(find("/bin/odd"), vec![(0, 700_001u64.div_ceil(BLOCK_SIZE))]);
+    assert_eq!(find("/small.txt"), vec![(0, 1)]);
+    let first = |name: &str| p.files.iter().position(|f| f.path == name.as_bytes());
+    assert!(
+        first("/bin/odd") < first("/small.txt"),
+        "order of first access"
+    );
+    // Metadata blocks (superblock, inode tables) were read and belong to no file.
+    assert!(p.unmapped_blocks > 0);
+    // Readahead may pull in neighbours, but not the whole image.
+    assert!(
+        ranges.len() < files.len(),
+        "{} of {} files",
+        ranges.len(),
+        files.len()
+    );
+    // The walk at unmount read more, but nothing after stop_recording was recorded.
+    assert_eq!(image.access_log(), p.chunks);
+}
