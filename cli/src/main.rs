@@ -54,6 +54,9 @@ enum Command {
         /// Platform to pick from a multi-platform index (os/arch[/variant])
         #[arg(long)]
         platform: Option<String>,
+        /// Profile-guided layout from a profile recorded with `lode mount --record-profile`
+        #[arg(long, value_name = "FILE")]
+        layout_profile: Option<PathBuf>,
     },
     /// Flatten, chunk, seal and upload an image, then write its manifest
     Push {
@@ -68,6 +71,11 @@ enum Command {
         /// Concurrent chunk uploads
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// Profile-guided layout: copy the blocks a recorded start read
+        /// (`lode mount --record-profile FILE`) into one contiguous hot region,
+        /// in the order they were read; layer chunks stay the same, so dedup holds
+        #[arg(long, value_name = "FILE")]
+        layout_profile: Option<PathBuf>,
         /// Print the summary as JSON
         #[arg(long)]
         json: bool,
@@ -93,6 +101,10 @@ enum Command {
         /// Chunks fetched ahead of a sequential reader (0: only what is read)
         #[arg(long, default_value_t = 4)]
         readahead_chunks: u32,
+        /// Kernel readahead of the loop device in KiB; 0 (default) reads only
+        /// what ext4 asks for, so a lazy start fetches fewer chunks
+        #[arg(long, value_name = "KIB", default_value_t = 0)]
+        kernel_readahead_kb: u32,
         /// Record a prefetch profile and write it to FILE (JSON) when the mount
         /// ends: the chunks read in the first seconds and the files they belong to
         #[arg(long, value_name = "FILE")]
@@ -280,14 +292,25 @@ fn run(cli: Cli) -> Result<()> {
             image,
             output,
             platform,
-        } => flatten(&image, &output, platform.as_deref()),
+            layout_profile,
+        } => flatten(
+            &image,
+            &output,
+            platform.as_deref(),
+            layout_profile.as_deref(),
+        ),
         Command::Push {
             image,
             name,
             platform,
             concurrency,
             json,
+            layout_profile,
         } => {
+            let hot = layout_profile
+                .as_deref()
+                .map(push::hot_list_from_profile)
+                .transpose()?;
             let store_url = settings.store.clone().unwrap_or_default();
             let store = Store::open(&settings.store()?, &store_url)?;
             let (kms, key_id) = keys::open_kms(&settings.kms()?)?;
@@ -304,6 +327,7 @@ fn run(cli: Cli) -> Result<()> {
                 upload_concurrency: concurrency.max(1),
                 spool_dir: None,
                 progress: std::io::stderr().is_terminal() && !json,
+                hot,
             };
             let summary = runtime()?.block_on(push::push(req))?;
             if json {
@@ -321,6 +345,7 @@ fn run(cli: Cli) -> Result<()> {
             stats,
             log_file,
             readahead_chunks,
+            kernel_readahead_kb,
             record_profile,
             profile_window,
             prefetch,
@@ -335,6 +360,7 @@ fn run(cli: Cli) -> Result<()> {
                 foreground,
                 log_file,
                 readahead_chunks,
+                kernel_readahead_kb,
                 record_profile,
                 profile_window: gc::parse_duration(&profile_window).context("--profile-window")?,
                 prefetch: prefetch.settings(),
@@ -472,8 +498,16 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn flatten(image: &str, output: &std::path::Path, platform: Option<&str>) -> Result<()> {
+fn flatten(
+    image: &str,
+    output: &std::path::Path,
+    platform: Option<&str>,
+    layout_profile: Option<&std::path::Path>,
+) -> Result<()> {
     use flattener::{FlattenOptions, ImageRef};
+    let hot = layout_profile
+        .map(push::hot_list_from_profile)
+        .transpose()?;
     let image_ref = ImageRef::parse(image).with_context(|| format!("image {image:?}"))?;
     let platform = push::parse_platform(platform)?;
     let pb = push::bar(
@@ -485,9 +519,12 @@ fn flatten(image: &str, output: &std::path::Path, platform: Option<&str>) -> Res
         progress_bar.set_length(p.bytes_total);
         progress_bar.set_position(p.bytes_read);
     };
-    let opts = FlattenOptions::default()
+    let mut opts = FlattenOptions::default()
         .with_platform(platform)
         .with_progress(&progress);
+    if let Some(hot) = &hot {
+        opts = opts.with_hot(hot);
+    }
     let summary = flattener::flatten(&image_ref, &opts, output)
         .with_context(|| format!("flattening {image}"))?;
     pb.finish_and_clear();
@@ -499,5 +536,11 @@ fn flatten(image: &str, output: &std::path::Path, platform: Option<&str>) -> Res
         summary.entries,
         summary.sha256
     );
+    if let Some(h) = summary.image.hot_region {
+        println!(
+            "  hot region: {} bytes at offset {} ({} profile entries not in this image)",
+            h.len, h.start, h.entries_skipped
+        );
+    }
     Ok(())
 }

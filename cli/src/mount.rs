@@ -150,6 +150,8 @@ pub struct MountRequest {
     pub log_file: Option<PathBuf>,
     /// Chunks fetched ahead of a sequential reader.
     pub readahead_chunks: u32,
+    /// Kernel readahead of the loop device (KiB).
+    pub kernel_readahead_kb: u32,
     /// Record a prefetch profile and write it here when the mount ends.
     pub record_profile: Option<PathBuf>,
     /// How long after opening the recording runs.
@@ -211,6 +213,7 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
             .file_only(req.file_only)
             .stats_path(req.stats.clone())
             .record_profile(target)
+            .kernel_readahead_kb(Some(req.kernel_readahead_kb))
             .source_name(format!("lode:{}", req.name));
         let handle = {
             let _guard = rt.enter();

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::Bytes;
 use cache_tiers::Tier;
 use chunk_core::{ChunkRef, CryptoProvider, DEFAULT_CHUNK_SIZE, Salt, SealedChunk};
@@ -56,6 +56,50 @@ pub struct PushSummary {
     pub salt_id: u32,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// The hot region of a profile-guided layout (`--layout-profile`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hot_region: Option<HotRegionSummary>,
+}
+
+/// Where a profile-guided layout put its hot copies.
+#[derive(Debug, Clone, Serialize)]
+pub struct HotRegionSummary {
+    /// Byte offset of the hot region in the image.
+    pub start: u64,
+    /// Its length in bytes.
+    pub bytes: u64,
+    /// Profile entries that name nothing the image has (skipped).
+    pub entries_skipped: usize,
+}
+
+impl HotRegionSummary {
+    fn of(summary: &flattener::FlattenSummary) -> Option<Self> {
+        summary.image.hot_region.map(|h| Self {
+            start: h.start,
+            bytes: h.len,
+            entries_skipped: h.entries_skipped,
+        })
+    }
+}
+
+/// Reads a profile written by `lode mount --record-profile` and turns its
+/// file part (which blocks of which paths a start read, in order) into the
+/// flattener's hot list. Paths, not offsets, so a profile recorded on one
+/// version of an image applies to the next one too.
+pub fn hot_list_from_profile(path: &std::path::Path) -> Result<flattener::HotList> {
+    let profile = worker::profile::Profile::load(path)
+        .with_context(|| format!("layout profile {}", path.display()))?;
+    let entries: Vec<flattener::HotEntry> = profile
+        .files_as_ranges()
+        .into_iter()
+        .map(|(path, blocks)| flattener::HotEntry { path, blocks })
+        .collect();
+    ensure!(
+        !entries.is_empty(),
+        "layout profile {} names no files (was it recorded with --file-only, or did nothing read the mount?)",
+        path.display()
+    );
+    Ok(flattener::HotList { entries })
 }
 
 /// Everything `push` needs.
@@ -82,6 +126,9 @@ pub struct PushRequest<'a> {
     pub spool_dir: Option<std::path::PathBuf>,
     /// Show progress bars (on a terminal).
     pub progress: bool,
+    /// Profile-guided layout: blocks to copy into a hot region
+    /// (`--layout-profile`, see [`hot_list_from_profile`]).
+    pub hot: Option<flattener::HotList>,
 }
 
 /// Chunks per sealing batch: enough to keep every core busy.
@@ -181,6 +228,7 @@ async fn push_leased(req: PushRequest<'_>, lease: &crate::gc::Lease) -> Result<P
     let (chunk_tx, chunk_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(QUEUE_CHUNKS);
     let flatten_bar = read_bar.clone();
     let spool_dir = req.spool_dir.clone();
+    let hot = req.hot.clone();
     let flatten = std::thread::Builder::new()
         .name("flatten".into())
         .spawn(move || {
@@ -192,6 +240,9 @@ async fn push_leased(req: PushRequest<'_>, lease: &crate::gc::Lease) -> Result<P
                 .with_platform(platform)
                 .with_progress(&progress);
             opts.spool_dir = spool_dir;
+            if let Some(hot) = &hot {
+                opts = opts.with_hot(hot);
+            }
             let mut sink = ChunkSink {
                 buf: Vec::with_capacity(DEFAULT_CHUNK_SIZE + 16),
                 index: 0,
@@ -327,6 +378,7 @@ async fn push_leased(req: PushRequest<'_>, lease: &crate::gc::Lease) -> Result<P
     req.store.put_manifest(req.name, &sealed).await?;
 
     let data_chunks = expected - holes;
+    let hot_region = HotRegionSummary::of(&summary);
     Ok(PushSummary {
         name: req.name.to_string(),
         source: req.image.to_string(),
@@ -340,6 +392,7 @@ async fn push_leased(req: PushRequest<'_>, lease: &crate::gc::Lease) -> Result<P
         dedup_ratio: (new > 0).then(|| data_chunks as f64 / new as f64),
         salt_id: req.salt.id(),
         seconds: started.elapsed().as_secs_f64(),
+        hot_region,
     })
 }
 
@@ -384,5 +437,13 @@ pub fn print_summary(s: &PushSummary) {
             mib(s.bytes_uploaded)
         ),
         None => println!("  uploaded  nothing: every chunk was already stored"),
+    }
+    if let Some(h) = &s.hot_region {
+        println!(
+            "  hot       {:.1} MiB of profile-guided copies at offset {} ({} profile entries not in this image)",
+            mib(h.bytes),
+            h.start,
+            h.entries_skipped
+        );
     }
 }

@@ -13,6 +13,7 @@ const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_FLAGS_DIRECT_IO: u32 = 16;
 const LO_NAME_SIZE: usize = 64;
 
 /// `struct loop_info64` of `<linux/loop.h>`.
@@ -56,7 +57,7 @@ fn info_for(backing: &Path) -> LoopInfo64 {
         lo_number: 0,
         lo_encrypt_type: 0,
         lo_encrypt_key_size: 0,
-        lo_flags: LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR,
+        lo_flags: LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO,
         lo_file_name: name,
         lo_crypt_name: [0; LO_NAME_SIZE],
         lo_encrypt_key: [0; 32],
@@ -66,7 +67,10 @@ fn info_for(backing: &Path) -> LoopInfo64 {
 
 /// A read-only loop device with autoclear: the kernel detaches it when the
 /// last user (this handle, a mount) goes away, so a crashed daemon leaves
-/// no device behind once the ext4 mount is gone.
+/// no device behind once the ext4 mount is gone. Direct I/O is requested:
+/// reads reach the backing file as the filesystem issued them, without a
+/// second copy in the backing file's page cache and without its readahead
+/// (which on a FUSE file would fetch chunks nobody reads).
 #[derive(Debug)]
 pub struct LoopDevice {
     path: PathBuf,
@@ -115,6 +119,24 @@ impl LoopDevice {
             )
         });
         Err(Error::io("attaching loop device (busy)", path, e))
+    }
+
+    /// Sets the device's kernel readahead (`queue/read_ahead_kb` in sysfs).
+    pub fn set_read_ahead_kb(&self, kb: u32) -> Result<()> {
+        let path = self.sysfs().join("queue/read_ahead_kb");
+        std::fs::write(&path, format!("{kb}\n"))
+            .map_err(|e| Error::io("setting readahead in", &path, e))
+    }
+
+    /// True when the kernel reads the backing file with direct I/O, bypassing
+    /// its page cache (requested at attach; the kernel may decline).
+    pub fn direct_io(&self) -> bool {
+        std::fs::read_to_string(self.sysfs().join("loop/dio")).is_ok_and(|s| s.trim() == "1")
+    }
+
+    fn sysfs(&self) -> PathBuf {
+        let name = self.path.file_name().unwrap_or_default();
+        Path::new("/sys/block").join(name)
     }
 
     /// The device path, e.g. `/dev/loop3`.

@@ -46,6 +46,13 @@ pub struct MountOptions {
     /// Write a prefetch profile when the mount ends (the image must record:
     /// [`LazyImageOptions::record`](crate::LazyImageOptions::record)).
     pub record_profile: Option<ProfileTarget>,
+    /// Kernel readahead of the loop device in KiB (`read_ahead_kb`); `None`
+    /// keeps the kernel's default (often several MiB). The default, 0, lets
+    /// the kernel read only what the filesystem asks for: on a lazily fetched
+    /// image readahead in file order fetches 512 KiB chunks the application
+    /// never reads (python-app: 78 instead of 40 chunks with a hot layout at
+    /// 128 KiB), and the worker's own readahead follows sequential readers.
+    pub kernel_readahead_kb: Option<u32>,
 }
 
 /// Where and for which manifest a mount writes its prefetch profile.
@@ -88,6 +95,7 @@ impl Default for MountOptions {
             allow_other: true,
             ext4_data: "noload".into(),
             record_profile: None,
+            kernel_readahead_kb: Some(0),
         }
     }
 }
@@ -121,6 +129,12 @@ impl MountOptions {
     #[must_use]
     pub fn record_profile(mut self, target: Option<ProfileTarget>) -> Self {
         self.record_profile = target;
+        self
+    }
+    /// Sets [`kernel_readahead_kb`](Self::kernel_readahead_kb).
+    #[must_use]
+    pub fn kernel_readahead_kb(mut self, kb: Option<u32>) -> Self {
+        self.kernel_readahead_kb = kb;
         self
     }
     /// Sets [`source_name`](Self::source_name).
@@ -288,6 +302,16 @@ pub fn mount(image: LazyImage, mountpoint: &Path, opts: &MountOptions) -> Result
         // On error the handle's drop unmounts FUSE again.
         let dev = LoopDevice::attach_read_only(&image_file)?;
         handle.state.loop_device = Some(dev.path().to_path_buf());
+        if let Some(kb) = opts.kernel_readahead_kb {
+            dev.set_read_ahead_kb(kb)?;
+        }
+        if !dev.direct_io() {
+            tracing::warn!(
+                loop_device = %dev.path().display(),
+                "the loop device reads the FUSE file through the page cache (no direct I/O): \
+                 pages are cached twice and FUSE readahead fetches more chunks"
+            );
+        }
         sys_mount(
             dev.path(),
             &mountpoint,
