@@ -831,14 +831,77 @@ async fn load(inner: &Arc<Inner>, index: u64) -> Result<Bytes, ChunkError> {
     }
 }
 
+/// The one log line an operator needs to find a bad chunk: its name, index,
+/// image offset, the tier that answered (or that none did) and the whole
+/// error chain (the top-level message alone is often just "fetch failed").
 fn log_chunk_error(inner: &Inner, index: u64, chunk: &ChunkRef, err: &ChunkError) {
     tracing::error!(
-        chunk_index = index,
         chunk = %chunk.name,
+        chunk_index = index,
         offset = index * u64::from(inner.table.chunk_size),
-        error = %err,
+        tier = error_tier(err),
+        error = %ErrorChain(err),
         "chunk unavailable"
     );
+}
+
+/// Which tier a chunk error came from, as far as the error tells.
+fn error_tier(err: &ChunkError) -> &str {
+    use crate::error::SourceError;
+    match err {
+        ChunkError::Fetch(SourceError::Tier { tier, .. })
+        | ChunkError::NameMismatch { tier, .. }
+        | ChunkError::Decrypt { tier, .. } => tier,
+        ChunkError::Fetch(SourceError::NotFound { .. }) => "none (in no tier)",
+        ChunkError::Timeout { .. } => "none (no answer)",
+        _ => "unknown",
+    }
+}
+
+/// Displays an error and its sources, `: `-separated.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut last = self.0.to_string();
+        f.write_str(&last)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            let msg = e.to_string();
+            // Many errors already print their source; don't say it twice.
+            if !last.ends_with(&msg) {
+                write!(f, ": {msg}")?;
+            }
+            last = msg;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod chunk_log_tests {
+    use super::*;
+    use crate::error::SourceError;
+
+    #[test]
+    fn chain_names_the_tier_and_the_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = ChunkError::Fetch(SourceError::Tier {
+            tier: "store".into(),
+            source: Box::new(io),
+        });
+        assert_eq!(error_tier(&err), "store");
+        assert_eq!(
+            ErrorChain(&err).to_string(),
+            "fetch failed: tier store failed: no such file"
+        );
+        let missing = ChunkError::Fetch(SourceError::NotFound {
+            name: chunk_core::ChunkName::from_bytes([1; 32]),
+        });
+        assert_eq!(error_tier(&missing), "none (in no tier)");
+        assert!(ErrorChain(&missing).to_string().contains(&"01".repeat(32)));
+    }
 }
 
 #[cfg(test)]
