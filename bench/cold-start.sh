@@ -135,23 +135,25 @@ full_pull() {
 }
 
 # Mounts image $1 with cache dir $2 and extra flags, runs the app, unmounts.
-# Prints "seconds stats-file"; the stats JSON is written at unmount.
+# Prints "seconds stats-file mount-seconds"; the stats JSON is written at unmount.
 lode_run() {
   local img=$1 cache=$2; shift 2
-  local mnt="$WORK/mnt-$img" stats="$WORK/stats-$img-$RANDOM.json" t0 t1
+  local mnt="$WORK/mnt-$img" stats="$WORK/stats-$img-$RANDOM.json" t0 tm t1
   mkdir -p "$mnt"
   drop_caches
   t0=$EPOCHREALTIME
-  # shellcheck disable=SC2086
   "$LODE" mount "$img" "$mnt" --cache-dir "$cache" --stats "$stats" \
-    --log-file "$WORK/mount-$img.log" "$@" >/dev/null
+    --log-file "$WORK/mount-$img.log" "$@" >/dev/null 2>>"$WORK/mount-$img.log" \
+    || { tail -n 20 "$WORK/mount-$img.log" >&2; exit 1; }
+  tm=$EPOCHREALTIME
   run_app "$img" "$mnt"
   t1=$EPOCHREALTIME
   "$LODE" umount "$mnt" >/dev/null
-  echo "$(echo "$t1 $t0" | awk '{printf "%.3f", $1 - $2}') $stats"
+  echo "$(echo "$t1 $t0" | awk '{printf "%.3f", $1 - $2}') $stats $(echo "$tm $t0" | awk '{printf "%.3f", $1 - $2}')"
 }
 
-# Results: one line per run, "image mode seconds stats-file" (stats "-" for a).
+# Results: one line per run, "image mode seconds stats-file mount-seconds" (for a: the
+# file with the bytes copied, and "-").
 RESULTS="$WORK/results"
 : >"$RESULTS"
 for img in $IMAGES; do
@@ -164,7 +166,7 @@ MOUNT_FLAGS=($LODE_MOUNT_FLAGS)
 for run in $(seq "$RUNS"); do
   for img in $IMAGES; do
     # (Assignments, so that a failing step stops the script under set -e.)
-    r=$(full_pull "$img"); echo "$img a $r $WORK/plan-$img/bytes" >>"$RESULTS"
+    r=$(full_pull "$img"); echo "$img a $r $WORK/plan-$img/bytes -" >>"$RESULTS"
     rm -rf "$WORK/cache-$img"
     r=$(lode_run "$img" "$WORK/cache-$img" "${MOUNT_FLAGS[@]}"); echo "$img b $r" >>"$RESULTS"
     r=$(lode_run "$img" "$WORK/cache-$img" "${MOUNT_FLAGS[@]}"); echo "$img c $r" >>"$RESULTS"
@@ -203,8 +205,8 @@ import json, statistics, sys
 results, runs, drop, profiles, latency, load = sys.argv[1:]
 rows = {}
 for line in open(results):
-    img, mode, secs, stats = line.split()
-    rows.setdefault((img, mode), []).append((float(secs), stats))
+    img, mode, secs, stats, mount_secs = line.split()
+    rows.setdefault((img, mode), []).append((float(secs), stats, mount_secs))
 names = {
     "a": "full pull: copy blobs, umoci unpack, run",
     "b": "lode, empty L1, local store",
@@ -214,18 +216,18 @@ names = {
 }
 print(f"median of {runs} runs; page cache dropped before each: {drop}; load average {load}")
 print()
-print("| image | mode | seconds (median) | seconds per run | bytes fetched from L3 | share of image | chunks from L3 | chunks from L1 |")
-print("|---|---|---:|---|---:|---:|---:|---:|")
+print("| image | mode | seconds (median) | seconds per run | of which `lode mount` | bytes fetched from L3 | share of image | chunks from L3 | chunks from L1 |")
+print("|---|---|---:|---|---:|---:|---:|---:|---:|")
 med = {}
 for (img, mode), rs in sorted(rows.items()):
-    secs = [s for s, _ in rs]
+    secs = [r[0] for r in rs]
     m = statistics.median(secs)
     med[(img, mode)] = m
     per_run = " ".join(f"{s:.2f}" for s in secs)
     median_run = sorted(rs)[(len(rs) - 1) // 2]
     if mode == "a":
         copied = int(open(median_run[1]).read())
-        print(f"| {img} | a: {names[mode]} | {m:.2f} | {per_run} | {copied:,} (every blob, compressed) | all layers | | |")
+        print(f"| {img} | a: {names[mode]} | {m:.2f} | {per_run} | | {copied:,} (every blob, compressed) | all layers | | |")
         continue
     # The counters of the median run.
     stats = json.load(open(median_run[1]))
@@ -233,7 +235,7 @@ for (img, mode), rs in sorted(rows.items()):
     l3 = tiers.get("store", {"bytes": 0, "chunks": 0})
     l1 = sum(v.get("chunks", 0) for k, v in tiers.items() if k != "store")
     share = l3["bytes"] / stats["image_size"]
-    print(f"| {img} | {mode}: {names[mode]} | {m:.2f} | {per_run} | {l3['bytes']:,} | {share:.1%} | {l3['chunks']} | {l1} |")
+    print(f"| {img} | {mode}: {names[mode]} | {m:.2f} | {per_run} | {median_run[2]} | {l3['bytes']:,} | {share:.1%} | {l3['chunks']} | {l1} |")
 print()
 print("| image | ratio | value |")
 print("|---|---|---:|")
@@ -250,4 +252,6 @@ if profiles == "no":
     print("rows d, e skipped: this lode has no `mount --store-latency` or `lode profile`")
 PY
 echo
-echo "reproduce: sudo RUNS=$RUNS IMAGES=\"$IMAGES\" LODE_MOUNT_FLAGS=\"$LODE_MOUNT_FLAGS\" bench/cold-start.sh $CORPUS"
+extra=""
+[[ $PROFILES == yes ]] && extra=" STORE_LATENCY=$STORE_LATENCY PROFILE_IMAGES=\"$PROFILE_IMAGES\""
+echo "reproduce: sudo RUNS=$RUNS IMAGES=\"$IMAGES\" LODE_MOUNT_FLAGS=\"$LODE_MOUNT_FLAGS\"$extra bench/cold-start.sh $CORPUS"
