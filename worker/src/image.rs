@@ -89,7 +89,9 @@ pub enum Verify {
 pub struct LazyImageOptions {
     /// Bytes of decrypted chunks kept in memory (LRU). 0 disables the cache.
     pub plaintext_cache_bytes: u64,
-    /// Chunks fetched ahead on a sequential read pattern. 0 disables readahead.
+    /// Most chunks fetched ahead on a sequential read pattern (a stream that
+    /// has read k whole chunks in a row gets min(k, this) ahead). 0
+    /// disables readahead.
     pub readahead_chunks: u32,
     /// Name-check policy.
     pub verify: Verify,
@@ -235,6 +237,8 @@ impl PlainCache {
 /// One sequential stream being tracked for readahead.
 #[derive(Debug, Clone, Copy, Default)]
 struct Stream {
+    /// Offset where the stream's first read started.
+    start: u64,
     /// Offset where the previous read of this stream started.
     prev_offset: u64,
     /// Offset where it ended.
@@ -573,14 +577,23 @@ impl LazyImage {
             };
             let s = &mut ra.streams[i];
             s.streak = if hit.is_some() { s.streak + 1 } else { 0 };
+            if hit.is_none() {
+                s.start = offset;
+            }
             s.prev_offset = offset;
             s.next_offset = s.next_offset.max(offset + len);
             s.used = clock;
-            if s.streak == 0 {
+            // Ramp up like the kernel's readahead: a stream that has read
+            // k whole chunks in a row gets min(k, window) chunks ahead. The
+            // kernel's own readahead makes two contiguous reads out of any
+            // file over 128 KiB; a fixed window would fetch whole chunks
+            // ahead of every such small file and never use them.
+            let covered = (s.next_offset - s.start) / cs;
+            if s.streak == 0 || covered == 0 {
                 None
             } else {
                 let from = s.ra_next.max(last + 1);
-                let to = (last + window).min(n.saturating_sub(1));
+                let to = (last + window.min(covered)).min(n.saturating_sub(1));
                 if from <= to {
                     s.ra_next = to + 1;
                     Some(from..=to)
@@ -1210,31 +1223,53 @@ mod tests {
         let (data, source, image) = setup(32 * CS as usize, &[], TierId::untrusted("store"), opts);
         let half = CS as usize / 2;
         let mut buf = vec![0u8; half];
-        // Two sequential reads in chunk 0, then one reaching into chunk 1.
-        for i in 0..3u64 {
-            image.read_at(i * half as u64, &mut buf).await.unwrap();
-            assert_eq!(&buf[..], &data[i as usize * half..(i as usize + 1) * half]);
-        }
-        // Readahead runs in the background; wait for it.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while source.fetch_count(&name_of(&image, 4)) == 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        for i in 2..=4 {
+        let read_halves = async |range: std::ops::Range<u64>, buf: &mut Vec<u8>| {
+            for i in range {
+                image.read_at(i * half as u64, buf).await.unwrap();
+                assert_eq!(&buf[..], &data[i as usize * half..(i as usize + 1) * half]);
+            }
+        };
+        // Readahead runs in the background; wait for chunk `i` to be asked for.
+        let wait_for = async |i: u64| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while source.fetch_count(&name_of(&image, i)) == 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // Give a wrongly started further fetch time to show.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // Two sequential reads in chunk 0, then one reaching into chunk 1:
+        // one whole chunk read in a row earns one chunk ahead, not three.
+        read_halves(0..3, &mut buf).await;
+        wait_for(2).await;
+        assert_eq!(
+            source.fetch_count(&name_of(&image, 2)),
+            1,
+            "chunk 2 read ahead"
+        );
+        assert_eq!(
+            source.fetch_count(&name_of(&image, 3)),
+            0,
+            "ramp starts at 1"
+        );
+        // Four whole chunks read in a row: the full window of 3 ahead.
+        read_halves(3..8, &mut buf).await;
+        wait_for(6).await;
+        for i in 2..=6 {
             assert_eq!(
                 source.fetch_count(&name_of(&image, i)),
                 1,
-                "chunk {i} read ahead"
+                "chunk {i} fetched once"
             );
         }
-        assert_eq!(source.fetch_count(&name_of(&image, 5)), 0);
+        assert_eq!(source.fetch_count(&name_of(&image, 7)), 0);
         assert!(image.stats().readahead_chunks >= 3);
         // Reading the readahead chunks is now served without new fetches.
         let before = source.total_fetches();
         let mut big = vec![0u8; 2 * CS as usize];
         tokio::time::sleep(Duration::from_millis(50)).await;
-        image.read_at(2 * u64::from(CS), &mut big).await.unwrap();
-        assert_eq!(&big[..], &data[2 * CS as usize..4 * CS as usize]);
+        image.read_at(4 * u64::from(CS), &mut big).await.unwrap();
+        assert_eq!(&big[..], &data[4 * CS as usize..6 * CS as usize]);
         assert!(
             source.total_fetches() - before <= 3,
             "only further readahead may fetch"
