@@ -14,7 +14,8 @@
 #
 # Usage: bench/cold-start.sh [CORPUS]   (default: $LODE_CORPUS or ../shared/corpus)
 # Env:   RUNS=3  IMAGES="python-app python-numpy"  LODE_BIN=path (else builds release)
-#        LODE_MOUNT_FLAGS="..." extra `lode mount` flags for b, d, e
+#        LODE_MOUNT_FLAGS="..." extra `lode mount` flags for b, c, d, e
+#        LODE_PUSH_FLAGS="..."  extra `lode push` flags (e.g. a layout option)
 #        STORE_LATENCY=20ms  (d, e)   PROFILE_IMAGES="python-numpy python-app"
 #        PROFILE_RECORD_FLAGS="--record-profile"  PROFILE_SAVE_ARGS="profile save {name}"
 set -euo pipefail
@@ -26,6 +27,7 @@ RUNS=${RUNS:-3}
 IMAGES=${IMAGES:-python-app python-numpy}
 PROFILE_IMAGES=${PROFILE_IMAGES:-$IMAGES}
 LODE_MOUNT_FLAGS=${LODE_MOUNT_FLAGS:-}
+LODE_PUSH_FLAGS=${LODE_PUSH_FLAGS:-}
 STORE_LATENCY=${STORE_LATENCY:-20ms}
 PROFILE_RECORD_FLAGS=${PROFILE_RECORD_FLAGS:---record-profile}
 PROFILE_SAVE_ARGS=${PROFILE_SAVE_ARGS:-profile save \{name\}}
@@ -157,7 +159,8 @@ lode_run() {
 RESULTS="$WORK/results"
 : >"$RESULTS"
 for img in $IMAGES; do
-  "$LODE" push "oci:$LAYOUT:$img" --name "$img" --json >"$WORK/push-$img.json"
+  # shellcheck disable=SC2086
+  "$LODE" push "oci:$LAYOUT:$img" --name "$img" --json $LODE_PUSH_FLAGS >"$WORK/push-$img.json"
   pull_plan "$img"
 done
 
@@ -254,4 +257,4 @@ PY
 echo
 extra=""
 [[ $PROFILES == yes ]] && extra=" STORE_LATENCY=$STORE_LATENCY PROFILE_IMAGES=\"$PROFILE_IMAGES\""
-echo "reproduce: sudo RUNS=$RUNS IMAGES=\"$IMAGES\" LODE_MOUNT_FLAGS=\"$LODE_MOUNT_FLAGS\"$extra bench/cold-start.sh $CORPUS"
+echo "reproduce: sudo RUNS=$RUNS IMAGES=\"$IMAGES\" LODE_MOUNT_FLAGS=\"$LODE_MOUNT_FLAGS\" LODE_PUSH_FLAGS=\"$LODE_PUSH_FLAGS\"$extra bench/cold-start.sh $CORPUS"
