@@ -18,6 +18,8 @@
 #        LODE_PUSH_FLAGS="..."  extra `lode push` flags (e.g. a layout option)
 #        STORE_LATENCY=20ms  (d, e)   PROFILE_IMAGES="python-numpy python-app"
 #        PROFILE_RECORD_FLAGS="--record-profile"  PROFILE_SAVE_ARGS="profile save {name}"
+#        ({name}: the image, {profile}: a file in the work dir; if `mount --help` shows
+#        `--record-profile <...>` taking a value, the defaults pass {profile} to both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -29,8 +31,6 @@ PROFILE_IMAGES=${PROFILE_IMAGES:-$IMAGES}
 LODE_MOUNT_FLAGS=${LODE_MOUNT_FLAGS:-}
 LODE_PUSH_FLAGS=${LODE_PUSH_FLAGS:-}
 STORE_LATENCY=${STORE_LATENCY:-20ms}
-PROFILE_RECORD_FLAGS=${PROFILE_RECORD_FLAGS:---record-profile}
-PROFILE_SAVE_ARGS=${PROFILE_SAVE_ARGS:-profile save \{name\}}
 
 [[ $(id -u) == 0 ]] || { echo "skipped: needs root (chroot, mount, drop_caches)"; exit 0; }
 [[ -d $LAYOUT ]] || { echo "skipped: no OCI layout at $LAYOUT (set LODE_CORPUS)"; exit 0; }
@@ -182,6 +182,13 @@ if "$LODE" mount --help 2>/dev/null | grep -q -- --store-latency \
   && "$LODE" profile --help >/dev/null 2>&1; then
   PROFILES=yes
   LAT=(--store-latency "$STORE_LATENCY")
+  if "$LODE" mount --help | grep -q -- '--record-profile <'; then
+    PROFILE_RECORD_FLAGS=${PROFILE_RECORD_FLAGS:---record-profile \{profile\}}
+    PROFILE_SAVE_ARGS=${PROFILE_SAVE_ARGS:-profile save \{name\} \{profile\}}
+  else
+    PROFILE_RECORD_FLAGS=${PROFILE_RECORD_FLAGS:---record-profile}
+    PROFILE_SAVE_ARGS=${PROFILE_SAVE_ARGS:-profile save \{name\}}
+  fi
   for img in $PROFILE_IMAGES; do
     for run in $(seq "$RUNS"); do
       rm -rf "$WORK/cache-d-$img"
@@ -190,10 +197,12 @@ if "$LODE" mount --help 2>/dev/null | grep -q -- --store-latency \
     # Record a profile in one more cold mount, then save it beside the manifest.
     rm -rf "$WORK/cache-rec-$img"
     # shellcheck disable=SC2206
-    rec=($PROFILE_RECORD_FLAGS)
+    rec=(${PROFILE_RECORD_FLAGS//\{profile\}/$WORK/profile-$img})
     r=$(lode_run "$img" "$WORK/cache-rec-$img" "${LAT[@]}" "${rec[@]}" "${MOUNT_FLAGS[@]}")
     # shellcheck disable=SC2206
-    save=(${PROFILE_SAVE_ARGS//\{name\}/$img})
+    save=${PROFILE_SAVE_ARGS//\{name\}/$img}
+    # shellcheck disable=SC2206
+    save=(${save//\{profile\}/$WORK/profile-$img})
     "$LODE" "${save[@]}" >/dev/null
     for run in $(seq "$RUNS"); do
       rm -rf "$WORK/cache-e-$img"
