@@ -82,15 +82,20 @@ fn missing_or_corrupt_chunk_is_eio_and_a_log_line_naming_it() {
         .filter_map(|(i, n)| n.clone().map(|n| (i, n)))
         .filter(|(i, _)| *i > 0)
         .collect();
-    assert!(data.len() >= 4, "too few data chunks: {names:?}");
+    assert!(data.len() >= 5, "too few data chunks: {names:?}");
     let (missing_ix, missing) = data[1].clone();
     let (corrupt_ix, corrupt) = data[2].clone();
     let (good_ix, _) = data[3].clone();
+    let (broken_ix, broken) = data[4].clone();
     assert!(names.iter().flatten().filter(|n| **n == missing).count() == 1);
     assert!(names.iter().flatten().filter(|n| **n == corrupt).count() == 1);
     std::fs::remove_file(env.chunk_path(&missing)).expect("deleting a chunk");
     // Another chunk's bytes under this name: a mismatch the worker must catch.
     std::fs::copy(env.chunk_path(&data[0].1), env.chunk_path(&corrupt)).expect("corrupting");
+    // A store that fails (an error, not a miss): the object cannot be read.
+    std::fs::remove_file(env.chunk_path(&broken)).expect("rm");
+    // A symlink to itself: opening it fails with ELOOP, an I/O error.
+    std::os::unix::fs::symlink(&broken, env.chunk_path(&broken)).expect("a loop in its place");
 
     let mnt = env.dir.path().join("mnt");
     let log = env.dir.path().join("daemon.log");
@@ -109,7 +114,7 @@ fn missing_or_corrupt_chunk_is_eio_and_a_log_line_naming_it() {
 
     let (ok, err) = dd_chunk(&file, good_ix);
     assert!(ok, "an intact chunk must read: {err}");
-    for ix in [missing_ix, corrupt_ix] {
+    for ix in [missing_ix, corrupt_ix, broken_ix] {
         let (ok, err) = dd_chunk(&file, ix);
         assert!(!ok, "reading chunk {ix} must fail");
         assert!(err.contains("Input/output error"), "chunk {ix}: {err}");
@@ -139,6 +144,9 @@ fn missing_or_corrupt_chunk_is_eio_and_a_log_line_naming_it() {
         "{line}"
     );
     assert!(line.contains("do not match the chunk name"), "{line}");
+    let line = line_for(&broken).unwrap_or_else(|| panic!("no line names {broken}:\n{text}"));
+    assert!(line.contains(&format!("chunk_index={broken_ix}")), "{line}");
+    assert!(line.contains("tier=\"store\""), "{line}");
     // Nothing about the intact chunk.
     assert!(!text.contains(&format!("chunk_index={good_ix} ")), "{text}");
 }
