@@ -1,4 +1,5 @@
-//! A failed read in a lazy mount is EIO for the reader and a log line naming
+//! A failed read in a lazy mount (chunk missing, bytes wrong, store failing)
+//! is EIO for the reader and a log line naming
 //! the chunk in the daemon's `--log-file`, never wrong data.
 //!
 //! Needs root and /dev/fuse (the FUSE file only: `--file-only`).
@@ -61,7 +62,7 @@ impl Drop for Mounted<'_> {
 }
 
 #[test]
-fn missing_or_corrupt_chunk_is_eio_and_a_log_line_naming_it() {
+fn missing_corrupt_or_unreadable_chunk_is_eio_and_a_log_line_naming_it() {
     if !require(
         is_root() && Path::new("/dev/fuse").exists(),
         "needs root and /dev/fuse",
