@@ -1,6 +1,6 @@
 //! A failed read in a lazy mount (chunk missing, bytes wrong, store failing)
-//! is EIO for the reader and a log line naming
-//! the chunk in the daemon's `--log-file`, never wrong data.
+//! is EIO for the reader and a log line naming the chunk in the daemon's
+//! `--log-file`, never wrong data.
 //!
 //! Needs root and /dev/fuse (the FUSE file only: `--file-only`).
 
