@@ -9,6 +9,7 @@ APT_PACKAGES=(
   memcached          # L2 shared-cache nodes in tests
   libnbd-bin         # nbdinfo/nbdcopy: NBD clients in tests
   qemu-utils         # qemu-img: NBD client in tests
+  python3-libnbd     # nbdsh (libnbd Python shell): raw NBD requests in cli tests
   busybox-static     # the demo's tiny self-made image
   util-linux         # losetup, mount
   umoci              # independent reference unpacker in flattener tests

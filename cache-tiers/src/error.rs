@@ -155,5 +155,51 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The name of the tier (or memcached node) that failed, when the error
+    /// concerns one; for a coalesced fetch, the leader's.
+    pub fn tier(&self) -> Option<&str> {
+        match self {
+            Self::Io { tier, .. }
+            | Self::Timeout { tier, .. }
+            | Self::ValueTooLarge { tier, .. }
+            | Self::NotEnoughShards { tier, .. }
+            | Self::Unavailable { tier, .. }
+            | Self::Coding { tier, .. }
+            | Self::Task { tier, .. } => Some(tier),
+            #[cfg(feature = "object-store")]
+            Self::ObjectStore { tier, .. } => Some(tier),
+            #[cfg(feature = "memcached")]
+            Self::Memcached { node, .. } => Some(node),
+            Self::NodeDown { node, .. } => Some(node),
+            Self::Coalesced { source, .. } => source.tier(),
+            Self::InvalidConfig { .. } => None,
+        }
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tier_names_the_failing_tier_through_coalescing() {
+        let io = Error::Io {
+            tier: "disk".into(),
+            key: "k".into(),
+            op: "read",
+            source: std::io::Error::other("boom"),
+        };
+        assert_eq!(io.tier(), Some("disk"));
+        let coalesced = Error::Coalesced {
+            key: "k".into(),
+            source: Arc::new(io),
+        };
+        assert_eq!(coalesced.tier(), Some("disk"));
+        let config = Error::InvalidConfig { reason: "x".into() };
+        assert_eq!(config.tier(), None);
+    }
+}

@@ -11,6 +11,7 @@ mod config;
 mod gc;
 mod inspect;
 mod keys;
+mod logging;
 mod mount;
 mod profile;
 mod push;
@@ -38,6 +39,9 @@ struct Cli {
     /// Crypto backend for sealing and opening chunks
     #[arg(long, global = true, default_value = "aws-lc-rs", value_parser = ["aws-lc-rs", "rustcrypto"])]
     crypto: String,
+    /// More log lines on stderr (-v debug, -vv trace); `LODE_LOG` overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -267,6 +271,7 @@ enum SaltAction {
 
 fn main() {
     let cli = Cli::parse();
+    logging::init(cli.verbose);
     if let Err(e) = run(cli) {
         eprintln!("lode: error: {e:#}");
         std::process::exit(1);

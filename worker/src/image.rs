@@ -89,7 +89,9 @@ pub enum Verify {
 pub struct LazyImageOptions {
     /// Bytes of decrypted chunks kept in memory (LRU). 0 disables the cache.
     pub plaintext_cache_bytes: u64,
-    /// Chunks fetched ahead on a sequential read pattern. 0 disables readahead.
+    /// Most chunks fetched ahead on a sequential read pattern (a stream that
+    /// has read k whole chunks in a row gets min(k, this) ahead). 0
+    /// disables readahead.
     pub readahead_chunks: u32,
     /// Name-check policy.
     pub verify: Verify,
@@ -320,6 +322,8 @@ impl PlainCache {
 /// One sequential stream being tracked for readahead.
 #[derive(Debug, Clone, Copy, Default)]
 struct Stream {
+    /// Offset where the stream's first read started.
+    start: u64,
     /// Offset where the previous read of this stream started.
     prev_offset: u64,
     /// Offset where it ended.
@@ -672,14 +676,23 @@ impl LazyImage {
             };
             let s = &mut ra.streams[i];
             s.streak = if hit.is_some() { s.streak + 1 } else { 0 };
+            if hit.is_none() {
+                s.start = offset;
+            }
             s.prev_offset = offset;
             s.next_offset = s.next_offset.max(offset + len);
             s.used = clock;
-            if s.streak == 0 {
+            // Ramp up like the kernel's readahead: a stream that has read
+            // k whole chunks in a row gets min(k, window) chunks ahead. The
+            // kernel's own readahead makes two contiguous reads out of any
+            // file over 128 KiB; a fixed window would fetch whole chunks
+            // ahead of every such small file and never use them.
+            let covered = (s.next_offset - s.start) / cs;
+            if s.streak == 0 || covered == 0 {
                 None
             } else {
                 let from = s.ra_next.max(last + 1);
-                let to = (last + window).min(n.saturating_sub(1));
+                let to = (last + window.min(covered)).min(n.saturating_sub(1));
                 if from <= to {
                     s.ra_next = to + 1;
                     Some(from..=to)
@@ -1044,14 +1057,77 @@ async fn load(inner: &Arc<Inner>, index: u64) -> Result<Bytes, ChunkError> {
     }
 }
 
+/// The one log line an operator needs to find a bad chunk: its name, index,
+/// image offset, the tier that answered (or that none did) and the whole
+/// error chain (the top-level message alone is often just "fetch failed").
 fn log_chunk_error(inner: &Inner, index: u64, chunk: &ChunkRef, err: &ChunkError) {
     tracing::error!(
-        chunk_index = index,
         chunk = %chunk.name,
+        chunk_index = index,
         offset = index * u64::from(inner.table.chunk_size),
-        error = %err,
+        tier = error_tier(err),
+        error = %ErrorChain(err),
         "chunk unavailable"
     );
+}
+
+/// Which tier a chunk error came from, as far as the error tells.
+fn error_tier(err: &ChunkError) -> &str {
+    use crate::error::SourceError;
+    match err {
+        ChunkError::Fetch(SourceError::Tier { tier, .. })
+        | ChunkError::NameMismatch { tier, .. }
+        | ChunkError::Decrypt { tier, .. } => tier,
+        ChunkError::Fetch(SourceError::NotFound { .. }) => "none (in no tier)",
+        ChunkError::Timeout { .. } => "none (no answer)",
+        _ => "unknown",
+    }
+}
+
+/// Displays an error and its sources, `: `-separated.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut last = self.0.to_string();
+        f.write_str(&last)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            let msg = e.to_string();
+            // Many errors already print their source; don't say it twice.
+            if !last.ends_with(&msg) {
+                write!(f, ": {msg}")?;
+            }
+            last = msg;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod chunk_log_tests {
+    use super::*;
+    use crate::error::SourceError;
+
+    #[test]
+    fn chain_names_the_tier_and_the_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = ChunkError::Fetch(SourceError::Tier {
+            tier: "store".into(),
+            source: Box::new(io),
+        });
+        assert_eq!(error_tier(&err), "store");
+        assert_eq!(
+            ErrorChain(&err).to_string(),
+            "fetch failed: tier store failed: no such file"
+        );
+        let missing = ChunkError::Fetch(SourceError::NotFound {
+            name: chunk_core::ChunkName::from_bytes([1; 32]),
+        });
+        assert_eq!(error_tier(&missing), "none (in no tier)");
+        assert!(ErrorChain(&missing).to_string().contains(&"01".repeat(32)));
+    }
 }
 
 #[cfg(test)]
@@ -1360,31 +1436,53 @@ mod tests {
         let (data, source, image) = setup(32 * CS as usize, &[], TierId::untrusted("store"), opts);
         let half = CS as usize / 2;
         let mut buf = vec![0u8; half];
-        // Two sequential reads in chunk 0, then one reaching into chunk 1.
-        for i in 0..3u64 {
-            image.read_at(i * half as u64, &mut buf).await.unwrap();
-            assert_eq!(&buf[..], &data[i as usize * half..(i as usize + 1) * half]);
-        }
-        // Readahead runs in the background; wait for it.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while source.fetch_count(&name_of(&image, 4)) == 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        for i in 2..=4 {
+        let read_halves = async |range: std::ops::Range<u64>, buf: &mut Vec<u8>| {
+            for i in range {
+                image.read_at(i * half as u64, buf).await.unwrap();
+                assert_eq!(&buf[..], &data[i as usize * half..(i as usize + 1) * half]);
+            }
+        };
+        // Readahead runs in the background; wait for chunk `i` to be asked for.
+        let wait_for = async |i: u64| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while source.fetch_count(&name_of(&image, i)) == 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // Give a wrongly started further fetch time to show.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // Two sequential reads in chunk 0, then one reaching into chunk 1:
+        // one whole chunk read in a row earns one chunk ahead, not three.
+        read_halves(0..3, &mut buf).await;
+        wait_for(2).await;
+        assert_eq!(
+            source.fetch_count(&name_of(&image, 2)),
+            1,
+            "chunk 2 read ahead"
+        );
+        assert_eq!(
+            source.fetch_count(&name_of(&image, 3)),
+            0,
+            "ramp starts at 1"
+        );
+        // Four whole chunks read in a row: the full window of 3 ahead.
+        read_halves(3..8, &mut buf).await;
+        wait_for(6).await;
+        for i in 2..=6 {
             assert_eq!(
                 source.fetch_count(&name_of(&image, i)),
                 1,
-                "chunk {i} read ahead"
+                "chunk {i} fetched once"
             );
         }
-        assert_eq!(source.fetch_count(&name_of(&image, 5)), 0);
+        assert_eq!(source.fetch_count(&name_of(&image, 7)), 0);
         assert!(image.stats().readahead_chunks >= 3);
         // Reading the readahead chunks is now served without new fetches.
         let before = source.total_fetches();
         let mut big = vec![0u8; 2 * CS as usize];
         tokio::time::sleep(Duration::from_millis(50)).await;
-        image.read_at(2 * u64::from(CS), &mut big).await.unwrap();
-        assert_eq!(&big[..], &data[2 * CS as usize..4 * CS as usize]);
+        image.read_at(4 * u64::from(CS), &mut big).await.unwrap();
+        assert_eq!(&big[..], &data[4 * CS as usize..6 * CS as usize]);
         assert!(
             source.total_fetches() - before <= 3,
             "only further readahead may fetch"

@@ -89,7 +89,7 @@ impl ChunkSource for TieredSource {
             }),
             Ok(None) => Err(SourceError::NotFound { name: *name }),
             Err(e) => Err(SourceError::Tier {
-                tier: "tiers".into(),
+                tier: e.tier().unwrap_or("tiers").to_owned(),
                 source: Box::new(e),
             }),
         }

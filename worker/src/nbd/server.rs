@@ -216,6 +216,9 @@ impl NbdServer {
                 }
             });
         }
+        // Reap connections that ended since the last accept, so the count
+        // below is of open connections only.
+        while conns.try_join_next().is_some() {}
         tracing::info!(
             listen = %self.addr,
             connections = conns.len(),
