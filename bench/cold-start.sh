@@ -9,6 +9,11 @@
 # With a lode that has `mount --store-latency` and `lode profile` (prefetch profiles), also:
 #   d  lode, empty L1, store with STORE_LATENCY per fetch (default 20ms), no profile
 #   e  the same after `lode mount --record-profile` + `lode profile save`: prefetch at mount
+# With a lode that has `push --layout-profile`, the profile recorded for e also lays out
+# IMAGE-hot (its start's blocks copied into one hot region; layer chunks unchanged):
+#   f  lode, empty L1, local store, IMAGE-hot, no prefetch (the fetched share of a
+#      profile-guided layout)
+#   g  lode, empty L1, STORE_LATENCY store, IMAGE-hot with its own saved prefetch profile
 # Each is the median of RUNS runs (default 3); runs of a/b/c interleave. Images are pushed
 # once before timing. Needs root (chroot, mount, drop_caches), umoci, python3.
 #
@@ -141,10 +146,11 @@ full_pull() {
 lode_run() {
   local img=$1 cache=$2; shift 2
   local mnt="$WORK/mnt-$img" stats="$WORK/stats-$img-$RANDOM.json" t0 tm t1
+  local name=${RUN_NAME:-$img}
   mkdir -p "$mnt"
   drop_caches
   t0=$EPOCHREALTIME
-  "$LODE" mount "$img" "$mnt" --cache-dir "$cache" --stats "$stats" \
+  "$LODE" mount "$name" "$mnt" --cache-dir "$cache" --stats "$stats" \
     --log-file "$WORK/mount-$img.log" "$@" >/dev/null 2>>"$WORK/mount-$img.log" \
     || { tail -n 20 "$WORK/mount-$img.log" >&2; exit 1; }
   tm=$EPOCHREALTIME
@@ -208,13 +214,36 @@ if "$LODE" mount --help 2>/dev/null | grep -q -- --store-latency \
       rm -rf "$WORK/cache-e-$img"
       r=$(lode_run "$img" "$WORK/cache-e-$img" "${LAT[@]}" "${MOUNT_FLAGS[@]}"); echo "$img e $r" >>"$RESULTS"
     done
+    "$LODE" push --help | grep -q -- --layout-profile || continue
+    # f, g: the same image laid out by the profile just recorded, pushed as IMAGE-hot.
+    # shellcheck disable=SC2086
+    "$LODE" push "oci:$LAYOUT:$img" --name "$img-hot" --json --layout-profile "$WORK/profile-$img" \
+      $LODE_PUSH_FLAGS >"$WORK/push-$img-hot.json"
+    for run in $(seq "$RUNS"); do
+      rm -rf "$WORK/cache-f-$img"
+      r=$(RUN_NAME="$img-hot" lode_run "$img" "$WORK/cache-f-$img" --no-prefetch "${MOUNT_FLAGS[@]}")
+      echo "$img f $r" >>"$RESULTS"
+    done
+    rm -rf "$WORK/cache-rec-$img"
+    # shellcheck disable=SC2206
+    rec=(${PROFILE_RECORD_FLAGS//\{profile\}/$WORK/profile-$img-hot})
+    r=$(RUN_NAME="$img-hot" lode_run "$img" "$WORK/cache-rec-$img" "${LAT[@]}" "${rec[@]}" "${MOUNT_FLAGS[@]}")
+    save=${PROFILE_SAVE_ARGS//\{name\}/$img-hot}
+    # shellcheck disable=SC2206
+    save=(${save//\{profile\}/$WORK/profile-$img-hot})
+    "$LODE" "${save[@]}" >/dev/null
+    for run in $(seq "$RUNS"); do
+      rm -rf "$WORK/cache-g-$img"
+      r=$(RUN_NAME="$img-hot" lode_run "$img" "$WORK/cache-g-$img" "${LAT[@]}" "${MOUNT_FLAGS[@]}")
+      echo "$img g $r" >>"$RESULTS"
+    done
   done
 fi
 
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
-python3 - "$RESULTS" "$RUNS" "$DROP" "$PROFILES" "$STORE_LATENCY" "$LOAD" <<'PY'
-import json, statistics, sys
-results, runs, drop, profiles, latency, load = sys.argv[1:]
+python3 - "$RESULTS" "$RUNS" "$DROP" "$PROFILES" "$STORE_LATENCY" "$LOAD" "$WORK" <<'PY'
+import json, os, statistics, sys
+results, runs, drop, profiles, latency, load, work = sys.argv[1:]
 rows = {}
 for line in open(results):
     img, mode, secs, stats, mount_secs = line.split()
@@ -225,11 +254,15 @@ names = {
     "c": "lode, warm L1",
     "d": f"lode, empty L1, {latency} store, no profile",
     "e": f"lode, empty L1, {latency} store, prefetch profile",
+    "f": "lode, empty L1, local store, profile-guided layout",
+    "g": f"lode, empty L1, {latency} store, profile-guided layout + prefetch profile",
 }
+def plain_size(img):
+    return json.load(open(f"{work}/push-{img}.json"))["image_bytes"]
 print(f"median of {runs} runs; page cache dropped before each: {drop}; load average {load}")
 print()
-print("| image | mode | seconds (median) | seconds per run | of which `lode mount` | bytes fetched from L3 | share of image | chunks from L3 | chunks from L1 |")
-print("|---|---|---:|---|---:|---:|---:|---:|---:|")
+print("| image | mode | seconds (median) | seconds per run | of which `lode mount` | bytes fetched from L3 | share of image | share of the plain image | chunks from L3 | chunks from L1 |")
+print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
 med = {}
 for (img, mode), rs in sorted(rows.items()):
     secs = [r[0] for r in rs]
@@ -239,7 +272,7 @@ for (img, mode), rs in sorted(rows.items()):
     median_run = sorted(rs)[(len(rs) - 1) // 2]
     if mode == "a":
         copied = int(open(median_run[1]).read())
-        print(f"| {img} | a: {names[mode]} | {m:.2f} | {per_run} | | {copied:,} (every blob, compressed) | all layers | | |")
+        print(f"| {img} | a: {names[mode]} | {m:.2f} | {per_run} | | {copied:,} (every blob, compressed) | all layers | | | |")
         continue
     # The counters of the median run.
     stats = json.load(open(median_run[1]))
@@ -247,7 +280,9 @@ for (img, mode), rs in sorted(rows.items()):
     l3 = tiers.get("store", {"bytes": 0, "chunks": 0})
     l1 = sum(v.get("chunks", 0) for k, v in tiers.items() if k != "store")
     share = l3["bytes"] / stats["image_size"]
-    print(f"| {img} | {mode}: {names[mode]} | {m:.2f} | {per_run} | {median_run[2]} | {l3['bytes']:,} | {share:.1%} | {l3['chunks']} | {l1} |")
+    # A profile-guided image is larger (its hot copies); also compare with the plain one.
+    plain = l3["bytes"] / plain_size(img)
+    print(f"| {img} | {mode}: {names[mode]} | {m:.2f} | {per_run} | {median_run[2]} | {l3['bytes']:,} | {share:.1%} | {plain:.1%} | {l3['chunks']} | {l1} |")
 print()
 print("| image | ratio | value |")
 print("|---|---|---:|")
@@ -259,6 +294,8 @@ for img in sorted({i for i, _ in rows}):
     ratio("a", "c", "a / c (full pull / lode warm L1)")
     ratio("b", "c", "b / c (cold / warm L1)")
     ratio("d", "e", "d / e (no profile / profile)")
+    ratio("a", "f", "a / f (full pull / lode cold, profile-guided layout)")
+    ratio("d", "g", "d / g (no profile / layout + prefetch profile)")
 if profiles == "no":
     print()
     print("rows d, e skipped: this lode has no `mount --store-latency` or `lode profile`")
