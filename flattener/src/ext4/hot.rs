@@ -19,6 +19,12 @@ use crate::tree::{FileId, NodeId, NodeKind, Tree};
 /// [`Ext4Options::hot`](super::Ext4Options::hot). The list never makes a
 /// flatten fail: paths that do not exist, symlinks, devices and the like are
 /// skipped and counted ([`HotRegion::entries_skipped`]).
+///
+/// The list also numbers inodes: when it places anything, the nodes the
+/// lookups of its paths read (directories on the way, parents first,
+/// symlinks followed, the named node, skipped or not) get inode numbers 11,
+/// 12, ... in order of first appearance, so a start reads a few contiguous
+/// inode-table blocks (see the [module docs](super)).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HotList {
     /// The entries, in order of first access.
@@ -38,7 +44,9 @@ pub struct HotEntry {
     ///
     /// Ranges are clamped to the file, blocks already placed and holes are
     /// ignored. For a directory the ranges do not matter: all its blocks
-    /// are placed at its first appearance.
+    /// are placed at its first appearance. No ranges for a regular file:
+    /// its inode was read (e.g. by `stat`), not its data; the entry only
+    /// gives it an early inode number.
     pub blocks: Vec<(u64, u64)>,
 }
 
