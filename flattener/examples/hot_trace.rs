@@ -67,7 +67,7 @@ fn write(image: &str, hot: Option<&HotList>, out: &str) -> Result<(), Box<dyn st
     let (s, _) = write_flattened_with(&flat, &opts, File::create(out)?)?;
     if let Some(r) = s.hot_region {
         eprintln!(
-            "hot region: {:.1} MiB at byte {} ({} file, {} directory, {} extent tree blocks; {} of {} entries skipped); image {:.1} MiB",
+            "hot region: {:.1} MiB at byte {} ({} file, {} directory, {} extent tree blocks; {} of {} entries skipped; {} inodes numbered first); image {:.1} MiB",
             r.len as f64 / (1 << 20) as f64,
             r.start,
             r.file_blocks,
@@ -75,6 +75,7 @@ fn write(image: &str, hot: Option<&HotList>, out: &str) -> Result<(), Box<dyn st
             r.tree_blocks,
             r.entries_skipped,
             hot.map_or(0, |h| h.entries.len()),
+            r.inodes,
             s.size_bytes as f64 / (1 << 20) as f64
         );
     }
