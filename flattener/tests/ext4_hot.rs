@@ -513,6 +513,127 @@ fn hot_inodes_are_numbered_first_in_list_order() {
 }
 
 #[test]
+fn hot_inodes_move_between_groups() {
+    if !have("debugfs", "reading inode numbers") {
+        return;
+    }
+    // 45,000 inodes: two groups of inodes. The hot paths are all in "c",
+    // at the end of the breadth-first order (group 1); numbered first they
+    // move to group 0, and as many cold ones move the other way.
+    let mut b = Builder::new();
+    let mut shared = meta(0o644);
+    shared.xattrs.insert(b"user.big".to_vec(), vec![b'x'; 300]);
+    let mut own = meta(0o644);
+    own.xattrs.insert(b"user.big".to_vec(), vec![b'y'; 300]);
+    for top in [b"a", b"b", b"c"] {
+        let d = b.dir(Tree::ROOT, top, meta(0o755));
+        for i in 0..15_000u32 {
+            let name = format!("n{i:05}");
+            match i % 3 {
+                0 => {
+                    b.dir(d, name.as_bytes(), meta(0o755));
+                }
+                1 => {
+                    let m = if i % 100 == 1 {
+                        shared.clone()
+                    } else {
+                        meta(0o644)
+                    };
+                    b.file(d, name.as_bytes(), m, 0, b"");
+                }
+                _ => {
+                    b.add(d, name.as_bytes(), meta(0o600), NodeKind::Fifo);
+                }
+            }
+        }
+    }
+    let c = b.dir(Tree::ROOT, b"z", meta(0o755));
+    b.file(c, b"data", own, 0, &bytes(3 * 4096, 7));
+    let mut list = HotList {
+        entries: vec![
+            entry("/c/n14997", &[]),
+            entry("/z/data", &[(1, 1)]),
+            entry("/c/n00003", &[]),
+            entry("/c/n14998", &[]),
+        ],
+    };
+    // And the last 333 directories of c (so more directories move to
+    // group 0 than leave it).
+    for i in (14_001..15_000).step_by(3) {
+        list.entries.push(entry(&format!("/c/n{i:05}"), &[]));
+    }
+    let (_pd, plain_path, plain) = check_image(&b, &test_opts());
+    let (_hd, hot_path, hot) = check_image(&b, &hot_opts(&list));
+    let r = hot.hot_region.unwrap();
+    // The listed directories are placed whole (empty: one block each).
+    // Inodes: c, z, z/data, n14998 and 334 directories of c.
+    assert_eq!((r.file_blocks, r.dir_blocks, r.inodes), (1, 334, 338));
+    assert_eq!(hot.inodes, plain.inodes);
+    assert!(hot.inodes > 45_000);
+    // Plain: c's entries come last; hot: first.
+    assert!(debugfs_inode(&plain_path, "/c/n14998") > 40_000);
+    for (path, ino) in [
+        ("/c", 11),
+        ("/c/n14997", 12),
+        ("/z", 13),
+        ("/z/data", 14),
+        ("/c/n00003", 15),
+        ("/c/n14998", 16),
+        ("/c/n14001", 17),
+        ("/c/n14994", 348),
+        ("/a", 349),
+        ("/b", 350),
+        ("/a/n00000", 351),
+    ] {
+        assert_eq!(debugfs_inode(&hot_path, path), ino, "{path}");
+    }
+    // Directories per group as dumpe2fs reads the descriptors, and as the
+    // kernel's inode numbers say they must be (e2fsck, run by check_image,
+    // checks them too).
+    let dirs_per_group = |image: &Path| -> (Vec<u64>, Vec<u64>) {
+        let out = Command::new("dumpe2fs")
+            .arg(image)
+            .output()
+            .expect("dumpe2fs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ipg: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Inodes per group:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("inodes per group");
+        let described: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_suffix(" directories"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        let mut seen = vec![0u64; described.len()];
+        let m = Mount::new(image).expect("mount");
+        use std::os::unix::fs::MetadataExt;
+        let mut stack = vec![m.path().to_path_buf()];
+        while let Some(p) = stack.pop() {
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                seen[((md.ino() - 1) / ipg) as usize] += 1;
+                for e in std::fs::read_dir(&p).unwrap() {
+                    stack.push(e.unwrap().path());
+                }
+            }
+        }
+        (described, seen)
+    };
+    if !have("dumpe2fs", "reading group descriptors") || Mount::new(&hot_path).is_none() {
+        return;
+    }
+    let (pd, ps) = dirs_per_group(&plain_path);
+    let (hd, hs) = dirs_per_group(&hot_path);
+    assert_eq!(pd.len(), 2);
+    assert_eq!((&pd, &hd), (&ps, &hs));
+    assert_eq!(pd.iter().sum::<u64>(), hd.iter().sum::<u64>());
+    assert_ne!(pd, hd, "no directory changed group");
+    println!("directories per group: plain {pd:?}, hot {hd:?}");
+}
+
+#[test]
 fn same_tree_and_list_give_the_same_bytes() {
     let b = sample();
     let list = sample_list();
