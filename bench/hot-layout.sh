@@ -5,9 +5,13 @@
 #    device: nothing cached) and run its start command in a chroot while a
 #    private ftrace instance records every read request the loop device gets
 #    (block:block_rq_issue: sector and length, in order);
-# 2. map the blocks read to (path, logical block) with FIEMAP on that mount and
-#    flatten again with that HotList (`flattener/examples/hot_trace.rs`);
-# 3. run the same start on the new image, recorded the same way;
+# 2. profile: the same start on the plain image mounted with
+#    inode_readahead_blks=0 (so each inode-table block read is one the start
+#    needed); map the blocks read to (path, logical block) with FIEMAP on
+#    that mount, and inode-table blocks to the paths of their inodes, and
+#    flatten again with that HotList (`flattener/examples/hot_trace.rs`):
+#    hot blocks copied to the hot region, hot inodes numbered first;
+# 3. run the same start on the new image, recorded as in 1;
 # 4. print, for both, the 512 KiB chunks touched (what a lazy worker fetches)
 #    out of the image's chunks, and check that both runs printed the same.
 # Needs root, tracefs, losetup, chroot.
@@ -41,7 +45,8 @@ trap cleanup EXIT
 mkdir "$INST" "$WORK/mnt"
 echo 8192 > "$INST/buffer_size_kb"
 
-# record IMAGE TRACE: cold mount + start, reads recorded; leaves IMAGE mounted.
+# record IMAGE TRACE [MOUNT_OPTIONS]: cold mount + start, reads recorded;
+# leaves IMAGE mounted.
 record() {
   DEV=$(losetup -f --show -r "$1")
   [[ -n ${RA:-} ]] && blockdev --setra "$RA" "$DEV"
@@ -52,7 +57,7 @@ record() {
   echo "dev == $(( (${majmin%:*} << 20) | ${majmin#*:} ))" > "$INST/events/block/block_rq_issue/filter"
   echo 1 > "$INST/events/block/block_rq_issue/enable"
   echo 1 > "$INST/tracing_on"
-  mount -t ext4 -o ro "$DEV" "$WORK/mnt"
+  mount -t ext4 -o "${3:-ro}" "$DEV" "$WORK/mnt"
   chroot "$WORK/mnt" /bin/sh -c "cd /app 2>/dev/null || cd /; exec env -i PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 HOME=/root $START" > "$2.out" 2>&1 \
     || { echo "start failed:"; cat "$2.out"; exit 1; }
   echo 0 > "$INST/tracing_on"
@@ -70,12 +75,16 @@ release() {
 REF="oci:$CORPUS/oci:$IMAGE"
 $X plain "$REF" "$WORK/plain.ext4"
 record "$WORK/plain.ext4" "$WORK/plain.trace"
-$X hot "$REF" "$WORK/mnt" "$WORK/plain.trace" "$WORK/hot.ext4"
+release
+record "$WORK/plain.ext4" "$WORK/profile.trace" ro,inode_readahead_blks=0
+$X hot "$REF" "$WORK/plain.ext4" "$WORK/mnt" "$WORK/profile.trace" "$WORK/hot.ext4"
 release
 record "$WORK/hot.ext4" "$WORK/hot.trace"
 release
-cmp -s "$WORK/plain.trace.out" "$WORK/hot.trace.out" || {
-  echo "the start printed different output on the two images"; exit 1; }
+for t in profile hot; do
+  cmp -s "$WORK/plain.trace.out" "$WORK/$t.trace.out" || {
+    echo "the start printed different output on the $t run"; exit 1; }
+done
 
 echo
 echo "$IMAGE, start: $START (output identical on both images), loop readahead ${RA:-default} sectors"

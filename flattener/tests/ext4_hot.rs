@@ -332,6 +332,307 @@ fn hot_region_holds_the_listed_blocks_in_access_order() {
     drop((pm, hm));
 }
 
+/// Inode number of every entry under a mounted image, by path ("/usr/big").
+fn inode_numbers(root: &Path) -> BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![("/".to_string(), root.to_path_buf())];
+    while let Some((rel, path)) = stack.pop() {
+        let md = std::fs::symlink_metadata(&path).unwrap();
+        out.insert(rel.clone(), md.ino());
+        if md.is_dir() {
+            for e in std::fs::read_dir(&path).unwrap() {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                let child = if rel == "/" {
+                    format!("/{name}")
+                } else {
+                    format!("{rel}/{name}")
+                };
+                stack.push((child, e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// What a lookup of each path of `PATHS` and of the modules reads, in order
+/// (canonical paths; the root not included; empty when it does not resolve).
+fn lookup_chain(path: &str) -> Vec<String> {
+    let prefixes = |p: &str| -> Vec<String> {
+        let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+        (1..=parts.len())
+            .map(|i| format!("/{}", parts[..i].join("/")))
+            .collect()
+    };
+    match path {
+        "/missing" | "/nope" | "/usr/small/x" => vec![],
+        // /lib is a symlink to usr/lib: read, then followed.
+        p if p.starts_with("/lib/") => {
+            let mut v = vec!["/lib".to_string()];
+            v.extend(prefixes(&format!("/usr{p}")));
+            v
+        }
+        p => prefixes(p),
+    }
+}
+
+/// Checks the inode numbers of a hot image against the plain one: the root
+/// is 2; the nodes the lookups of `list` read are 11, 12, ... in order of
+/// first appearance (hard links once); all others follow in plain order.
+/// Returns how many inodes are hot.
+fn check_hot_inodes(
+    plain: &BTreeMap<String, u64>,
+    hot: &BTreeMap<String, u64>,
+    list: &HotList,
+) -> u64 {
+    assert_eq!(
+        plain.keys().collect::<Vec<_>>(),
+        hot.keys().collect::<Vec<_>>()
+    );
+    assert_eq!((plain["/"], hot["/"]), (2, 2));
+    // The renumbering is a bijection that keeps hard-link groups.
+    let mut map: BTreeMap<u64, u64> = BTreeMap::new();
+    for (path, &p) in plain {
+        let h = hot[path];
+        assert_eq!(*map.entry(p).or_insert(h), h, "{path}: hard link split");
+    }
+    let mut inverse: Vec<u64> = map.values().copied().collect();
+    inverse.sort_unstable();
+    inverse.dedup();
+    assert_eq!(inverse.len(), map.len(), "two inodes merged");
+
+    let mut order: Vec<u64> = Vec::new();
+    for e in &list.entries {
+        for path in lookup_chain(std::str::from_utf8(&e.path).unwrap()) {
+            let p = plain[&path];
+            if !order.contains(&p) {
+                order.push(p);
+            }
+        }
+    }
+    for (k, p) in order.iter().enumerate() {
+        assert_eq!(map[p], 11 + k as u64, "hot inode {k} (plain {p})");
+    }
+    // The others keep their relative (breadth-first) order, right after.
+    let cold: Vec<u64> = map
+        .iter()
+        .filter(|(p, _)| **p != 2 && !order.contains(p))
+        .map(|(_, &h)| h)
+        .collect();
+    let expect: Vec<u64> = (0..cold.len() as u64)
+        .map(|k| 11 + order.len() as u64 + k)
+        .collect();
+    assert_eq!(cold, expect);
+    order.len() as u64
+}
+
+/// Inode number of `path` as debugfs reads it from the image.
+fn debugfs_inode(image: &Path, path: &str) -> u64 {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("stat {path}"))
+        .arg(image)
+        .output()
+        .expect("debugfs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_once("Inode: ")
+        .and_then(|(_, t)| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("debugfs stat {path}: {text}"))
+}
+
+#[test]
+fn hot_inodes_are_numbered_first_in_list_order() {
+    if !have("debugfs", "reading inode numbers") {
+        return;
+    }
+    let b = sample();
+    let list = sample_list();
+    let (_pd, plain_path, plain) = check_image(&b, &test_opts());
+    let (_hd, hot_path, hot) = check_image(&b, &hot_opts(&list));
+    let region = hot.hot_region.unwrap();
+    assert_eq!(hot.inodes, plain.inodes);
+    // usr, usr/lib, usr/big (= big-link), usr/small, usr/sparse, lib (the
+    // symlink, read on the way to a module), the module, run, run/fifo,
+    // app, app/main.py, usr/empty. /nope and /usr/small/x resolve nowhere.
+    let expected = [
+        ("/usr", 11),
+        ("/usr/lib", 12),
+        ("/usr/big", 13),
+        ("/usr/big-link", 13),
+        ("/usr/small", 14),
+        ("/usr/sparse", 15),
+        ("/lib", 16),
+        ("/usr/lib/module-with-a-longish-name-0007.py", 17),
+        ("/run", 18),
+        ("/run/fifo", 19),
+        ("/app", 20),
+        ("/app/main.py", 21),
+        ("/usr/empty", 22),
+        ("/", 2),
+    ];
+    assert_eq!(region.inodes, 12);
+    for (path, ino) in expected {
+        assert_eq!(debugfs_inode(&hot_path, path), ino, "{path}");
+    }
+    // In the plain image the root's entries come first, by name.
+    assert_eq!(debugfs_inode(&plain_path, "/app"), 11);
+    assert_eq!(debugfs_inode(&plain_path, "/usr"), 14);
+
+    // The layer regions do not move.
+    let (pi, hi) = (
+        std::fs::read(&plain_path).unwrap(),
+        std::fs::read(&hot_path).unwrap(),
+    );
+    assert!(regions(&pi, &plain) == regions(&hi, &hot));
+
+    // The kernel agrees, '..' included, and the trees are equal (also
+    // checked against the tree by check_image).
+    let (Some(pm), Some(hm)) = (Mount::new(&plain_path), Mount::new(&hot_path)) else {
+        return;
+    };
+    let (pn, hn) = (inode_numbers(pm.path()), inode_numbers(hm.path()));
+    assert_eq!(check_hot_inodes(&pn, &hn, &list), 12);
+    for (path, ino) in expected {
+        assert_eq!(hn[path], ino, "{path}");
+    }
+    use std::os::unix::fs::MetadataExt;
+    for (dir, parent) in [("usr/lib", 11), ("usr", 2), ("run", 2), ("app", 2)] {
+        let md = std::fs::metadata(hm.path().join(dir).join("..")).unwrap();
+        assert_eq!(md.ino(), parent, "{dir}/..");
+    }
+    for i in [0u32, 7, 150, 299] {
+        let name = format!("usr/lib/module-with-a-longish-name-{i:04}.py");
+        assert_eq!(
+            std::fs::read(pm.path().join(&name)).unwrap(),
+            std::fs::read(hm.path().join(&name)).unwrap()
+        );
+    }
+    drop((pm, hm));
+}
+
+#[test]
+fn hot_inodes_move_between_groups() {
+    if !have("debugfs", "reading inode numbers") {
+        return;
+    }
+    // 45,000 inodes: two groups of inodes. The hot paths are all in "c",
+    // at the end of the breadth-first order (group 1); numbered first they
+    // move to group 0, and as many cold ones move the other way.
+    let mut b = Builder::new();
+    let mut shared = meta(0o644);
+    shared.xattrs.insert(b"user.big".to_vec(), vec![b'x'; 300]);
+    let mut own = meta(0o644);
+    own.xattrs.insert(b"user.big".to_vec(), vec![b'y'; 300]);
+    for top in [b"a", b"b", b"c"] {
+        let d = b.dir(Tree::ROOT, top, meta(0o755));
+        for i in 0..15_000u32 {
+            let name = format!("n{i:05}");
+            match i % 3 {
+                0 => {
+                    b.dir(d, name.as_bytes(), meta(0o755));
+                }
+                1 => {
+                    let m = if i % 100 == 1 {
+                        shared.clone()
+                    } else {
+                        meta(0o644)
+                    };
+                    b.file(d, name.as_bytes(), m, 0, b"");
+                }
+                _ => {
+                    b.add(d, name.as_bytes(), meta(0o600), NodeKind::Fifo);
+                }
+            }
+        }
+    }
+    let c = b.dir(Tree::ROOT, b"z", meta(0o755));
+    b.file(c, b"data", own, 0, &bytes(3 * 4096, 7));
+    let mut list = HotList {
+        entries: vec![
+            entry("/c/n14997", &[]),
+            entry("/z/data", &[(1, 1)]),
+            entry("/c/n00003", &[]),
+            entry("/c/n14998", &[]),
+        ],
+    };
+    // And the last 333 directories of c (so more directories move to
+    // group 0 than leave it).
+    for i in (14_001..15_000).step_by(3) {
+        list.entries.push(entry(&format!("/c/n{i:05}"), &[]));
+    }
+    let (_pd, plain_path, plain) = check_image(&b, &test_opts());
+    let (_hd, hot_path, hot) = check_image(&b, &hot_opts(&list));
+    let r = hot.hot_region.unwrap();
+    // The listed directories are placed whole (empty: one block each).
+    // Inodes: c, z, z/data, n14998 and 334 directories of c.
+    assert_eq!((r.file_blocks, r.dir_blocks, r.inodes), (1, 334, 338));
+    assert_eq!(hot.inodes, plain.inodes);
+    assert!(hot.inodes > 45_000);
+    // Plain: c's entries come last; hot: first.
+    assert!(debugfs_inode(&plain_path, "/c/n14998") > 40_000);
+    for (path, ino) in [
+        ("/c", 11),
+        ("/c/n14997", 12),
+        ("/z", 13),
+        ("/z/data", 14),
+        ("/c/n00003", 15),
+        ("/c/n14998", 16),
+        ("/c/n14001", 17),
+        ("/c/n14994", 348),
+        ("/a", 349),
+        ("/b", 350),
+        ("/a/n00000", 351),
+    ] {
+        assert_eq!(debugfs_inode(&hot_path, path), ino, "{path}");
+    }
+    // Directories per group as dumpe2fs reads the descriptors, and as the
+    // kernel's inode numbers say they must be (e2fsck, run by check_image,
+    // checks them too).
+    let dirs_per_group = |image: &Path| -> (Vec<u64>, Vec<u64>) {
+        let out = Command::new("dumpe2fs")
+            .arg(image)
+            .output()
+            .expect("dumpe2fs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ipg: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Inodes per group:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("inodes per group");
+        let described: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_suffix(" directories"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        let mut seen = vec![0u64; described.len()];
+        let m = Mount::new(image).expect("mount");
+        use std::os::unix::fs::MetadataExt;
+        let mut stack = vec![m.path().to_path_buf()];
+        while let Some(p) = stack.pop() {
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                seen[((md.ino() - 1) / ipg) as usize] += 1;
+                for e in std::fs::read_dir(&p).unwrap() {
+                    stack.push(e.unwrap().path());
+                }
+            }
+        }
+        (described, seen)
+    };
+    if !have("dumpe2fs", "reading group descriptors") || Mount::new(&hot_path).is_none() {
+        return;
+    }
+    let (pd, ps) = dirs_per_group(&plain_path);
+    let (hd, hs) = dirs_per_group(&hot_path);
+    assert_eq!(pd.len(), 2);
+    assert_eq!((&pd, &hd), (&ps, &hs));
+    assert_eq!(pd.iter().sum::<u64>(), hd.iter().sum::<u64>());
+    assert_ne!(pd, hd, "no directory changed group");
+    println!("directories per group: plain {pd:?}, hot {hd:?}");
+}
+
 #[test]
 fn same_tree_and_list_give_the_same_bytes() {
     let b = sample();
@@ -470,13 +771,24 @@ proptest! {
         let b = sample();
         // e2fsck -fn clean and the mounted tree equal to the tree.
         let (_d, path, s) = check_image(&b, &hot_opts(&list));
-        let hi = std::fs::read(path).unwrap();
+        let hi = std::fs::read(&path).unwrap();
         let pi = b.write_vec(&test_opts());
         prop_assert!(regions(&pi, &s) == regions(&hi, &s));
         let r = s.hot_region.unwrap();
         prop_assert_eq!(r.blocks, r.file_blocks + r.dir_blocks + r.tree_blocks);
         if r.blocks == 0 {
             prop_assert!(hi == pi);
+            prop_assert_eq!(r.inodes, 0);
+            return Ok(());
         }
+        // Hot inodes first, in list order; the rest in plain order.
+        let dir = tempfile::tempdir().unwrap();
+        let plain_path = dir.path().join("plain.ext4");
+        std::fs::write(&plain_path, &pi).unwrap();
+        let (Some(pm), Some(hm)) = (Mount::new(&plain_path), Mount::new(&path)) else {
+            return Ok(());
+        };
+        let hot = check_hot_inodes(&inode_numbers(pm.path()), &inode_numbers(hm.path()), &list);
+        prop_assert_eq!(r.inodes, hot);
     }
 }

@@ -4,6 +4,9 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use common::fs::{Mount, diff, e2fsck, have, list_dir};
@@ -106,6 +109,49 @@ fn flatten_with_a_hot_list_keeps_layer_regions_and_the_tree() {
     let (a, b) = (list_dir(pm.path()), list_dir(hm.path()));
     assert!(a.len() > 8);
     assert!(a == b, "{:?}", diff(&a, &b, 10));
+    // Hot inodes first: app, app/main, bin (the symlink, read on the way to
+    // tool), usr, usr/bin, usr/bin/tool, etc; /missing adds nothing, /bin
+    // is already numbered.
+    assert_eq!(r.inodes, 7);
+    for (path, ino) in [
+        ("", 2),
+        ("app", 11),
+        ("app/main", 12),
+        ("bin", 13),
+        ("usr", 14),
+        ("usr/bin", 15),
+        ("usr/bin/tool", 16),
+        ("etc", 17),
+    ] {
+        let md = std::fs::symlink_metadata(hm.path().join(path)).unwrap();
+        assert_eq!(md.ino(), ino, "/{path}");
+    }
+    // The rest in plain order: etc/config, usr/bin/small.
+    let ino = |m: &Mount, p: &str| std::fs::symlink_metadata(m.path().join(p)).unwrap().ino();
+    assert_eq!(ino(&hm, "etc/config"), 18);
+    assert_eq!(ino(&hm, "usr/bin/small"), 19);
+    assert_eq!(ino(&pm, "app"), 11);
+    assert!(ino(&pm, "etc/config") < ino(&pm, "usr/bin/small"));
+}
+
+/// Inode number of every entry under a mounted image, by path.
+fn inode_numbers(root: &Path) -> BTreeMap<Vec<u8>, u64> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(b"/".to_vec(), root.to_path_buf())];
+    while let Some((rel, path)) = stack.pop() {
+        let md = std::fs::symlink_metadata(&path).unwrap();
+        out.insert(rel.clone(), md.ino());
+        if md.is_dir() {
+            for e in std::fs::read_dir(&path).unwrap() {
+                let e = e.unwrap();
+                let mut child = if rel == b"/" { Vec::new() } else { rel.clone() };
+                child.push(b'/');
+                child.extend_from_slice(e.file_name().as_bytes());
+                stack.push((child, e.path()));
+            }
+        }
+    }
+    out
 }
 
 /// Paths of every directory and regular file under `dir` (pre-order, by name).
@@ -212,4 +258,51 @@ fn corpus_python_app_with_python_hot() {
     let (a, b) = (list_dir(pm.path()), list_dir(hm.path()));
     assert!(a.len() > 1000);
     assert!(a == b, "{:?}", diff(&a, &b, 10));
+
+    // Hot inodes: every prefix of every listed path (all canonical), in
+    // order of first appearance, from 11; the rest keep the plain order.
+    let (pn, hn) = (inode_numbers(pm.path()), inode_numbers(hm.path()));
+    assert_eq!(pn.len(), hn.len());
+    let mut order: Vec<u64> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for e in &list.entries {
+        let parts: Vec<&[u8]> = e
+            .path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        for i in 1..=parts.len() {
+            let prefix = [b"/".as_slice(), &parts[..i].join(&b'/')].concat();
+            let p = pn[&prefix];
+            if seen.insert(p) {
+                order.push(p);
+            }
+        }
+    }
+    let mut map: BTreeMap<u64, u64> = BTreeMap::new();
+    for (path, &p) in &pn {
+        let h = hn[path];
+        assert_eq!(*map.entry(p).or_insert(h), h, "hard link split");
+    }
+    assert_eq!(r.inodes, order.len() as u64);
+    for (k, p) in order.iter().enumerate() {
+        assert_eq!(map[p], 11 + k as u64);
+    }
+    let cold: Vec<u64> = map
+        .iter()
+        .filter(|(p, _)| **p != 2 && !seen.contains(*p))
+        .map(|(_, &h)| h)
+        .collect();
+    assert!(cold.windows(2).all(|w| w[0] + 1 == w[1]));
+    assert_eq!(cold.first(), Some(&(11 + order.len() as u64)));
+    assert_eq!(hn[b"/".as_slice()], 2);
+    for (path, ino) in [
+        ("/usr", 11),
+        ("/usr/bin", 12),
+        ("/usr/bin/python3", 13),
+        ("/usr/bin/python3.11", 14),
+    ] {
+        assert_eq!(hn[path.as_bytes()], ino, "{path}");
+    }
+    println!("python-app: {} hot inodes of {}", order.len(), map.len());
 }

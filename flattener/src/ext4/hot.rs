@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use super::format::BLOCK;
 use super::plan::{
-    Body, FilePlace, InodePlan, block_runs, file_extents, index_of_ino, tree_block_count,
+    Body, FilePlace, InodePlan, block_runs, file_extents, index_of_ino, ino_of_index,
+    tree_block_count,
 };
 use crate::tree::{FileId, NodeId, NodeKind, Tree};
 
@@ -18,6 +19,12 @@ use crate::tree::{FileId, NodeId, NodeKind, Tree};
 /// [`Ext4Options::hot`](super::Ext4Options::hot). The list never makes a
 /// flatten fail: paths that do not exist, symlinks, devices and the like are
 /// skipped and counted ([`HotRegion::entries_skipped`]).
+///
+/// The list also numbers inodes: when it places anything, the nodes the
+/// lookups of its paths read (directories on the way, parents first,
+/// symlinks followed, the named node, skipped or not) get inode numbers 11,
+/// 12, ... in order of first appearance, so a start reads a few contiguous
+/// inode-table blocks (see the [module docs](super)).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HotList {
     /// The entries, in order of first access.
@@ -37,7 +44,9 @@ pub struct HotEntry {
     ///
     /// Ranges are clamped to the file, blocks already placed and holes are
     /// ignored. For a directory the ranges do not matter: all its blocks
-    /// are placed at its first appearance.
+    /// are placed at its first appearance. No ranges for a regular file:
+    /// its inode was read (e.g. by `stat`), not its data; the entry only
+    /// gives it an early inode number.
     pub blocks: Vec<(u64, u64)>,
 }
 
@@ -74,6 +83,10 @@ pub struct HotRegion {
     /// Entries whose path does not exist or names something other than a
     /// regular file or directory.
     pub entries_skipped: usize,
+    /// Inodes numbered first, right after the root: those the lookups of
+    /// the listed paths read (inodes 11 to `10 + inodes`, in order of first
+    /// appearance; 0 when nothing was placed, as then nothing changes).
+    pub inodes: u64,
 }
 
 /// One stretch of the hot region, in region order.
@@ -118,6 +131,14 @@ const MAX_SYMLINKS: usize = 40;
 /// The node at `path`, following symlinks in the parent part inside the
 /// root; a final symlink is returned as is.
 pub(crate) fn resolve(tree: &Tree, path: &[u8]) -> Option<NodeId> {
+    lookup(tree, path).map(|(_, node)| node)
+}
+
+/// Resolves `path` as [`resolve`] does and also returns every node the
+/// lookup reads, in order: each directory entry looked up (directories,
+/// symlinks followed in the parent part, the final node), the root not
+/// included.
+pub(crate) fn lookup(tree: &Tree, path: &[u8]) -> Option<(Vec<NodeId>, NodeId)> {
     let components = |p: &[u8]| -> Vec<Vec<u8>> {
         p.split(|&b| b == b'/')
             .filter(|c| !c.is_empty() && *c != b".")
@@ -128,6 +149,7 @@ pub(crate) fn resolve(tree: &Tree, path: &[u8]) -> Option<NodeId> {
     // Pending components, next one last.
     let mut todo = components(path);
     let mut stack = vec![Tree::ROOT];
+    let mut read = Vec::new();
     let mut followed = 0;
     while let Some(name) = todo.pop() {
         if name == b".." {
@@ -141,6 +163,7 @@ pub(crate) fn resolve(tree: &Tree, path: &[u8]) -> Option<NodeId> {
             return None;
         };
         let child = *entries.get(&name)?;
+        read.push(child);
         match &tree.nodes.get(child.0 as usize)?.kind {
             NodeKind::Symlink { target } if !todo.is_empty() => {
                 followed += 1;
@@ -152,11 +175,100 @@ pub(crate) fn resolve(tree: &Tree, path: &[u8]) -> Option<NodeId> {
                 }
                 todo.extend(components(target));
             }
-            _ if todo.is_empty() => return Some(child),
+            _ if todo.is_empty() => return Some((read, child)),
             _ => stack.push(child),
         }
     }
-    stack.last().copied()
+    let last = *stack.last()?;
+    Some((read, last))
+}
+
+/// Renumbers the planned inodes so that a start reads a few contiguous
+/// inode-table blocks: the root stays first (inode 2), then every node the
+/// lookups of the listed paths read (the directories on the way, parents
+/// before children, symlinks followed, the named node itself; see
+/// [`lookup`]) in order of first appearance, then all other inodes in their
+/// breadth-first order. Entries whose path does not resolve add nothing; a
+/// hard-linked file is one inode, numbered at its first appearance.
+///
+/// Everything planned so far that holds an inode number or index follows
+/// the permutation: `ino_of`, the order of `inodes`, their `parent` fields,
+/// [`FilePlace::owner`] and the indices in `hp.items`. Returns how many
+/// inodes were numbered first.
+pub(crate) fn renumber(
+    tree: &Tree,
+    list: &HotList,
+    ino_of: &mut [u32],
+    inodes: &mut Vec<InodePlan>,
+    files: &mut [FilePlace],
+    hp: &mut HotPlan,
+) -> u64 {
+    let n = inodes.len();
+    // new_of_old[old index] = new index; order[new index] = old index.
+    let mut new_of_old = vec![usize::MAX; n];
+    let mut order: Vec<usize> = Vec::with_capacity(n);
+    let mut take = |old: usize, order: &mut Vec<usize>| {
+        if new_of_old[old] == usize::MAX {
+            new_of_old[old] = order.len();
+            order.push(old);
+        }
+    };
+    take(0, &mut order);
+    for entry in &list.entries {
+        let Some((read, last)) = lookup(tree, &entry.path) else {
+            continue;
+        };
+        for id in read.into_iter().chain(std::iter::once(last)) {
+            let index = ino_of
+                .get(id.0 as usize)
+                .copied()
+                .filter(|&ino| ino != 0)
+                .and_then(index_of_ino)
+                .filter(|&i| i < n);
+            if let Some(index) = index {
+                take(index, &mut order);
+            }
+        }
+    }
+    let hot = order.len() as u64 - 1;
+    for old in 0..n {
+        take(old, &mut order);
+    }
+    if order.iter().enumerate().all(|(new, &old)| new == old) {
+        return hot;
+    }
+    let new_ino = |ino: u32| -> u32 {
+        index_of_ino(ino)
+            .filter(|&i| i < n)
+            .map_or(ino, |i| ino_of_index(new_of_old[i]))
+    };
+    let mut tagged: Vec<(usize, InodePlan)> = inodes
+        .drain(..)
+        .enumerate()
+        .map(|(old, p)| (new_of_old[old], p))
+        .collect();
+    tagged.sort_unstable_by_key(|t| t.0);
+    inodes.extend(tagged.into_iter().map(|(_, mut p)| {
+        if matches!(p.body, Body::Dir { .. }) {
+            p.parent = new_ino(p.parent);
+        }
+        p
+    }));
+    for ino in ino_of.iter_mut().filter(|ino| **ino != 0) {
+        *ino = new_ino(*ino);
+    }
+    for place in files.iter_mut() {
+        if let Some(owner) = &mut place.owner {
+            *owner = new_of_old[*owner as usize] as u32;
+        }
+    }
+    for item in &mut hp.items {
+        match item {
+            HotItem::Dir { index } | HotItem::Tree { index } => *index = new_of_old[*index],
+            HotItem::File { .. } => {}
+        }
+    }
+    hot
 }
 
 /// Plans the hot region from `start`: resolves every entry, keeps each
@@ -383,5 +495,40 @@ mod tests {
         assert_eq!(resolve(&t, b"/usr/lib/f/x"), None);
         assert_eq!(resolve(&t, b"/nope"), None);
         assert_eq!(resolve(&t, b"/loop/y"), None);
+    }
+
+    #[test]
+    fn lookups_list_every_node_they_read_in_order() {
+        let t = tree();
+        let name = |id: NodeId| -> Vec<u8> {
+            // The name of `id` in its directory (unique in this tree).
+            t.nodes
+                .iter()
+                .find_map(|n| match &n.kind {
+                    NodeKind::Directory { entries } => entries
+                        .iter()
+                        .find(|(_, c)| **c == id)
+                        .map(|(k, _)| k.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let names = |p: &[u8]| -> Vec<Vec<u8>> {
+            let (read, last) = lookup(&t, p).unwrap();
+            assert_eq!(Some(last), resolve(&t, p));
+            read.into_iter().map(name).collect()
+        };
+        let v = |s: &[&str]| -> Vec<Vec<u8>> { s.iter().map(|x| x.as_bytes().to_vec()).collect() };
+        assert_eq!(names(b"/usr/lib/f"), v(&["usr", "lib", "f"]));
+        // The symlink is read, then its target's components.
+        assert_eq!(names(b"/lib/f"), v(&["lib", "usr", "lib", "f"]));
+        // abs -> /usr/../usr/lib: usr is looked up twice.
+        assert_eq!(
+            names(b"/usr/abs/f"),
+            v(&["usr", "abs", "usr", "usr", "lib", "f"])
+        );
+        assert_eq!(names(b"/"), v(&[]));
+        assert_eq!(names(b"/usr/.."), v(&["usr"]));
+        assert_eq!(lookup(&t, b"/usr/lib/nope"), None);
     }
 }

@@ -6,7 +6,8 @@
 //! times outside are clamped, as e2fsck reads later ones as corrupt). The
 //! output depends only on the tree and the [`Ext4Options`]: inode numbers
 //! follow a breadth-first walk from the root with entries in byte order (node
-//! ids and their storage order do not matter), nothing comes from the clock
+//! ids and their storage order do not matter; a [`HotList`] numbers its
+//! paths first, see below), nothing comes from the clock
 //! (superblock times are 0) and nothing is random. Features:
 //! `ext_attr dir_index sparse_super2 filetype extent flex_bg sparse_super
 //! large_file huge_file dir_nlink extra_isize`; no journal, no checksums (the
@@ -41,6 +42,19 @@
 //! no longer fit in the inode (at the region's front). A start then fetches the hot region's few chunks instead of many
 //! chunks each holding a few needed blocks.
 //!
+//! The list also orders the inode table: the root stays inode 2, then every
+//! node the lookups of the listed paths read (the directories on the way,
+//! parents before children, symlinks followed in the parent part, the
+//! named node itself, even one the region skips) gets the next numbers from
+//! 11 in order of first appearance ([`HotRegion::inodes`] of them; a hard
+//! link is one inode, numbered once), then all other inodes in breadth-first
+//! order. The inodes a start reads are then a few contiguous inode-table
+//! blocks instead of blocks spread over the whole table (where the
+//! kernel's inode readahead reads 32 blocks around each). Directory
+//! entries, `..`, hashed directories, bitmaps and group counts follow; the
+//! metadata blocks of the other inodes stay in inode order. An entry with
+//! no blocks still numbers its path (a profile of inodes only read).
+//!
 //! The layer regions do not change at all: the cold position of a hot block
 //! keeps its bytes (it is only free in the block bitmap and referenced by no
 //! extent). So the chunks of a shared base layer are byte-identical whatever
@@ -50,7 +64,8 @@
 //! naming missing paths, symlinks or special files are skipped and counted
 //! ([`HotRegion::entries_skipped`]); blocks past the end of a file, holes and
 //! blocks listed before are ignored. Without a list, or with one that places
-//! nothing, the image is byte for byte the one without.
+//! nothing (then inodes are not renumbered either), the image is byte for
+//! byte the one without.
 //!
 //! Extended attributes go in the inode's spare 92 bytes when they fit, else
 //! in one xattr block shared by all inodes with identical attributes.

@@ -484,10 +484,17 @@ impl<'t> Plan<'t> {
         // The hot region, then metadata, each on a chunk boundary. With no
         // hot blocks the metadata starts where it would without a list.
         let data_end = cursor.next_multiple_of(CHUNK_BLOCKS);
-        let hot = opts
+        let mut hot = opts
             .hot
             .as_ref()
             .map(|list| hot::plan(tree, list, &ino_of, &mut inodes, &files, data_end));
+        // Hot inodes first (only when the list places something: a list
+        // that places nothing changes nothing).
+        if let (Some(list), Some(hp)) = (&opts.hot, hot.as_mut())
+            && hp.summary.blocks > 0
+        {
+            hp.summary.inodes = hot::renumber(tree, list, &mut ino_of, &mut inodes, &mut files, hp);
+        }
         let meta_start = hot
             .as_ref()
             .map_or(data_end, |h| h.end().next_multiple_of(CHUNK_BLOCKS));
