@@ -12,7 +12,8 @@
 # With a lode that has `push --layout-profile`, the profile recorded for e also lays out
 # IMAGE-hot (its start's blocks copied into one hot region; layer chunks unchanged):
 #   f  lode, empty L1, local store, IMAGE-hot, no prefetch (the fetched share of a
-#      profile-guided layout)
+#      profile-guided layout); its profile is recorded, and IMAGE-hot mounted, with
+#      HOT_MOUNT_FLAGS (default --kernel-readahead-kb 0)
 #   g  lode, empty L1, STORE_LATENCY store, IMAGE-hot with its own saved prefetch profile
 # Each is the median of RUNS runs (default 3); runs of a/b/c interleave. Images are pushed
 # once before timing. Needs root (chroot, mount, drop_caches), umoci, python3.
@@ -21,7 +22,8 @@
 # Env:   RUNS=3  IMAGES="python-app python-numpy"  LODE_BIN=path (else builds release)
 #        LODE_MOUNT_FLAGS="..." extra `lode mount` flags for b, c, d, e
 #        LODE_PUSH_FLAGS="..."  extra `lode push` flags (e.g. a layout option)
-#        STORE_LATENCY=20ms  (d, e)   PROFILE_IMAGES="python-numpy python-app"
+#        STORE_LATENCY=20ms  (d, e, g)   PROFILE_IMAGES="python-numpy python-app"
+#        HOT_MOUNT_FLAGS="--kernel-readahead-kb 0"  (recording the layout profile, f, g)
 #        PROFILE_RECORD_FLAGS="--record-profile"  PROFILE_SAVE_ARGS="profile save {name}"
 #        ({name}: the image, {profile}: a file in the work dir; if `mount --help` shows
 #        `--record-profile <...>` taking a value, the defaults pass {profile} to both)
@@ -36,6 +38,7 @@ PROFILE_IMAGES=${PROFILE_IMAGES:-$IMAGES}
 LODE_MOUNT_FLAGS=${LODE_MOUNT_FLAGS:-}
 LODE_PUSH_FLAGS=${LODE_PUSH_FLAGS:-}
 STORE_LATENCY=${STORE_LATENCY:-20ms}
+HOT_MOUNT_FLAGS=${HOT_MOUNT_FLAGS:---kernel-readahead-kb 0}
 
 [[ $(id -u) == 0 ]] || { echo "skipped: needs root (chroot, mount, drop_caches)"; exit 0; }
 [[ -d $LAYOUT ]] || { echo "skipped: no OCI layout at $LAYOUT (set LODE_CORPUS)"; exit 0; }
@@ -172,6 +175,8 @@ done
 
 # shellcheck disable=SC2206
 MOUNT_FLAGS=($LODE_MOUNT_FLAGS)
+# shellcheck disable=SC2206
+HOT_FLAGS=($HOT_MOUNT_FLAGS)
 for run in $(seq "$RUNS"); do
   for img in $IMAGES; do
     # (Assignments, so that a failing step stops the script under set -e.)
@@ -215,26 +220,32 @@ if "$LODE" mount --help 2>/dev/null | grep -q -- --store-latency \
       r=$(lode_run "$img" "$WORK/cache-e-$img" "${LAT[@]}" "${MOUNT_FLAGS[@]}"); echo "$img e $r" >>"$RESULTS"
     done
     "$LODE" push --help | grep -q -- --layout-profile || continue
-    # f, g: the same image laid out by the profile just recorded, pushed as IMAGE-hot.
+    # f, g: the image laid out by a profile (pushed as IMAGE-hot). The profile for the
+    # layout is recorded with HOT_MOUNT_FLAGS (kernel readahead 0: exactly the blocks
+    # the start reads), and IMAGE-hot is mounted with them too.
+    rm -rf "$WORK/cache-rec-$img"
+    # shellcheck disable=SC2206
+    rec=(${PROFILE_RECORD_FLAGS//\{profile\}/$WORK/layout-$img})
+    r=$(lode_run "$img" "$WORK/cache-rec-$img" "${rec[@]}" "${HOT_FLAGS[@]}" "${MOUNT_FLAGS[@]}")
     # shellcheck disable=SC2086
-    "$LODE" push "oci:$LAYOUT:$img" --name "$img-hot" --json --layout-profile "$WORK/profile-$img" \
+    "$LODE" push "oci:$LAYOUT:$img" --name "$img-hot" --json --layout-profile "$WORK/layout-$img" \
       $LODE_PUSH_FLAGS >"$WORK/push-$img-hot.json"
     for run in $(seq "$RUNS"); do
       rm -rf "$WORK/cache-f-$img"
-      r=$(RUN_NAME="$img-hot" lode_run "$img" "$WORK/cache-f-$img" --no-prefetch "${MOUNT_FLAGS[@]}")
+      r=$(RUN_NAME="$img-hot" lode_run "$img" "$WORK/cache-f-$img" --no-prefetch "${HOT_FLAGS[@]}" "${MOUNT_FLAGS[@]}")
       echo "$img f $r" >>"$RESULTS"
     done
     rm -rf "$WORK/cache-rec-$img"
     # shellcheck disable=SC2206
     rec=(${PROFILE_RECORD_FLAGS//\{profile\}/$WORK/profile-$img-hot})
-    r=$(RUN_NAME="$img-hot" lode_run "$img" "$WORK/cache-rec-$img" "${LAT[@]}" "${rec[@]}" "${MOUNT_FLAGS[@]}")
+    r=$(RUN_NAME="$img-hot" lode_run "$img" "$WORK/cache-rec-$img" "${LAT[@]}" "${rec[@]}" "${HOT_FLAGS[@]}" "${MOUNT_FLAGS[@]}")
     save=${PROFILE_SAVE_ARGS//\{name\}/$img-hot}
     # shellcheck disable=SC2206
     save=(${save//\{profile\}/$WORK/profile-$img-hot})
     "$LODE" "${save[@]}" >/dev/null
     for run in $(seq "$RUNS"); do
       rm -rf "$WORK/cache-g-$img"
-      r=$(RUN_NAME="$img-hot" lode_run "$img" "$WORK/cache-g-$img" "${LAT[@]}" "${MOUNT_FLAGS[@]}")
+      r=$(RUN_NAME="$img-hot" lode_run "$img" "$WORK/cache-g-$img" "${LAT[@]}" "${HOT_FLAGS[@]}" "${MOUNT_FLAGS[@]}")
       echo "$img g $r" >>"$RESULTS"
     done
   done
@@ -302,5 +313,5 @@ if profiles == "no":
 PY
 echo
 extra=""
-[[ $PROFILES == yes ]] && extra=" STORE_LATENCY=$STORE_LATENCY PROFILE_IMAGES=\"$PROFILE_IMAGES\""
+[[ $PROFILES == yes ]] && extra=" STORE_LATENCY=$STORE_LATENCY PROFILE_IMAGES=\"$PROFILE_IMAGES\" HOT_MOUNT_FLAGS=\"$HOT_MOUNT_FLAGS\""
 echo "reproduce: sudo RUNS=$RUNS IMAGES=\"$IMAGES\" LODE_MOUNT_FLAGS=\"$LODE_MOUNT_FLAGS\" LODE_PUSH_FLAGS=\"$LODE_PUSH_FLAGS\"$extra bench/cold-start.sh $CORPUS"
