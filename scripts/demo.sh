@@ -32,7 +32,7 @@ echo "== what the worker fetched"
 python3 - "$demo/stats.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
-print(f"fetched {s['distinct_chunks_fetched']} of {s['chunks_total']} chunks, "
-      f"{s['bytes_fetched']} of {s['image_size']} bytes "
-      f"({100 * s['bytes_fetched'] / s['image_size']:.1f}% of the image)")
+print(f"fetched {s['distinct_chunks_fetched']} of {s['chunks_total']} chunks: "
+      f"{s['bytes_fetched']} bytes (ciphertext, 16-byte tag per chunk) for an image of "
+      f"{s['image_size']} bytes, {100 * s['bytes_fetched'] / s['image_size']:.1f}%")
 PY

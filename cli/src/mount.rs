@@ -225,6 +225,8 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
     match (result, readiness) {
         (Ok((rt, handle)), Some(r)) => {
             r.ready()?;
+            // stderr is the log file from here on.
+            tracing::info!(image = %req.name, mountpoint = %req.mountpoint.display(), "mounted");
             handle.wait()?;
             drop(rt);
             Ok(())

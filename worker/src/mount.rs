@@ -325,7 +325,7 @@ pub fn mount(image: LazyImage, mountpoint: &Path, opts: &MountOptions) -> Result
         dev.release();
     }
     write_state(&handle.state_path, &handle.state)?;
-    tracing::info!(
+    tracing::debug!(
         mountpoint = %mountpoint.display(),
         file = %image_file.display(),
         loop_device = ?handle.state.loop_device,
