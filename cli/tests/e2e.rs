@@ -7,39 +7,16 @@
 //! run from lazy mounts; without it the same flow runs on a small busybox
 //! image the test builds itself (examples/make-busybox-image.sh).
 
+mod oci_fixture;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use cache_tiers::testing::{MemcachedServer, MotoServer};
+use oci_fixture::{can_mount, require};
 use serde_json::Value;
 
 const LODE: &str = env!("CARGO_BIN_EXE_lode");
-
-fn require(cond: bool, why: &str) -> bool {
-    if !cond {
-        assert!(
-            std::env::var("LODE_REQUIRE_SERVERS").as_deref() != Ok("1"),
-            "{why} and LODE_REQUIRE_SERVERS=1"
-        );
-        println!("skipped: {why}");
-    }
-    cond
-}
-
-fn can_mount() -> bool {
-    let root = is_root();
-    require(
-        root && Path::new("/dev/fuse").exists() && Path::new("/dev/loop-control").exists(),
-        "needs root, /dev/fuse and loop devices",
-    )
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -9,27 +9,9 @@ mod oci_fixture;
 use std::path::Path;
 use std::process::Command;
 
-use oci_fixture::{Env, noise, oci_image};
+use oci_fixture::{Env, is_root, noise, oci_image, require};
 
 const CHUNK: u64 = 512 * 1024;
-
-fn require(cond: bool, why: &str) -> bool {
-    if !cond {
-        assert!(
-            std::env::var("LODE_REQUIRE_SERVERS").as_deref() != Ok("1"),
-            "{why} and LODE_REQUIRE_SERVERS=1"
-        );
-        println!("skipped: {why}");
-    }
-    cond
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
 
 /// The chunk names of manifest `name` by index (`None` for holes).
 fn chunks_by_index(env: &Env, name: &str) -> Vec<Option<String>> {

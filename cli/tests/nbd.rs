@@ -14,18 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oci_fixture::{Env, noise, oci_image, sha256_hex};
-
-fn require(cond: bool, why: &str) -> bool {
-    if !cond {
-        assert!(
-            std::env::var("LODE_REQUIRE_SERVERS").as_deref() != Ok("1"),
-            "{why} and LODE_REQUIRE_SERVERS=1"
-        );
-        println!("skipped: {why}");
-    }
-    cond
-}
+use oci_fixture::{Env, noise, oci_image, require, sha256_hex};
 
 fn runs(cmd: &mut Command) -> bool {
     cmd.stdout(Stdio::null())

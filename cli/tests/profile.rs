@@ -11,30 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use oci_fixture::{Env, two_layer_image};
+use oci_fixture::{Env, can_mount, require, two_layer_image};
 use serde_json::Value;
 
-fn require(cond: bool, why: &str) -> bool {
-    if !cond {
-        assert!(
-            std::env::var("LODE_REQUIRE_SERVERS").as_deref() != Ok("1"),
-            "{why} and LODE_REQUIRE_SERVERS=1"
-        );
-        println!("skipped: {why}");
-    }
-    cond
-}
-
-fn can_mount() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    require(
-        root && Path::new("/dev/fuse").exists() && Path::new("/dev/loop-control").exists(),
-        "needs root, /dev/fuse and loop devices",
-    ) && require(
-        Path::new("/bin/busybox").exists(),
-        "needs busybox-static (apt-get install busybox-static)",
-    )
+fn can_mount_busybox() -> bool {
+    can_mount()
+        && require(
+            Path::new("/bin/busybox").exists(),
+            "needs busybox-static (apt-get install busybox-static)",
+        )
 }
 
 fn busybox_image(dir: &Path) -> String {
@@ -154,7 +139,7 @@ const RUN: &[&str] = &["/bin/busybox", "sha256sum", "/bin/busybox", "/etc/passwd
 
 #[test]
 fn record_save_and_prefetch_on_real_mounts() {
-    if !can_mount() {
+    if !can_mount_busybox() {
         return;
     }
     let env = Env::new();
@@ -460,7 +445,7 @@ fn is_mounted(path: &Path) -> bool {
 
 #[test]
 fn busy_umount_is_refused_and_a_stopped_foreground_mount_writes_its_profile() {
-    if !can_mount() {
+    if !can_mount_busybox() {
         return;
     }
     let env = Env::new();

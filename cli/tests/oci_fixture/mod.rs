@@ -1,4 +1,4 @@
-//! Shared by the gc and inspect tests: a scratch store, keyring and salt, tiny
+//! Shared by the CLI tests: a scratch store, keyring and salt, tiny
 //! OCI layouts built with the system `tar`, and a runner for the real `lode`.
 
 #![allow(dead_code, unreachable_pub)]
@@ -234,5 +234,32 @@ pub fn two_layer_image(dir: &Path, base_seed: u64, top_seed: u64) -> String {
             vec![("base/blob", noise(base_seed, 3 << 20))],
             vec![("app/blob", noise(top_seed, 1 << 20))],
         ],
+    )
+}
+
+/// `cond`, or a skip: prints why and returns false, unless
+/// `LODE_REQUIRE_SERVERS=1` (CI), where a missing tool or privilege fails.
+pub fn require(cond: bool, why: &str) -> bool {
+    if !cond {
+        assert!(
+            std::env::var("LODE_REQUIRE_SERVERS").as_deref() != Ok("1"),
+            "{why} and LODE_REQUIRE_SERVERS=1"
+        );
+        println!("skipped: {why}");
+    }
+    cond
+}
+
+/// Running as root.
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Root with FUSE and loop devices (a lazy ext4 mount), or a skip.
+pub fn can_mount() -> bool {
+    require(
+        is_root() && Path::new("/dev/fuse").exists() && Path::new("/dev/loop-control").exists(),
+        "needs root, /dev/fuse and loop devices",
     )
 }
