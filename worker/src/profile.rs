@@ -26,8 +26,14 @@
 //! `files` are in order of first access; `blocks` are `[first logical 4 KiB
 //! block, count]`, sorted and merged. A file read again more than
 //! [`BURST_GAP_MS`] after its previous read appears again (a later burst).
-//! `unmapped_blocks` counts blocks that belong to no file or directory
-//! (superblock, group descriptors, bitmaps, inode tables, extent blocks).
+//! A read of an ext4 inode-table block ([`InodeTables`]) lists the files
+//! whose inodes it holds, those not listed before, with `"blocks": []`:
+//! files an application only looked up (`stat`) still appear, and a layout
+//! can number their inodes first. (Mounts that record use the ext4 option
+//! `inode_readahead_blks=0`, so the kernel reads only the inode-table blocks
+//! it needs.) `unmapped_blocks` counts blocks that belong to no file or
+//! directory and hold no inode with a path (superblock, group descriptors,
+//! bitmaps, unused inodes, extent blocks).
 //! Paths that are not UTF-8 are written as arrays of bytes.
 //!
 //! # Example
@@ -66,6 +72,9 @@ use serde::{Deserialize, Serialize};
 use crate::LazyImage;
 use crate::error::{Error, Result};
 use crate::image::{BLOCK_SIZE, BlockLog, ChunkAccess};
+
+mod inode_table;
+pub use inode_table::InodeTables;
 
 /// The profile format version this crate reads and writes.
 pub const PROFILE_VERSION: u32 = 1;
@@ -113,14 +122,20 @@ pub struct FileAccess {
     /// Milliseconds after opening when this burst began.
     #[serde(default)]
     pub at_ms: u64,
-    /// `(first logical 4 KiB block, count)`, sorted, merged, non-empty.
+    /// `(first logical 4 KiB block, count)`, sorted, merged; empty when
+    /// only the file's inode was read (in an inode-table block).
     pub blocks: Vec<(u64, u64)>,
 }
 
 impl Profile {
     /// Builds the profile of what `image` recorded (see
     /// [`LazyImageOptions::record`](crate::LazyImageOptions::record)); with
-    /// `map`, recorded blocks are attributed to files.
+    /// `map`, recorded blocks are attributed to files. When `map` knows
+    /// inode numbers ([`BlockMap::from_mounted_tree`]), the image's inode
+    /// tables are read ([`InodeTables::read`], blocking: call this outside
+    /// the image's runtime) and every recorded inode-table block lists the
+    /// files of its inodes as entries without blocks; if they cannot be
+    /// read, a warning is logged and those blocks count as unmapped.
     pub fn record(
         image_name: &str,
         manifest_digest: &str,
@@ -129,7 +144,22 @@ impl Profile {
     ) -> Self {
         let log = image.block_log();
         let (files, unmapped_blocks) = match (map, &log) {
-            (Some(map), Some(log)) => map.attribute(log),
+            (Some(map), Some(log)) => {
+                // Inode-table blocks name files only if the walk saw inodes.
+                let tables = if map.inodes() > 0 {
+                    InodeTables::read(image)
+                        .inspect_err(|e| {
+                            tracing::warn!(
+                                error = %e,
+                                "cannot locate the inode tables; the profile lists no files for inodes read"
+                            );
+                        })
+                        .ok()
+                } else {
+                    None
+                };
+                map.attribute_with_inodes(log, tables.as_ref())
+            }
             (None, Some(log)) => (Vec::new(), log.blocks()),
             _ => (Vec::new(), 0),
         };
@@ -286,7 +316,8 @@ impl Profile {
 
     /// The file part as `(path, [(first 4 KiB block, count)])`, bursts of one
     /// file merged and kept at the file's first position: the input of a
-    /// hot-file layout.
+    /// hot-file layout. Files listed only for their inodes keep their place
+    /// with no ranges (a layout numbers their inodes early).
     pub fn files_as_ranges(&self) -> Vec<(Vec<u8>, BlockRanges)> {
         let mut order: Vec<(Vec<u8>, BlockRanges)> = Vec::new();
         let mut at: HashMap<&[u8], usize> = HashMap::new();
@@ -331,6 +362,8 @@ pub struct BlockMap {
     /// Sorted by `phys`, non-overlapping.
     extents: Vec<Extent>,
     paths: Vec<Vec<u8>>,
+    /// Inode number → index in `paths` (the first path found).
+    inodes: HashMap<u64, u32>,
     /// Files whose extents could not be read (skipped).
     pub unreadable: u64,
 }
@@ -358,6 +391,40 @@ impl BlockMap {
         }
         map.finish();
         map
+    }
+
+    /// Names inodes: `(inode number, path)`, e.g. `st_ino` of every path
+    /// of a mounted tree. An inode keeps the first path it is given.
+    #[must_use]
+    pub fn with_inodes<'a>(mut self, inodes: impl IntoIterator<Item = (u64, &'a [u8])>) -> Self {
+        let mut ids: HashMap<Vec<u8>, u32> = self
+            .paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.clone(), i as u32))
+            .collect();
+        for (ino, path) in inodes {
+            if self.inodes.contains_key(&ino) {
+                continue;
+            }
+            let id = *ids.entry(path.to_vec()).or_insert_with(|| {
+                self.paths.push(path.to_vec());
+                (self.paths.len() - 1) as u32
+            });
+            self.inodes.insert(ino, id);
+        }
+        self
+    }
+
+    /// The path id of inode `ino`, adding `path` for it if it has none.
+    fn name_inode(&mut self, ino: u64, path: &[u8]) -> u32 {
+        if let Some(&id) = self.inodes.get(&ino) {
+            return id;
+        }
+        let id = self.paths.len() as u32;
+        self.paths.push(path.to_vec());
+        self.inodes.insert(ino, id);
+        id
     }
 
     fn push(&mut self, file: u32, phys: u64, logical: u64, len: u64) {
@@ -393,9 +460,22 @@ impl BlockMap {
         self.extents = out;
     }
 
-    /// Number of files and directories mapped.
+    /// Number of paths known: files and directories mapped, and other
+    /// named inodes (symbolic links, devices).
     pub fn files(&self) -> usize {
         self.paths.len()
+    }
+
+    /// Number of inodes named (see [`with_inodes`](Self::with_inodes)).
+    pub fn inodes(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// The path of inode `ino`, if it was named.
+    pub fn inode_path(&self, ino: u64) -> Option<&[u8]> {
+        self.inodes
+            .get(&ino)
+            .map(|&i| self.paths[i as usize].as_slice())
     }
 
     /// Number of extents.
@@ -418,9 +498,26 @@ impl BlockMap {
     /// Attributes recorded blocks to files: file bursts in order of first
     /// access, and the number of blocks that belong to no file.
     pub fn attribute(&self, log: &BlockLog) -> (Vec<FileAccess>, u64) {
+        self.attribute_with_inodes(log, None)
+    }
+
+    /// [`attribute`](Self::attribute), and with `tables`, a recorded block
+    /// of an inode table lists each of its inodes that has a path (see
+    /// [`with_inodes`](Self::with_inodes)) and was not listed before as an
+    /// entry without blocks, at the time of the read, in inode order; a data
+    /// read of that file within [`BURST_GAP_MS`] joins the entry. An
+    /// inode-table block counts as unmapped only if none of its inodes has
+    /// a path.
+    pub fn attribute_with_inodes(
+        &self,
+        log: &BlockLog,
+        tables: Option<&InodeTables>,
+    ) -> (Vec<FileAccess>, u64) {
         let mut entries: Vec<(u32, u64, BlockRanges)> = Vec::new();
         // file -> (entry index, time of its latest block)
         let mut open: HashMap<u32, (usize, u64)> = HashMap::new();
+        // Files with an entry so far.
+        let mut listed: HashSet<u32> = HashSet::new();
         let mut unmapped = 0;
         for run in &log.runs {
             let end = run.block + run.count;
@@ -442,6 +539,7 @@ impl BlockMap {
                                 idx
                             }
                             _ => {
+                                listed.insert(e.file);
                                 entries.push((e.file, run.at_ms, Vec::new()));
                                 entries.len() - 1
                             }
@@ -456,7 +554,27 @@ impl BlockMap {
                     }
                     None => {
                         let next = self.extents.get(i).map_or(end, |e| e.phys.min(end));
-                        unmapped += next - b;
+                        let Some(tables) = tables.filter(|_| !self.inodes.is_empty()) else {
+                            unmapped += next - b;
+                            b = next;
+                            continue;
+                        };
+                        for block in b..next {
+                            let mut named = false;
+                            for ino in tables.inodes_in_block(block) {
+                                let Some(&file) = self.inodes.get(&ino) else {
+                                    continue;
+                                };
+                                named = true;
+                                if listed.insert(file) {
+                                    open.insert(file, (entries.len(), run.at_ms));
+                                    entries.push((file, run.at_ms, Vec::new()));
+                                }
+                            }
+                            if !named {
+                                unmapped += 1;
+                            }
+                        }
                         b = next;
                     }
                 }
@@ -571,7 +689,9 @@ mod fiemap {
         /// Physical offsets are those of the block device under `root`,
         /// which for a lode mount are image offsets. Files that cannot be
         /// opened or mapped are skipped and counted in
-        /// [`unreadable`](Self::unreadable).
+        /// [`unreadable`](Self::unreadable). Every path's inode number
+        /// (`st_ino`, symbolic links and devices included) is named, under
+        /// the first path found (see [`BlockMap::with_inodes`]).
         pub fn from_mounted_tree(root: &Path) -> Result<Self> {
             let meta = std::fs::metadata(root).map_err(|e| Error::io("reading", root, e))?;
             let dev = meta.dev();
@@ -606,6 +726,9 @@ mod fiemap {
                     stack.push((path, child, entries));
                 } else if ft.is_file() {
                     map.add(&path, &child, &mut seen, (m.dev(), m.ino()));
+                } else {
+                    // Symbolic links, devices: an inode, no blocks to map.
+                    map.name_inode(m.ino(), &child);
                 }
             }
             map.finish();
@@ -632,6 +755,7 @@ mod fiemap {
             if !seen.insert(id) {
                 return;
             }
+            let file_id = self.name_inode(id.1, rel);
             let file = std::fs::File::options()
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME | libc::O_NONBLOCK)
@@ -651,7 +775,6 @@ mod fiemap {
                     return;
                 }
             };
-            let id = self.paths.len() as u32;
             let mut found = Vec::new();
             let r = extents(&file, |phys, logical, len| found.push((phys, logical, len)));
             if let Err(e) = r {
@@ -659,11 +782,10 @@ mod fiemap {
                 self.unreadable += 1;
                 return;
             }
-            self.paths.push(rel.to_vec());
             for (phys, logical, len) in found {
                 let first = phys / BLOCK_SIZE;
                 let end = (phys + len).div_ceil(BLOCK_SIZE);
-                self.push(id, first, logical / BLOCK_SIZE, end - first);
+                self.push(file_id, first, logical / BLOCK_SIZE, end - first);
             }
         }
     }
@@ -778,6 +900,78 @@ mod tests {
             vec![
                 (b"/a".to_vec(), vec![(0, 1), (2, 4)]),
                 (b"/b".to_vec(), vec![(0, 3)])
+            ]
+        );
+    }
+
+    #[test]
+    fn inode_table_reads_list_named_inodes_without_blocks() {
+        // /a: data at phys 100..104. Inodes: 64 per group, 256 bytes, group
+        // 0's table at block 10 (inodes 1..=16), 11 (17..=32), 12, 13;
+        // group 1's at block 20.
+        let map = BlockMap::from_extents([(&b"/a"[..], 100, 0, 4)]).with_inodes([
+            (12, &b"/a"[..]),
+            (13, &b"/b"[..]),
+            (14, &b"/c"[..]),
+            (30, &b"/d"[..]),
+            (66, &b"/e"[..]),
+            (67, &b"/a-link"[..]),
+            (13, &b"/b-hardlink"[..]),
+        ]);
+        assert_eq!((map.files(), map.inodes()), (6, 6));
+        assert_eq!(map.inode_path(13), Some(&b"/b"[..]));
+        let tables = InodeTables::synthetic(64, 256, vec![10 * BLOCK_SIZE, 20 * BLOCK_SIZE]);
+        assert_eq!(tables.inodes_in_block(11), (17..=32).collect::<Vec<_>>());
+        assert_eq!(tables.inodes_in_block(20), (65..=80).collect::<Vec<_>>());
+        assert!(tables.inodes_in_block(14).is_empty());
+        let log = BlockLog {
+            window_ms: 0,
+            runs: vec![
+                run(0, 1, 0),      // superblock: unmapped
+                run(10, 1, 5),     // inodes of /a, /b, /c
+                run(100, 2, 6),    // /a data joins its entry
+                run(12, 1, 7),     // inode block without named inodes: unmapped
+                run(11, 1, 3000),  // /d
+                run(102, 1, 5000), // /a again: a later burst
+                run(20, 1, 5001),  // /e, /a-link (never a second /a entry)
+                run(10, 1, 6000),  // again (cannot happen): nothing new
+            ],
+            truncated: false,
+        };
+        let (files, unmapped) = map.attribute_with_inodes(&log, Some(&tables));
+        let got: Vec<(&[u8], u64, BlockRanges)> = files
+            .iter()
+            .map(|f| (f.path.as_slice(), f.at_ms, f.blocks.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (&b"/a"[..], 5, vec![(0, 2)]),
+                (&b"/b"[..], 5, vec![]),
+                (&b"/c"[..], 5, vec![]),
+                (&b"/d"[..], 3000, vec![]),
+                (&b"/a"[..], 5000, vec![(2, 1)]),
+                (&b"/e"[..], 5001, vec![]),
+                (&b"/a-link"[..], 5001, vec![]),
+            ]
+        );
+        assert_eq!(unmapped, 2);
+        // Without tables, inode-table blocks are unmapped and only data counts.
+        let (plain, unmapped) = map.attribute(&log);
+        assert_eq!(unmapped, 6);
+        assert!(plain.iter().all(|f| f.path == b"/a"));
+        // Block-less entries survive JSON and keep their place in the layout input.
+        let p = Profile { files, ..sample() };
+        assert_eq!(Profile::from_json(&p.to_json(), "p").unwrap(), p);
+        assert_eq!(
+            p.files_as_ranges(),
+            vec![
+                (b"/a".to_vec(), vec![(0, 3)]),
+                (b"/b".to_vec(), vec![]),
+                (b"/c".to_vec(), vec![]),
+                (b"/d".to_vec(), vec![]),
+                (b"/e".to_vec(), vec![]),
+                (b"/a-link".to_vec(), vec![]),
             ]
         );
     }

@@ -182,6 +182,34 @@ fn fiemap_map_matches_the_image_bytes() {
     assert!(!per_path.contains_key(&b"/sub/on-tmpfs"[..]));
 }
 
+/// The image block (in file-system blocks) holding the inode of `path`,
+/// by `debugfs` (`stat` for the number, `imap` for the place).
+fn debugfs_imap_block(img: &Path, path: &str) -> u64 {
+    let run = |req: String| {
+        let out = Command::new("debugfs")
+            .arg("-R")
+            .arg(&req)
+            .arg(img)
+            .output()
+            .expect("run debugfs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stat = run(format!("stat {path}"));
+    // "Inode: 12   Type: regular ..."
+    let ino: u64 = stat
+        .split("Inode: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("debugfs stat {path}: {stat}"));
+    let imap = run(format!("imap <{ino}>"));
+    imap.split("located at block ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("debugfs imap <{ino}>: {imap}"))
+}
+
 fn seal(data: &[u8]) -> (ChunkTable, Vec<(chunk_core::ChunkName, Vec<u8>)>) {
     let mut stored = Vec::new();
     let chunks = data
@@ -215,8 +243,24 @@ fn recording_mount_writes_a_profile_naming_the_files_read() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let files = test_files();
+    let mut files = test_files();
+    // 300 empty files: their inodes fill about 19 inode-table blocks.
+    for i in 0..300 {
+        files.insert(format!("pad/p{i:03}"), Vec::new());
+    }
     let data = build_ext4(tmp.path(), &files);
+    let img = tmp.path().join("fs.ext4");
+    // A file that will only be stat'ed, whose inode shares no inode-table
+    // block with the inodes the reads below look up (by debugfs).
+    let key_blocks: Vec<u64> = ["/", "/bin", "/bin/odd", "/small.txt", "/pad"]
+        .iter()
+        .map(|p| debugfs_imap_block(&img, p))
+        .collect();
+    let stat_only = (0..300)
+        .rev()
+        .map(|i| format!("/pad/p{i:03}"))
+        .find(|p| !key_blocks.contains(&debugfs_imap_block(&img, p)))
+        .expect("a pad file in an inode-table block of its own");
     let (table, stored) = seal(&data);
     let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
     for (n, ct) in stored {
@@ -250,6 +294,8 @@ fn recording_mount_writes_a_profile_naming_the_files_read() {
         std::fs::read(mnt.join("small.txt")).unwrap(),
         files["small.txt"]
     );
+    let st = std::fs::metadata(mnt.join(&stat_only[1..])).unwrap();
+    assert_eq!(st.len(), 0);
     handle.unmount().unwrap();
 
     let p = Profile::load(&profile_path).unwrap();
@@ -279,14 +325,26 @@ fn recording_mount_writes_a_profile_naming_the_files_read() {
         first("/bin/odd") < first("/small.txt"),
         "order of first access"
     );
-    // Metadata blocks (superblock, inode tables) were read and belong to no file.
+    // Metadata blocks (superblock, bitmaps) were read and belong to no file.
     assert!(p.unmapped_blocks > 0);
+    // The stat'ed file is listed for its inode alone: an entry without
+    // blocks, and no data entry.
+    let entries: Vec<_> = p
+        .files
+        .iter()
+        .filter(|f| f.path == stat_only.as_bytes())
+        .collect();
+    assert_eq!(entries.len(), 1, "{stat_only} in {:?}", p.files);
+    assert!(entries[0].blocks.is_empty());
+    assert_eq!(find(&stat_only), Vec::<(u64, u64)>::new());
+    // Its inode was read after bin/odd: listed after it.
+    assert!(first(&stat_only) > first("/bin/odd"), "{:?}", p.files);
     // Readahead may pull in neighbours, but not the whole image.
+    let with_data = ranges.iter().filter(|(_, r)| !r.is_empty()).count();
     assert!(
-        ranges.len() < files.len(),
-        "{} of {} files",
-        ranges.len(),
-        files.len()
+        with_data < test_files().len(),
+        "{with_data} of {} files",
+        test_files().len()
     );
     // The walk at unmount read more, but nothing after stop_recording was recorded.
     assert_eq!(image.access_log(), p.chunks);
