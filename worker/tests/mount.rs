@@ -6,6 +6,10 @@
 
 #![cfg(feature = "fuse")]
 
+mod common;
+
+use common::{CHUNK, seal, skip};
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -21,16 +25,6 @@ use worker::{
     ChunkSource, ChunkTable, Fetched, LazyImage, LazyImageOptions, MemorySource, MountOptions,
     SourceError, TierId,
 };
-
-const CHUNK: u32 = 512 * 1024;
-
-fn skip(why: &str) -> bool {
-    if std::env::var("LODE_REQUIRE_SERVERS").as_deref() == Ok("1") {
-        panic!("required environment missing: {why}");
-    }
-    eprintln!("skipped: {why}");
-    true
-}
 
 /// Whether this machine can run mount tests; prints why not.
 fn unavailable(need_loop: bool) -> bool {
@@ -98,34 +92,6 @@ fn build_ext4(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::read(img).unwrap()
-}
-
-/// Chunk + seal an image: returns the table and (name, ciphertext) pairs.
-fn seal(data: &[u8]) -> (ChunkTable, Vec<(ChunkName, Vec<u8>)>) {
-    let mut stored = Vec::new();
-    let chunks = data
-        .chunks(CHUNK as usize)
-        .map(|c| {
-            if c.iter().all(|&b| b == 0) {
-                return None;
-            }
-            let sealed = chunk_core::seal(
-                &chunk_core::RustCrypto,
-                &chunk_core::Salt::new(1, [7; 32]),
-                c,
-            )
-            .expect("seal");
-            let (r, ct) = (sealed.chunk_ref(), sealed.ciphertext);
-            stored.push((r.name, ct));
-            Some(r)
-        })
-        .collect();
-    let table = ChunkTable {
-        image_size: data.len() as u64,
-        chunk_size: CHUNK,
-        chunks,
-    };
-    (table, stored)
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {

@@ -5,6 +5,10 @@
 //! Real-client tests skip when the tools are missing unless
 //! `LODE_REQUIRE_SERVERS=1` (apt: libnbd-bin qemu-utils).
 
+mod common;
+
+use common::{CHUNK, skip};
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
@@ -22,16 +26,7 @@ use worker::nbd::protocol as p;
 use worker::nbd::{ListenAddr, NbdError, NbdOptions, NbdServer};
 use worker::{ChunkTable, Fault, LazyImage, LazyImageOptions, MemorySource, TierId};
 
-const CHUNK: u32 = 512 * 1024;
 const NAME: &str = "test-image";
-
-fn skip(why: &str) -> bool {
-    if std::env::var("LODE_REQUIRE_SERVERS").as_deref() == Ok("1") {
-        panic!("required environment missing: {why}");
-    }
-    eprintln!("skipped: {why}");
-    true
-}
 
 fn have(tool: &str) -> bool {
     Command::new(tool).arg("--version").output().is_ok()

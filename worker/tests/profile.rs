@@ -7,6 +7,10 @@
 
 #![cfg(feature = "fuse")]
 
+mod common;
+
+use common::{CHUNK, seal, skip};
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Command;
@@ -16,19 +20,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use worker::profile::{BlockMap, Profile};
 use worker::{
-    BLOCK_SIZE, ChunkTable, LazyImage, LazyImageOptions, MemorySource, MountOptions, ProfileTarget,
-    TierId,
+    BLOCK_SIZE, LazyImage, LazyImageOptions, MemorySource, MountOptions, ProfileTarget, TierId,
 };
-
-const CHUNK: u32 = 512 * 1024;
-
-fn skip(why: &str) -> bool {
-    if std::env::var("LODE_REQUIRE_SERVERS").as_deref() == Ok("1") {
-        panic!("required environment missing: {why}");
-    }
-    eprintln!("skipped: {why}");
-    true
-}
 
 fn unavailable(need_fuse: bool) -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -208,33 +201,6 @@ fn debugfs_imap_block(img: &Path, path: &str) -> u64 {
         .and_then(|r| r.split(',').next())
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("debugfs imap <{ino}>: {imap}"))
-}
-
-fn seal(data: &[u8]) -> (ChunkTable, Vec<(chunk_core::ChunkName, Vec<u8>)>) {
-    let mut stored = Vec::new();
-    let chunks = data
-        .chunks(CHUNK as usize)
-        .map(|c| {
-            if c.iter().all(|&b| b == 0) {
-                return None;
-            }
-            let sealed = chunk_core::seal(
-                &chunk_core::RustCrypto,
-                &chunk_core::Salt::new(1, [7; 32]),
-                c,
-            )
-            .expect("seal");
-            let (r, ct) = (sealed.chunk_ref(), sealed.ciphertext);
-            stored.push((r.name, ct));
-            Some(r)
-        })
-        .collect();
-    let table = ChunkTable {
-        image_size: data.len() as u64,
-        chunk_size: CHUNK,
-        chunks,
-    };
-    (table, stored)
 }
 
 #[test]
