@@ -25,7 +25,9 @@
 //! - [`ChunkSource`] and [`TieredSource`]: where sealed chunks come from.
 //! - [`mount`], [`unmount`], [`MountHandle`], [`spawn_daemon`] (feature
 //!   `fuse`): the image as one read-only FUSE file, a read-only loop device
-//!   on it and the kernel's ext4 mounted read-only at a mountpoint.
+//!   on it (direct I/O, so the FUSE file has no page cache or readahead of
+//!   its own; kernel readahead set by [`MountOptions::kernel_readahead_kb`])
+//!   and the kernel's ext4 mounted read-only at a mountpoint.
 //!
 //! # Trust and verification
 //! A chunk's name is SHA-256 of its ciphertext. Bytes from an untrusted tier
