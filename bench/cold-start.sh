@@ -29,6 +29,8 @@
 #        `--record-profile <...>` taking a value, the defaults pass {profile} to both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 REPO=$PWD
 CORPUS=$(realpath "${1:-${LODE_CORPUS:-../shared/corpus}}")
 LAYOUT="$CORPUS/oci"
@@ -42,16 +44,9 @@ HOT_MOUNT_FLAGS=${HOT_MOUNT_FLAGS:---kernel-readahead-kb 0}
 
 [[ $(id -u) == 0 ]] || { echo "skipped: needs root (chroot, mount, drop_caches)"; exit 0; }
 [[ -d $LAYOUT ]] || { echo "skipped: no OCI layout at $LAYOUT (set LODE_CORPUS)"; exit 0; }
-for t in umoci chroot python3 mount; do
-  command -v "$t" >/dev/null || { echo "skipped: $t missing"; exit 0; }
-done
+need_tools umoci chroot python3 mount
 
-if [[ -n "${LODE_BIN:-}" ]]; then
-  LODE=$(realpath "$LODE_BIN")
-else
-  cargo build --release -q -p lode-cli
-  LODE=$REPO/target/release/lode
-fi
+find_lode
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/lode-cold.XXXXXX")
 cleanup() {

@@ -11,16 +11,11 @@
 # Usage: bench/push-memory.sh            Env: SIZES="1G 4G" (head -c sizes), LODE_BIN
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 SIZES=${SIZES:-1G 4G}
-for t in openssl tar python3 /usr/bin/time; do
-  command -v "$t" >/dev/null || { echo "skipped: $t missing"; exit 0; }
-done
-if [[ -n "${LODE_BIN:-}" ]]; then
-  LODE=$(realpath "$LODE_BIN")
-else
-  cargo build --release -q -p lode-cli
-  LODE=$PWD/target/release/lode
-fi
+need_tools openssl tar python3 /usr/bin/time
+find_lode
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/lode-pushmem.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 export LODE_STORE="file://$WORK/store" LODE_KMS="local:$WORK/k/keyring" LODE_SALTS="$WORK/k/salts"
