@@ -123,7 +123,9 @@ pub async fn start_prefetch(
         opened.sealed.image_size(),
         opened.sealed.chunk_size(),
     ) {
-        eprintln!("lode: warning: not using {PROFILES}/{name}: it does not fit this image: {why}");
+        eprintln!(
+            "lode: warning: not prefetching: {PROFILES}/{name} does not fit this image: {why}"
+        );
         return Ok(None);
     }
     if !prefetch.enabled {
