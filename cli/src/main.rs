@@ -105,16 +105,11 @@ enum Command {
         /// Chunks fetched ahead of a sequential reader (0: only what is read)
         #[arg(long, default_value_t = 4)]
         readahead_chunks: u32,
-        /// Kernel readahead of the loop device in KiB. Use 0 for images pushed
-        /// with --layout-profile, both when recording the profile and when
-        /// mounting: readahead runs in file order and would fetch cold chunks
-        #[arg(
-            long,
-            value_name = "KIB",
-            default_value_t = 128,
-            env = "LODE_KERNEL_READAHEAD_KB"
-        )]
-        kernel_readahead_kb: u32,
+        /// Kernel readahead of the loop device in KiB. Default: the hint of the
+        /// image's stored profile (0 for images pushed with --layout-profile,
+        /// whose readahead would run in file order into cold chunks), else 128
+        #[arg(long, value_name = "KIB", env = "LODE_KERNEL_READAHEAD_KB")]
+        kernel_readahead_kb: Option<u32>,
         /// Record a prefetch profile and write it to FILE (JSON) when the mount
         /// ends: the chunks read in the first seconds and the files they belong to
         #[arg(long, value_name = "FILE")]

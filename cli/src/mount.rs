@@ -96,18 +96,25 @@ pub async fn open_image(
     })
 }
 
-/// Starts prefetching the stored profile of `name` in the background, when
-/// there is one that fits the manifest; says what it does on stderr.
-pub async fn start_prefetch(opened: &Opened, name: &str, prefetch: Prefetch) -> Result<()> {
-    if !prefetch.enabled {
-        return Ok(());
-    }
+/// Kernel readahead of the loop device when neither the flag nor the
+/// image's profile says otherwise (KiB; the kernel's usual default).
+pub const DEFAULT_KERNEL_READAHEAD_KB: u32 = 128;
+
+/// Loads the stored profile of `name` when there is one that fits the
+/// manifest (warnings on stderr otherwise), and starts prefetching its
+/// chunks in the background unless prefetch is off. Returns the profile's
+/// kernel readahead hint, if any (see [`kernel_readahead`]).
+pub async fn start_prefetch(
+    opened: &Opened,
+    name: &str,
+    prefetch: Prefetch,
+) -> Result<Option<u32>> {
     let profile = match opened.store.get_profile(name).await {
         Ok(Some(p)) => p,
-        Ok(None) => return Ok(()),
+        Ok(None) => return Ok(None),
         Err(e) => {
-            eprintln!("lode: warning: not prefetching: {e:#}");
-            return Ok(());
+            eprintln!("lode: warning: not using the stored profile: {e:#}");
+            return Ok(None);
         }
     };
     let digest = opened.digest();
@@ -119,7 +126,10 @@ pub async fn start_prefetch(opened: &Opened, name: &str, prefetch: Prefetch) -> 
         eprintln!(
             "lode: warning: not prefetching: {PROFILES}/{name} does not fit this image: {why}"
         );
-        return Ok(());
+        return Ok(None);
+    }
+    if !prefetch.enabled {
+        return Ok(profile.kernel_readahead_kb);
     }
     let chunks = profile.chunk_indexes();
     eprintln!(
@@ -129,7 +139,28 @@ pub async fn start_prefetch(opened: &Opened, name: &str, prefetch: Prefetch) -> 
     );
     // The report also lands in the stats; the task runs on by itself.
     drop(opened.image.prefetch(chunks, prefetch.concurrency.max(1)));
-    Ok(())
+    Ok(profile.kernel_readahead_kb)
+}
+
+/// Why a kernel readahead was chosen (logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadaheadSource {
+    /// `--kernel-readahead-kb` or `LODE_KERNEL_READAHEAD_KB`.
+    Flag,
+    /// The `kernel_readahead_kb` hint of the image's stored profile.
+    Profile,
+    /// Neither: [`DEFAULT_KERNEL_READAHEAD_KB`].
+    Default,
+}
+
+/// The kernel readahead to use: the flag (or its env variable) if given,
+/// else the stored profile's hint, else [`DEFAULT_KERNEL_READAHEAD_KB`].
+pub fn kernel_readahead(flag: Option<u32>, profile_hint: Option<u32>) -> (u32, ReadaheadSource) {
+    match (flag, profile_hint) {
+        (Some(kb), _) => (kb, ReadaheadSource::Flag),
+        (None, Some(kb)) => (kb, ReadaheadSource::Profile),
+        (None, None) => (DEFAULT_KERNEL_READAHEAD_KB, ReadaheadSource::Default),
+    }
 }
 
 /// Everything `lode mount` was asked.
@@ -150,8 +181,9 @@ pub struct MountRequest {
     pub log_file: Option<PathBuf>,
     /// Chunks fetched ahead of a sequential reader.
     pub readahead_chunks: u32,
-    /// Kernel readahead of the loop device (KiB).
-    pub kernel_readahead_kb: u32,
+    /// Kernel readahead of the loop device (KiB), when given
+    /// (`--kernel-readahead-kb`); else see [`kernel_readahead`].
+    pub kernel_readahead_kb: Option<u32>,
     /// Record a prefetch profile and write it here when the mount ends.
     pub record_profile: Option<PathBuf>,
     /// How long after opening the recording runs.
@@ -198,7 +230,23 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
             image_opts,
         ))?;
         // Before mounting: the kernel's first reads join the prefetch.
-        rt.block_on(start_prefetch(&opened, &req.name, req.prefetch))?;
+        let hint = rt.block_on(start_prefetch(&opened, &req.name, req.prefetch))?;
+        let (readahead_kb, why) = kernel_readahead(req.kernel_readahead_kb, hint);
+        match why {
+            ReadaheadSource::Flag => tracing::info!(
+                kernel_readahead_kb = readahead_kb,
+                "kernel readahead from --kernel-readahead-kb or LODE_KERNEL_READAHEAD_KB"
+            ),
+            ReadaheadSource::Profile => tracing::info!(
+                kernel_readahead_kb = readahead_kb,
+                "kernel readahead from {PROFILES}/{} (the image asks for it)",
+                req.name
+            ),
+            ReadaheadSource::Default => tracing::info!(
+                kernel_readahead_kb = readahead_kb,
+                "kernel readahead: the default (no flag, no hint in a stored profile)"
+            ),
+        }
         let target = req.record_profile.as_ref().map(|path| {
             if req.file_only {
                 eprintln!(
@@ -213,7 +261,7 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
             .file_only(req.file_only)
             .stats_path(req.stats.clone())
             .record_profile(target)
-            .kernel_readahead_kb(Some(req.kernel_readahead_kb))
+            .kernel_readahead_kb(Some(readahead_kb))
             .source_name(format!("lode:{}", req.name));
         let handle = {
             let _guard = rt.enter();
@@ -320,7 +368,15 @@ pub async fn serve_nbd(
             .crypto(crypto),
     )
     .await?;
-    start_prefetch(&opened, name, prefetch).await?;
+    if let Some(kb) = start_prefetch(&opened, name, prefetch).await? {
+        // The NBD client owns its block device and its readahead.
+        tracing::info!(
+            kernel_readahead_kb = kb,
+            "{PROFILES}/{name} asks for kernel readahead {kb} KiB: set it on the client's device \
+             (e.g. blockdev --setra {} /dev/nbdX)",
+            u64::from(kb) * 2
+        );
+    }
     let image = opened.image;
     let server = NbdServer::bind(&addr)
         .await
@@ -342,4 +398,26 @@ pub async fn serve_nbd(
         .await
         .context("serving NBD")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_readahead_flag_then_profile_then_default() {
+        assert_eq!(
+            kernel_readahead(Some(64), Some(0)),
+            (64, ReadaheadSource::Flag)
+        );
+        assert_eq!(kernel_readahead(Some(0), None), (0, ReadaheadSource::Flag));
+        assert_eq!(
+            kernel_readahead(None, Some(0)),
+            (0, ReadaheadSource::Profile)
+        );
+        assert_eq!(
+            kernel_readahead(None, None),
+            (DEFAULT_KERNEL_READAHEAD_KB, ReadaheadSource::Default)
+        );
+    }
 }

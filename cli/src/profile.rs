@@ -4,7 +4,9 @@
 //! read in the first seconds (index and time) and the files they belong to.
 //! `save` stores only the chunk part under `profiles/NAME` (no paths, nothing
 //! secret: chunk indexes of a manifest anyone with read access can list), and
-//! only when the profile was recorded on the manifest `NAME` has now.
+//! only when the profile was recorded on the manifest `NAME` has now. A
+//! `kernel_readahead_kb` hint in the file is kept, and `show` prints it.
+//! `lode push --layout-profile` stores such a profile itself.
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -29,6 +31,9 @@ pub struct ProfileSummary {
     pub last_access_ms: u64,
     /// Chunk indexes in prefetch order.
     pub order: Vec<u64>,
+    /// Kernel readahead (KiB) the profile asks mounts to use, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_readahead_kb: Option<u32>,
 }
 
 /// Summarizes `profile`, comparing it with the manifest of `name` in `store`.
@@ -53,6 +58,7 @@ pub async fn summary(store: &Store, name: &str, profile: &Profile) -> ProfileSum
         window_ms: profile.window_ms,
         last_access_ms: profile.chunks.last().map_or(0, |c| c.at_ms),
         order: profile.chunk_indexes(),
+        kernel_readahead_kb: profile.kernel_readahead_kb,
     }
 }
 
@@ -106,6 +112,14 @@ pub fn print_summary(name: &str, s: &ProfileSummary) {
         "  chunks        {} first read within {} ms (window {} ms)",
         s.chunks, s.last_access_ms, s.window_ms
     );
+    match s.kernel_readahead_kb {
+        Some(kb) => println!(
+            "  readahead     {kb} KiB (lode mount uses it unless --kernel-readahead-kb is given)"
+        ),
+        None => println!(
+            "  readahead     no hint (lode mount uses --kernel-readahead-kb, else 128 KiB)"
+        ),
+    }
     let head: Vec<String> = s.order.iter().take(32).map(u64::to_string).collect();
     let more = if s.order.len() > 32 { " ..." } else { "" };
     println!("  order         {}{more}", head.join(" "));

@@ -8,6 +8,14 @@
 //! concurrency (async). The manifest is written only after every chunk it
 //! names is stored, so a crash or Ctrl-C never leaves a manifest that names
 //! a missing chunk.
+//!
+//! With a profile-guided layout (`--layout-profile`), the push also stores a
+//! prefetch profile for the new manifest under `profiles/NAME`
+//! ([`layout_prefetch_profile`]): the hot region's chunks in order, then the
+//! metadata chunks after it, with the kernel readahead hint 0, so `lode
+//! mount` prefetches the start and keeps kernel readahead off the cold
+//! copies without being told. A push without a layout deletes `profiles/NAME`:
+//! it was bound to the manifest this push replaced.
 
 use std::collections::HashSet;
 use std::io::{self, Write};
@@ -59,6 +67,11 @@ pub struct PushSummary {
     /// The hot region of a profile-guided layout (`--layout-profile`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hot_region: Option<HotRegionSummary>,
+    /// Chunks in the prefetch profile this push stored under
+    /// `profiles/NAME` (`--layout-profile` only; `None`: none stored, and
+    /// any older one was deleted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefetch_profile_chunks: Option<u64>,
 }
 
 /// Where a profile-guided layout put its hot copies.
@@ -100,6 +113,48 @@ pub fn hot_list_from_profile(path: &std::path::Path) -> Result<flattener::HotLis
         path.display()
     );
     Ok(flattener::HotList { entries })
+}
+
+/// The prefetch profile a profile-guided push stores for its image: the
+/// chunks of the hot region in order, then the chunks after it up to the end
+/// of the image (directories, extent trees, inode tables and other metadata
+/// the flattener writes there), holes skipped, all at 0 ms, with the kernel
+/// readahead hint 0. `None` when the layout placed nothing (the image is the
+/// plain one and needs no profile).
+pub fn layout_prefetch_profile(
+    name: &str,
+    manifest_digest: &str,
+    hot: &flattener::HotRegion,
+    image_size: u64,
+    chunk_size: u32,
+    chunks: &[Option<ChunkRef>],
+) -> Option<worker::profile::Profile> {
+    if hot.len == 0 || chunk_size == 0 {
+        return None;
+    }
+    let cs = u64::from(chunk_size);
+    let first = hot.start / cs;
+    let listed: Vec<worker::ChunkAccess> = (first..image_size.div_ceil(cs))
+        .filter(|&i| {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| chunks.get(i))
+                .is_some_and(Option::is_some)
+        })
+        .map(|index| worker::ChunkAccess { index, at_ms: 0 })
+        .collect();
+    Some(worker::profile::Profile {
+        version: worker::profile::PROFILE_VERSION,
+        image: name.to_owned(),
+        manifest_digest: manifest_digest.to_owned(),
+        chunk_size,
+        image_size,
+        window_ms: 0,
+        chunks: listed,
+        files: Vec::new(),
+        unmapped_blocks: 0,
+        kernel_readahead_kb: Some(0),
+    })
 }
 
 /// Everything `push` needs.
@@ -377,6 +432,43 @@ async fn push_leased(req: PushRequest<'_>, lease: &crate::gc::Lease) -> Result<P
     lease.check().await?;
     req.store.put_manifest(req.name, &sealed).await?;
 
+    // The old profiles/NAME was bound to the manifest just replaced: replace
+    // it with the layout's profile, or delete it.
+    let digest = hex::encode(sealed.public_digest());
+    let profile = summary.image.hot_region.as_ref().and_then(|h| {
+        layout_prefetch_profile(
+            req.name,
+            &digest,
+            h,
+            summary.size,
+            DEFAULT_CHUNK_SIZE as u32,
+            &manifest.chunks,
+        )
+    });
+    let prefetch_profile_chunks = match &profile {
+        Some(p) => {
+            req.store.put_profile(req.name, p).await.with_context(|| {
+                format!(
+                    "{} is pushed, but its prefetch profile is not stored: \
+                     mount it with --kernel-readahead-kb 0",
+                    req.name
+                )
+            })?;
+            Some(p.chunks.len() as u64)
+        }
+        None => {
+            if let Err(e) = req
+                .store
+                .delete_under(crate::store::PROFILES, req.name)
+                .await
+            {
+                // Harmless: a mount refuses a profile of another manifest.
+                tracing::warn!(error = %format!("{e:#}"), "could not delete the stale profile");
+            }
+            None
+        }
+    };
+
     let data_chunks = expected - holes;
     let hot_region = HotRegionSummary::of(&summary);
     Ok(PushSummary {
@@ -393,6 +485,7 @@ async fn push_leased(req: PushRequest<'_>, lease: &crate::gc::Lease) -> Result<P
         salt_id: req.salt.id(),
         seconds: started.elapsed().as_secs_f64(),
         hot_region,
+        prefetch_profile_chunks,
     })
 }
 
@@ -444,6 +537,57 @@ pub fn print_summary(s: &PushSummary) {
             mib(h.bytes),
             h.start,
             h.entries_skipped
+        );
+    }
+    if let Some(n) = s.prefetch_profile_chunks {
+        println!(
+            "  profile   {n} chunks stored as profiles/{}, kernel readahead 0 (lode mount applies both)",
+            s.name
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(i: u8) -> Option<ChunkRef> {
+        Some(ChunkRef {
+            name: chunk_core::ChunkName::from_bytes([i; 32]),
+            key: chunk_core::ChunkKey::from_bytes([i; 32]),
+        })
+    }
+
+    #[test]
+    fn layout_profile_lists_hot_then_metadata_chunks_without_holes() {
+        let cs = 1024u32;
+        // Chunks 0-1 layers, 2-4 hot (3 a hole), 5-6 metadata (6 a hole), 7 metadata.
+        let chunks = vec![
+            chunk(0),
+            chunk(1),
+            chunk(2),
+            None,
+            chunk(4),
+            chunk(5),
+            None,
+            chunk(7),
+        ];
+        let mut hot = flattener::HotRegion::default();
+        hot.start = 2 * 1024;
+        hot.len = 2 * 1024 + 100;
+        let p = layout_prefetch_profile("app", &"ab".repeat(32), &hot, 8 * 1024 - 10, cs, &chunks)
+            .unwrap();
+        assert_eq!(p.chunk_indexes(), vec![2, 4, 5, 7]);
+        assert!(p.chunks.iter().all(|c| c.at_ms == 0));
+        assert_eq!(p.kernel_readahead_kb, Some(0));
+        assert_eq!(p.image, "app");
+        p.validate().unwrap();
+        assert!(p.check_image(&"ab".repeat(32), 8 * 1024 - 10, cs).is_ok());
+
+        // Nothing placed: no profile.
+        hot.len = 0;
+        assert!(
+            layout_prefetch_profile("app", &"ab".repeat(32), &hot, 8192, cs, &chunks).is_none()
         );
     }
 }

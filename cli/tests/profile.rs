@@ -530,3 +530,190 @@ fn busy_umount_is_refused_and_a_stopped_foreground_mount_writes_its_profile() {
         "{p}"
     );
 }
+
+/// The loop device's kernel readahead (`/sys/block/loopN/queue/read_ahead_kb`)
+/// under the ext4 mounted at `mnt`, found through `/proc/mounts`.
+fn loop_read_ahead_kb(mnt: &Path) -> u32 {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let want = mnt.to_str().unwrap();
+    let dev = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            Some((f.next()?, f.next()?))
+        })
+        .find(|&(dev, at)| at == want && dev.starts_with("/dev/loop"))
+        .map(|(dev, _)| dev.trim_start_matches("/dev/").to_string())
+        .unwrap_or_else(|| panic!("no loop device mounted at {want}:\n{mounts}"));
+    std::fs::read_to_string(format!("/sys/block/{dev}/queue/read_ahead_kb"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn chunk_indexes(profile: &Value) -> Vec<u64> {
+    profile["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["index"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn layout_push_stores_a_profile_that_mounts_use_without_flags() {
+    if !can_mount_busybox() {
+        return;
+    }
+    let env = Env::new();
+    let image = busybox_image(&env.dir.path().join("oci"));
+    env.ok(&["push", &image, "--name", "demo"]);
+
+    // An image without a stored profile: the default readahead.
+    let (m, _) = Mount::new(&env, "demo", "plain", &[]);
+    assert_eq!(loop_read_ahead_kb(&m.mnt), 128);
+    m.umount();
+
+    // Record a start, then push a profile-guided layout of it.
+    let recorded = env.dir.path().join("record.json");
+    let (m, _) = Mount::new(
+        &env,
+        "demo",
+        "record",
+        &[
+            "--record-profile",
+            s(&recorded),
+            "--kernel-readahead-kb",
+            "0",
+        ],
+    );
+    assert_eq!(loop_read_ahead_kb(&m.mnt), 0, "the flag is applied");
+    let want = chroot(&m.mnt, RUN);
+    m.umount();
+    let pushed = env.json(&[
+        "push",
+        &image,
+        "--name",
+        "hot",
+        "--layout-profile",
+        s(&recorded),
+        "--json",
+    ]);
+
+    // profiles/hot: bound to the new manifest, hint 0, the hot region's
+    // chunks first and in order, then the rest up to the end, holes skipped.
+    let stored: Value =
+        serde_json::from_slice(&std::fs::read(env.store().join("profiles/hot")).unwrap()).unwrap();
+    let inspect = env.json(&["inspect", "hot", "--json"]);
+    assert_eq!(stored["manifest_digest"], inspect["public_digest"]);
+    assert_eq!(stored["kernel_readahead_kb"], 0, "{stored}");
+    assert_eq!(stored["version"], 1);
+    let chunks = chunk_indexes(&stored);
+    assert_eq!(pushed["prefetch_profile_chunks"], chunks.len() as u64);
+    let cs = stored["chunk_size"].as_u64().unwrap();
+    let start = pushed["hot_region"]["start"].as_u64().unwrap();
+    let bytes = pushed["hot_region"]["bytes"].as_u64().unwrap();
+    assert!(bytes > 0, "{pushed}");
+    let hot_chunks: Vec<u64> = (start / cs..(start + bytes).div_ceil(cs)).collect();
+    assert!(!hot_chunks.is_empty());
+    assert_eq!(
+        chunks[..hot_chunks.len()],
+        hot_chunks[..],
+        "hot region first: {chunks:?}"
+    );
+    let total = pushed["chunks_total"].as_u64().unwrap();
+    assert!(chunks.windows(2).all(|w| w[0] < w[1]), "{chunks:?}");
+    assert!(*chunks.last().unwrap() < total);
+    assert!(
+        (chunks.len() as u64) <= total - start / cs,
+        "only from the hot region on"
+    );
+    assert!(
+        stored["chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["at_ms"] == 0)
+    );
+    let show = env.json(&["profile", "show", "hot", "--json"]);
+    assert_eq!(show["kernel_readahead_kb"], 0);
+    assert_eq!(show["matches_manifest"], true);
+    assert!(
+        env.ok(&["profile", "show", "hot"])
+            .contains("readahead     0 KiB")
+    );
+
+    // A mount with no readahead flag and an empty cache: the profile's
+    // chunks are prefetched and the loop device's readahead is 0.
+    let (m, stderr) = Mount::new(&env, "hot", "auto", &[]);
+    assert!(
+        stderr.contains(&format!("prefetching {} chunks", chunks.len())),
+        "{stderr}"
+    );
+    assert_eq!(loop_read_ahead_kb(&m.mnt), 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while files_in(&m.cache()) < chunks.len() {
+        assert!(Instant::now() < deadline, "prefetch did not fill L1");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(chroot(&m.mnt, RUN), want);
+    let st = m.umount();
+    assert_eq!(st["prefetch"]["requested"], chunks.len() as u64, "{st}");
+    assert_eq!(st["prefetch"]["fetched"], chunks.len() as u64, "{st}");
+
+    // The flag wins over the hint.
+    let (m, _) = Mount::new(&env, "hot", "flag", &["--kernel-readahead-kb", "64"]);
+    assert_eq!(loop_read_ahead_kb(&m.mnt), 64);
+    m.umount();
+
+    // A plain re-push replaces the manifest: the stale profile is deleted,
+    // and mounts are back to the default.
+    let repushed = env.json(&["push", &image, "--name", "hot", "--json"]);
+    assert!(
+        repushed.get("prefetch_profile_chunks").is_none(),
+        "{repushed}"
+    );
+    assert!(!env.store().join("profiles/hot").exists());
+    let (m, stderr) = Mount::new(&env, "hot", "repushed", &[]);
+    assert!(!stderr.contains("prefetching"), "{stderr}");
+    assert_eq!(loop_read_ahead_kb(&m.mnt), 128);
+    m.umount();
+}
+
+#[test]
+fn profile_save_keeps_a_readahead_hint() {
+    let env = Env::new();
+    env.ok(&[
+        "push",
+        &two_layer_image(&env.dir.path().join("a"), 1, 10),
+        "--name",
+        "a",
+    ]);
+    let path = handmade_profile(&env, "a", &[1, 0]);
+    let mut p: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    p["kernel_readahead_kb"] = 0.into();
+    std::fs::write(&path, serde_json::to_vec(&p).unwrap()).unwrap();
+    env.ok(&["profile", "save", "a", s(&path)]);
+    let show = env.json(&["profile", "show", "a", "--json"]);
+    assert_eq!(show["kernel_readahead_kb"], 0, "{show}");
+    assert!(
+        env.ok(&["profile", "show", "a"])
+            .contains("readahead     0 KiB")
+    );
+    // Without one, show says so.
+    let plain = handmade_profile(&env, "a", &[1]);
+    env.ok(&["profile", "save", "a", s(&plain)]);
+    assert!(
+        env.json(&["profile", "show", "a", "--json"])
+            .get("kernel_readahead_kb")
+            .is_none()
+    );
+    assert!(env.ok(&["profile", "show", "a"]).contains("no hint"));
+    // An absurd hint is refused, naming it.
+    p["kernel_readahead_kb"] = 10_000_000.into();
+    std::fs::write(&path, serde_json::to_vec(&p).unwrap()).unwrap();
+    let out = env.run(&["profile", "save", "a", s(&path)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kernel_readahead_kb"));
+}

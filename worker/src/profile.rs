@@ -21,8 +21,12 @@
 //!  "chunk_size":524288,"image_size":139460608,"window_ms":60000,
 //!  "chunks":[{"index":3,"at_ms":12}],
 //!  "files":[{"path":"/usr/bin/python3","at_ms":12,"blocks":[[0,3],[10,2]]}],
-//!  "unmapped_blocks":123}
+//!  "unmapped_blocks":123,"kernel_readahead_kb":0}
 //! ```
+//! `kernel_readahead_kb` is optional (absent: no hint): the kernel readahead
+//! a mount of the image should use unless told otherwise. `lode push
+//! --layout-profile` stores a profile with `0`, since kernel readahead runs
+//! in file order and would fetch the cold copies of a profile-guided layout.
 //! `files` are in order of first access; `blocks` are `[first logical 4 KiB
 //! block, count]`, sorted and merged. A file read again more than
 //! [`BURST_GAP_MS`] after its previous read appears again (a later burst).
@@ -79,6 +83,10 @@ pub use inode_table::InodeTables;
 /// The profile format version this crate reads and writes.
 pub const PROFILE_VERSION: u32 = 1;
 
+/// The largest kernel readahead hint a profile may carry (KiB): 64 MiB,
+/// far beyond any useful readahead, so a typo cannot ask for gigabytes.
+pub const MAX_KERNEL_READAHEAD_KB: u32 = 65536;
+
 /// A file read again after this long a pause starts a new entry in
 /// [`Profile::files`]; reads closer together join the file's entry.
 pub const BURST_GAP_MS: u64 = 1000;
@@ -111,6 +119,12 @@ pub struct Profile {
     /// Recorded blocks that belong to no file or directory.
     #[serde(default)]
     pub unmapped_blocks: u64,
+    /// Kernel readahead (KiB) a mount of this image should use, when the
+    /// image wants one: `Some(0)` for a profile-guided layout (`lode push
+    /// --layout-profile`), whose kernel readahead would run in file order
+    /// into the cold copies. A mount uses it unless told otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_readahead_kb: Option<u32>,
 }
 
 /// One burst of reads of one file.
@@ -173,6 +187,7 @@ impl Profile {
             chunks: image.access_log(),
             files,
             unmapped_blocks,
+            kernel_readahead_kb: None,
         }
     }
 
@@ -213,7 +228,8 @@ impl Profile {
 
     /// Checks the profile on its own: version, sizes, digest form, chunk
     /// indexes inside the image and each listed once, times in order, file
-    /// paths absolute, block ranges non-empty and inside the image.
+    /// paths absolute, block ranges non-empty and inside the image, a
+    /// kernel readahead hint of at most [`MAX_KERNEL_READAHEAD_KB`].
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.version != PROFILE_VERSION {
             return Err(format!(
@@ -255,6 +271,13 @@ impl Profile {
                 ));
             }
             last_ms = c.at_ms;
+        }
+        if let Some(kb) = self.kernel_readahead_kb
+            && kb > MAX_KERNEL_READAHEAD_KB
+        {
+            return Err(format!(
+                "kernel_readahead_kb {kb} is larger than {MAX_KERNEL_READAHEAD_KB}"
+            ));
         }
         let blocks = self.image_size.div_ceil(BLOCK_SIZE);
         for f in &self.files {
@@ -852,6 +875,7 @@ mod tests {
                 blocks: vec![(0, 2)],
             }],
             unmapped_blocks: 4,
+            kernel_readahead_kb: None,
         }
     }
 
@@ -1018,6 +1042,10 @@ mod tests {
         bad(&|p| p.files[0].path = b"bin/sh".to_vec(), "not absolute");
         bad(&|p| p.files[0].blocks = vec![(0, 0)], "block range");
         bad(&|p| p.files[0].blocks = vec![(19, 2)], "block range");
+        bad(
+            &|p| p.kernel_readahead_kb = Some(MAX_KERNEL_READAHEAD_KB + 1),
+            "kernel_readahead_kb",
+        );
         let e = Profile::from_json(b"{\"version\":1}", "g").unwrap_err();
         assert!(e.to_string().contains("not a valid profile"), "{e}");
 
@@ -1030,6 +1058,34 @@ mod tests {
             "{e}"
         );
         assert!(p.check_image(&digest(), 8192, 8192).is_err());
+    }
+
+    #[test]
+    fn kernel_readahead_hint_is_optional_and_kept() {
+        // Absent: no hint, and not written back (older readers see version 1 as before).
+        let p = sample();
+        assert_eq!(p.kernel_readahead_kb, None);
+        assert!(
+            !String::from_utf8(p.to_json())
+                .unwrap()
+                .contains("kernel_readahead_kb")
+        );
+        // Present: survives JSON and the stored chunk part.
+        let q = Profile {
+            kernel_readahead_kb: Some(0),
+            ..sample()
+        };
+        let text = String::from_utf8(q.to_json()).unwrap();
+        assert!(text.contains("\"kernel_readahead_kb\": 0"), "{text}");
+        assert!(text.contains("\"version\": 1"), "{text}");
+        let back = Profile::from_json(&q.to_json(), "q").unwrap();
+        assert_eq!(back.kernel_readahead_kb, Some(0));
+        assert_eq!(back.chunks_only().kernel_readahead_kb, Some(0));
+        let r = Profile {
+            kernel_readahead_kb: Some(MAX_KERNEL_READAHEAD_KB),
+            ..sample()
+        };
+        assert!(r.validate().is_ok());
     }
 
     proptest::proptest! {

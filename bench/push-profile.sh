@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# What a plain `lode mount` (no readahead flag) fetches from an image pushed
+# with --layout-profile, now that the push stores a prefetch profile with the
+# kernel readahead hint 0:
+# 1. push IMAGE; record a profile on a lazy mount (kernel readahead 0) while
+#    the start command runs; push IMAGE-hot with it as layout (which stores
+#    profiles/IMAGE-hot);
+# 2. RUNS times, drop caches, fresh cache dir, then run the start under:
+#      hint      no flag, --no-prefetch      (readahead from the stored hint: 0)
+#      ra128     --kernel-readahead-kb 128 --no-prefetch  (what the old default did)
+#      prefetch  no flag, prefetch on        (the stored profile's chunks + reads)
+#    and count the chunks fetched (`chunks_fetched` of the mount's stats) and
+#    the loop device's read_ahead_kb.
+# Needs root (mount, chroot, drop_caches).
+# Usage: bench/push-profile.sh [CORPUS] [IMAGE]   (defaults: $LODE_CORPUS or
+# ../shared/corpus, python-app; START overrides the start command; RUNS=3;
+# LODE_BIN uses that lode instead of building one)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CORPUS=$(realpath "${1:-${LODE_CORPUS:-../shared/corpus}}")
+IMAGE=${2:-python-app}
+START=${START:-python3 /app/main.py}
+RUNS=${RUNS:-3}
+[[ $EUID -eq 0 ]] || { echo "skipped: needs root"; exit 0; }
+[[ -d $CORPUS/oci ]] || { echo "skipped: no OCI layout at $CORPUS/oci"; exit 0; }
+for t in chroot mount python3; do
+  command -v "$t" >/dev/null || { echo "skipped: $t missing"; exit 0; }
+done
+if [[ -n "${LODE_BIN:-}" ]]; then
+  LODE=$(realpath "$LODE_BIN")
+else
+  cargo build --release -q -p lode-cli
+  LODE=$PWD/target/release/lode
+fi
+
+W=$(mktemp -d "${TMPDIR:-/tmp}/lode-pushprof.XXXXXX")
+MNT=$W/mnt
+cleanup() {
+  umount -R -l "$MNT/proc" 2>/dev/null || true
+  mountpoint -q "$MNT" && { "$LODE" umount "$MNT" >/dev/null 2>&1 || umount -l "$MNT" || true; }
+  rm -rf "$W"
+}
+trap cleanup EXIT
+export LODE_STORE="file://$W/store" LODE_KMS="local:$W/k/keyring" LODE_SALTS="$W/k/salts"
+unset LODE_CONFIG LODE_CACHE_DIR LODE_L2 LODE_KERNEL_READAHEAD_KB || true
+"$LODE" keyring new "$W/k/keyring" >/dev/null
+"$LODE" salt new "$W/k/salts" >/dev/null
+mkdir -p "$MNT"
+
+run_start() {
+  mount --rbind /proc "$MNT/proc"
+  chroot "$MNT" /bin/sh -c "cd /app 2>/dev/null; $START" >"$W/start.out" 2>&1 \
+    || { umount -R "$MNT/proc"; cat "$W/start.out" >&2; exit 1; }
+  umount -R "$MNT/proc"
+}
+
+read_ahead_kb() {
+  local dev
+  dev=$(awk -v m="$MNT" '$2 == m && $1 ~ /^\/dev\/loop/ {print $1}' /proc/mounts)
+  cat "/sys/block/${dev#/dev/}/queue/read_ahead_kb"
+}
+
+"$LODE" push "oci:$CORPUS/oci:$IMAGE" --name "$IMAGE" >/dev/null
+"$LODE" mount "$IMAGE" "$MNT" --cache-dir "$W/c-record" --kernel-readahead-kb 0 \
+  --no-prefetch --record-profile "$W/profile.json" >/dev/null
+run_start
+"$LODE" umount "$MNT" >/dev/null
+"$LODE" push "oci:$CORPUS/oci:$IMAGE" --name "$IMAGE-hot" --layout-profile "$W/profile.json" \
+  --json >"$W/push.json"
+python3 -c 'import json,sys; print("stored profile:", json.load(open(sys.argv[1]))["prefetch_profile_chunks"], "chunks")' "$W/push.json"
+
+printf '%-9s %4s %13s %8s %8s\n' mode run read_ahead_kb fetched prefetch
+for r in $(seq 1 "$RUNS"); do
+  for mode in hint ra128 prefetch; do
+    case $mode in
+      hint) flags=(--no-prefetch) ;;
+      ra128) flags=(--no-prefetch --kernel-readahead-kb 128) ;;
+      prefetch) flags=() ;;
+    esac
+    c=$W/c-$mode-$r
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    "$LODE" mount "$IMAGE-hot" "$MNT" --cache-dir "$c" "${flags[@]}" \
+      --stats "$W/stats.json" >/dev/null 2>>"$W/mount.log"
+    ra=$(read_ahead_kb)
+    run_start
+    "$LODE" umount "$MNT" >/dev/null
+    read -r fetched pf < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["chunks_fetched"], (s.get("prefetch") or {}).get("fetched", 0))' "$W/stats.json")
+    printf '%-9s %4s %13s %8s %8s\n' "$mode" "$r" "$ra" "$fetched" "$pf"
+  done
+done
