@@ -17,21 +17,16 @@
 # LODE_BIN uses that lode instead of building one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 CORPUS=$(realpath "${1:-${LODE_CORPUS:-../shared/corpus}}")
 IMAGE=${2:-python-app}
 START=${START:-python3 /app/main.py}
 RUNS=${RUNS:-3}
 [[ $EUID -eq 0 ]] || { echo "skipped: needs root"; exit 0; }
 [[ -d $CORPUS/oci ]] || { echo "skipped: no OCI layout at $CORPUS/oci"; exit 0; }
-for t in chroot mount python3; do
-  command -v "$t" >/dev/null || { echo "skipped: $t missing"; exit 0; }
-done
-if [[ -n "${LODE_BIN:-}" ]]; then
-  LODE=$(realpath "$LODE_BIN")
-else
-  cargo build --release -q -p lode-cli
-  LODE=$PWD/target/release/lode
-fi
+need_tools chroot mount python3
+find_lode
 
 W=$(mktemp -d "${TMPDIR:-/tmp}/lode-pushprof.XXXXXX")
 MNT=$W/mnt
