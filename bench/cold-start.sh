@@ -60,10 +60,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-export LODE_STORE="file://$WORK/store" LODE_KMS="local:$WORK/k/keyring" LODE_SALTS="$WORK/k/salts"
-unset LODE_CONFIG LODE_CACHE_DIR LODE_L2 || true
-"$LODE" keyring new "$WORK/k/keyring" >/dev/null
-"$LODE" salt new "$WORK/k/salts" >/dev/null
+fresh_store "$WORK"
 
 # Dropping the page cache makes every run read its input from disk, as on a fresh worker.
 DROP=yes

@@ -19,35 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
-CORPUS=$(realpath "${1:-${LODE_CORPUS:-../shared/corpus}}")
-IMAGE=${2:-python-app}
-START=${START:-python3 /app/main.py}
-RUNS=${RUNS:-3}
-[[ $EUID -eq 0 ]] || { echo "skipped: needs root"; exit 0; }
-[[ -d $CORPUS/oci ]] || { echo "skipped: no OCI layout at $CORPUS/oci"; exit 0; }
-need_tools chroot mount python3
-find_lode
-
-W=$(mktemp -d "${TMPDIR:-/tmp}/lode-pinodes.XXXXXX")
-MNT=$W/mnt
-cleanup() {
-  umount -R -l "$MNT/proc" 2>/dev/null || true
-  mountpoint -q "$MNT" && { "$LODE" umount "$MNT" >/dev/null 2>&1 || umount -l "$MNT" || true; }
-  rm -rf "$W"
-}
-trap cleanup EXIT
-export LODE_STORE="file://$W/store" LODE_KMS="local:$W/k/keyring" LODE_SALTS="$W/k/salts"
-unset LODE_CONFIG LODE_CACHE_DIR LODE_L2 || true
-"$LODE" keyring new "$W/k/keyring" >/dev/null
-"$LODE" salt new "$W/k/salts" >/dev/null
-mkdir -p "$MNT"
-
-run_start() {
-  mount --rbind /proc "$MNT/proc"
-  chroot "$MNT" /bin/sh -c "cd /app 2>/dev/null; $START" >"$W/start.out" 2>&1 \
-    || { umount -R "$MNT/proc"; cat "$W/start.out" >&2; exit 1; }
-  umount -R "$MNT/proc"
-}
+mount_bench_setup lode-pinodes "$@"
 
 "$LODE" push "oci:$CORPUS/oci:$IMAGE" --name "$IMAGE" >/dev/null
 "$LODE" mount "$IMAGE" "$MNT" --cache-dir "$W/c-record" --kernel-readahead-kb 0 \
@@ -70,8 +42,7 @@ printf '%-22s %4s %8s %8s\n' image run chunks fetched
 for r in $(seq 1 "$RUNS"); do
   for name in "$IMAGE-base" "$IMAGE-hot"; do
     c=$W/c-$name-$r
-    sync
-    echo 3 >/proc/sys/vm/drop_caches
+    drop_caches
     "$LODE" mount "$name" "$MNT" --cache-dir "$c" --kernel-readahead-kb 0 --no-prefetch \
       --stats "$W/stats.json" >/dev/null 2>>"$W/mount.log"
     run_start

@@ -18,9 +18,7 @@ need_tools openssl tar python3 /usr/bin/time
 find_lode
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/lode-pushmem.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-export LODE_STORE="file://$WORK/store" LODE_KMS="local:$WORK/k/keyring" LODE_SALTS="$WORK/k/salts"
-"$LODE" keyring new "$WORK/k/keyring" >/dev/null
-"$LODE" salt new "$WORK/k/salts" >/dev/null
+fresh_store "$WORK"
 
 # One-layer OCI layout at $1 with the uncompressed layer tar $2, tag "big".
 oci_layout() {

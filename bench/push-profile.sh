@@ -19,35 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
-CORPUS=$(realpath "${1:-${LODE_CORPUS:-../shared/corpus}}")
-IMAGE=${2:-python-app}
-START=${START:-python3 /app/main.py}
-RUNS=${RUNS:-3}
-[[ $EUID -eq 0 ]] || { echo "skipped: needs root"; exit 0; }
-[[ -d $CORPUS/oci ]] || { echo "skipped: no OCI layout at $CORPUS/oci"; exit 0; }
-need_tools chroot mount python3
-find_lode
-
-W=$(mktemp -d "${TMPDIR:-/tmp}/lode-pushprof.XXXXXX")
-MNT=$W/mnt
-cleanup() {
-  umount -R -l "$MNT/proc" 2>/dev/null || true
-  mountpoint -q "$MNT" && { "$LODE" umount "$MNT" >/dev/null 2>&1 || umount -l "$MNT" || true; }
-  rm -rf "$W"
-}
-trap cleanup EXIT
-export LODE_STORE="file://$W/store" LODE_KMS="local:$W/k/keyring" LODE_SALTS="$W/k/salts"
-unset LODE_CONFIG LODE_CACHE_DIR LODE_L2 LODE_KERNEL_READAHEAD_KB || true
-"$LODE" keyring new "$W/k/keyring" >/dev/null
-"$LODE" salt new "$W/k/salts" >/dev/null
-mkdir -p "$MNT"
-
-run_start() {
-  mount --rbind /proc "$MNT/proc"
-  chroot "$MNT" /bin/sh -c "cd /app 2>/dev/null; $START" >"$W/start.out" 2>&1 \
-    || { umount -R "$MNT/proc"; cat "$W/start.out" >&2; exit 1; }
-  umount -R "$MNT/proc"
-}
+mount_bench_setup lode-pushprof "$@"
 
 read_ahead_kb() {
   local dev
@@ -73,8 +45,7 @@ for r in $(seq 1 "$RUNS"); do
       prefetch) flags=() ;;
     esac
     c=$W/c-$mode-$r
-    sync
-    echo 3 >/proc/sys/vm/drop_caches
+    drop_caches
     "$LODE" mount "$IMAGE-hot" "$MNT" --cache-dir "$c" "${flags[@]}" \
       --stats "$W/stats.json" >/dev/null 2>>"$W/mount.log"
     ra=$(read_ahead_kb)
