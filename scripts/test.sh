@@ -15,7 +15,16 @@ step "dependencies"
 # Tests that need a server or tool fail instead of skipping: everything is installed.
 export LODE_REQUIRE_SERVERS=1
 if [[ -z "${LODE_CORPUS:-}" && -d ../shared/corpus ]]; then
-  LODE_CORPUS="$(cd ../shared/corpus && pwd)"
+  LODE_CORPUS=../shared/corpus
+fi
+# Absolute: cargo runs each crate's tests from that crate's directory.
+if [[ -n "${LODE_CORPUS:-}" ]]; then
+  if [[ -d $LODE_CORPUS ]]; then
+    LODE_CORPUS="$(cd "$LODE_CORPUS" && pwd)"
+  else
+    echo "warning: LODE_CORPUS=$LODE_CORPUS is not a directory; corpus tests will be skipped" >&2
+    LODE_CORPUS=
+  fi
 fi
 export LODE_CORPUS="${LODE_CORPUS:-}"
 [[ -n "$LODE_CORPUS" ]] && echo "corpus: $LODE_CORPUS" || echo "corpus: none (corpus tests will say they were skipped)"
