@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{CHUNK, seal, skip};
+use common::{CHUNK, build_ext4_with, seal, skip};
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -60,40 +60,6 @@ fn test_files() -> BTreeMap<String, Vec<u8>> {
     files
 }
 
-/// Builds a 32 MiB ext4 image holding `files`.
-fn build_ext4(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
-    let root = dir.join("root");
-    for (p, data) in files {
-        let path = root.join(p);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, data).unwrap();
-    }
-    let img = dir.join("fs.ext4");
-    let out = Command::new("mke2fs")
-        .args([
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "4096",
-            "-E",
-            "root_owner=0:0",
-            "-d",
-        ])
-        .arg(&root)
-        .arg(&img)
-        .arg("32M")
-        .output()
-        .expect("run mke2fs");
-    assert!(
-        out.status.success(),
-        "mke2fs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read(img).unwrap()
-}
-
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -137,7 +103,7 @@ fn mount_reads_files_through_ext4_and_unmount_cleans_up() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let files = test_files();
-    let data = build_ext4(tmp.path(), &files);
+    let data = build_ext4_with(tmp.path(), &files, |_| ());
     let (table, stored) = seal(&data);
     let holes = table.chunks.iter().filter(|c| c.is_none()).count();
     let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
@@ -237,7 +203,7 @@ fn file_only_mount_serves_the_exact_image() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let files = test_files();
-    let data = build_ext4(tmp.path(), &files);
+    let data = build_ext4_with(tmp.path(), &files, |_| ());
     let (table, stored) = seal(&data);
     let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
     for (n, ct) in stored {
@@ -466,7 +432,7 @@ fn start_daemon(dir: &Path) -> Daemon {
 
 fn prepare(tmp: &Path) -> BTreeMap<String, Vec<u8>> {
     let files = test_files();
-    let data = build_ext4(tmp, &files);
+    let data = build_ext4_with(tmp, &files, |_| ());
     let (table, stored) = seal(&data);
     write_spec(tmp, &table, &stored);
     files

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{CHUNK, seal, skip};
+use common::{CHUNK, build_ext4_with, seal, skip};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -54,30 +54,12 @@ fn test_files() -> BTreeMap<String, Vec<u8>> {
     files
 }
 
-/// A 32 MiB ext4 image of `files`, plus a symlink and a hard link.
+/// The test image: `files`, plus a symlink and a hard link.
 fn build_ext4(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
-    let root = dir.join("root");
-    for (p, data) in files {
-        let path = root.join(p);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, data).unwrap();
-    }
-    std::os::unix::fs::symlink("bin/odd", root.join("link-to-odd")).unwrap();
-    std::fs::hard_link(root.join("bin/odd"), root.join("zz-hardlink")).unwrap();
-    let img = dir.join("fs.ext4");
-    let out = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-d"])
-        .arg(&root)
-        .arg(&img)
-        .arg("32M")
-        .output()
-        .expect("run mke2fs");
-    assert!(
-        out.status.success(),
-        "mke2fs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read(img).unwrap()
+    build_ext4_with(dir, files, |root| {
+        std::os::unix::fs::symlink("bin/odd", root.join("link-to-odd")).unwrap();
+        std::fs::hard_link(root.join("bin/odd"), root.join("zz-hardlink")).unwrap();
+    })
 }
 
 /// Unmounts (lazily) on drop.

@@ -2,6 +2,10 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
 use chunk_core::ChunkName;
 use worker::ChunkTable;
 
@@ -45,4 +49,36 @@ pub fn seal(data: &[u8]) -> (ChunkTable, Vec<(ChunkName, Vec<u8>)>) {
         chunks,
     };
     (table, stored)
+}
+
+/// Writes `files` (relative path → content) under `dir/root`, lets `extra`
+/// add to that tree (links, ...), and builds a 32 MiB ext4 image of it with
+/// `mke2fs -d`: the image's bytes.
+pub fn build_ext4_with(
+    dir: &Path,
+    files: &BTreeMap<String, Vec<u8>>,
+    extra: impl FnOnce(&Path),
+) -> Vec<u8> {
+    let root = dir.join("root");
+    for (p, data) in files {
+        let path = root.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+    extra(&root);
+    let img = dir.join("fs.ext4");
+    let out = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096"])
+        .args(["-E", "root_owner=0:0", "-d"])
+        .arg(&root)
+        .arg(&img)
+        .arg("32M")
+        .output()
+        .expect("run mke2fs");
+    assert!(
+        out.status.success(),
+        "mke2fs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(img).unwrap()
 }
