@@ -13,17 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use cache_tiers::testing::{MemcachedServer, MotoServer};
-use oci_fixture::{can_mount, require};
+use oci_fixture::{busybox_image, can_mount, files_in};
 use serde_json::Value;
 
 const LODE: &str = env!("CARGO_BIN_EXE_lode");
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("cli sits in the workspace")
-        .to_path_buf()
-}
 
 /// A keyring, a salt file and a store in a temp dir, and env for `lode`.
 struct Env {
@@ -80,25 +73,6 @@ impl Env {
         serde_json::from_str(&self.ok(&["push", image, "--name", name, "--json"]))
             .expect("push --json")
     }
-}
-
-fn busybox_image(dir: &Path) -> Option<String> {
-    if !require(
-        Path::new("/bin/busybox").exists(),
-        "needs busybox-static (apt-get install busybox-static)",
-    ) {
-        return None;
-    }
-    let out = Command::new(workspace_root().join("examples/make-busybox-image.sh"))
-        .arg(dir)
-        .output()
-        .expect("running make-busybox-image.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn corpus() -> Option<PathBuf> {
@@ -181,20 +155,6 @@ fn mount_and_run(
         serde_json::from_slice(&std::fs::read(&stats).expect("stats file written at unmount"))
             .expect("stats JSON");
     (String::from_utf8_lossy(&out.stdout).into_owned(), stats)
-}
-
-fn files_in(dir: &Path) -> usize {
-    // Counts regular files at any depth (the disk tier fans out into subdirectories).
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.filter_map(|e| e.ok())
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => files_in(&e.path()),
-            Ok(t) if t.is_file() => 1,
-            _ => 0,
-        })
-        .sum()
 }
 
 fn as_u64(v: &Value, key: &str) -> u64 {

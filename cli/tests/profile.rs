@@ -11,46 +11,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use oci_fixture::{Env, can_mount, require, two_layer_image};
+use oci_fixture::{Env, busybox_image, can_mount, files_in, two_layer_image};
 use serde_json::Value;
 
-fn can_mount_busybox() -> bool {
-    can_mount()
-        && require(
-            Path::new("/bin/busybox").exists(),
-            "needs busybox-static (apt-get install busybox-static)",
-        )
-}
-
-fn busybox_image(dir: &Path) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/make-busybox-image.sh");
-    let out = Command::new(script)
-        .arg(dir)
-        .output()
-        .expect("running make-busybox-image.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+/// A scratch store with the busybox image pushed as `demo` (and the image
+/// reference), or None when lazy mounts or busybox are unavailable (skipped).
+fn pushed_demo() -> Option<(Env, String)> {
+    if !can_mount() {
+        return None;
+    }
+    let env = Env::new();
+    let image = busybox_image(&env.dir.path().join("oci"))?;
+    env.ok(&["push", &image, "--name", "demo"]);
+    Some((env, image))
 }
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-fn files_in(dir: &Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.filter_map(|e| e.ok())
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => files_in(&e.path()),
-            Ok(t) if t.is_file() => 1,
-            _ => 0,
-        })
-        .sum()
 }
 
 /// Runs `cmd` chrooted in `root` with /proc bound; returns stdout.
@@ -139,12 +116,9 @@ const RUN: &[&str] = &["/bin/busybox", "sha256sum", "/bin/busybox", "/etc/passwd
 
 #[test]
 fn record_save_and_prefetch_on_real_mounts() {
-    if !can_mount_busybox() {
+    let Some((env, _)) = pushed_demo() else {
         return;
-    }
-    let env = Env::new();
-    let image = busybox_image(&env.dir.path().join("oci"));
-    env.ok(&["push", &image, "--name", "demo"]);
+    };
     let profile_path = env.dir.path().join("demo-profile.json");
 
     // 1. Record: run busybox over its own binary and /etc/passwd, unmount.
@@ -445,12 +419,9 @@ fn is_mounted(path: &Path) -> bool {
 
 #[test]
 fn busy_umount_is_refused_and_a_stopped_foreground_mount_writes_its_profile() {
-    if !can_mount_busybox() {
+    let Some((env, _)) = pushed_demo() else {
         return;
-    }
-    let env = Env::new();
-    let image = busybox_image(&env.dir.path().join("oci"));
-    env.ok(&["push", &image, "--name", "demo"]);
+    };
 
     // A recording daemon mount with a process inside: `lode umount` refuses
     // and changes nothing; once the process is gone it unmounts and the
@@ -563,12 +534,9 @@ fn chunk_indexes(profile: &Value) -> Vec<u64> {
 
 #[test]
 fn layout_push_stores_a_profile_that_mounts_use_without_flags() {
-    if !can_mount_busybox() {
+    let Some((env, image)) = pushed_demo() else {
         return;
-    }
-    let env = Env::new();
-    let image = busybox_image(&env.dir.path().join("oci"));
-    env.ok(&["push", &image, "--name", "demo"]);
+    };
 
     // An image without a stored profile: the default readahead.
     let (m, _) = Mount::new(&env, "demo", "plain", &[]);

@@ -263,3 +263,40 @@ pub fn can_mount() -> bool {
         "needs root, /dev/fuse and loop devices",
     )
 }
+
+/// The 2-layer busybox image of `examples/make-busybox-image.sh`, built in
+/// `dir` (its `oci:DIR:TAG` reference), or a skip without busybox-static.
+pub fn busybox_image(dir: &Path) -> Option<String> {
+    if !require(
+        Path::new("/bin/busybox").exists(),
+        "needs busybox-static (apt-get install busybox-static)",
+    ) {
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/make-busybox-image.sh");
+    let out = Command::new(script)
+        .arg(dir)
+        .output()
+        .expect("running make-busybox-image.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Regular files at any depth under `dir` (the disk tier fans out into
+/// subdirectories); 0 when `dir` is missing.
+pub fn files_in(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.filter_map(|e| e.ok())
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => files_in(&e.path()),
+            Ok(t) if t.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
+}
