@@ -97,8 +97,8 @@ pub async fn open_image(
 }
 
 /// Kernel readahead of the loop device when neither the flag nor the
-/// image's profile says otherwise (KiB; the kernel's usual default).
-pub const DEFAULT_KERNEL_READAHEAD_KB: u32 = 128;
+/// image's profile says otherwise (KiB).
+pub use worker::DEFAULT_KERNEL_READAHEAD_KB;
 
 /// Loads the stored profile of `name` when there is one that fits the
 /// manifest (warnings on stderr otherwise), and starts prefetching its

@@ -19,6 +19,10 @@ use crate::profile::{BlockMap, Profile};
 /// Where mount state files live unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/run/lode";
 
+/// Default [`MountOptions::kernel_readahead_kb`] (KiB; the kernel's usual
+/// default for disks, measured best for plain images).
+pub const DEFAULT_KERNEL_READAHEAD_KB: u32 = 128;
+
 /// How to mount an image.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -108,7 +112,7 @@ impl Default for MountOptions {
             allow_other: true,
             ext4_data: "noload,inode_readahead_blks=0".into(),
             record_profile: None,
-            kernel_readahead_kb: Some(128),
+            kernel_readahead_kb: Some(DEFAULT_KERNEL_READAHEAD_KB),
         }
     }
 }
