@@ -14,6 +14,7 @@ APT_PACKAGES=(
   util-linux         # losetup, mount
   umoci              # independent reference unpacker in flattener tests
   time               # peak RSS in bench scripts
+  openssl            # `openssl speed`: the baseline of bench/crypto-limit.sh
   pkg-config
   python3-pip
 )
@@ -36,6 +37,6 @@ if ! command -v moto_server >/dev/null 2>&1; then
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "error: cargo not found; install Rust >= 1.85 with rustup (https://rustup.rs) and run again" >&2
+  echo "error: cargo not found; install Rust >= 1.88 with rustup (https://rustup.rs) and run again" >&2
   exit 1
 fi

@@ -86,7 +86,7 @@ pub async fn open_image(
     };
     let tiered = builder.build().context("building the cache tiers")?;
     let source = Arc::new(TieredSource::new(tiered, trusted));
-    let image = LazyImage::open(&sealed, kms.as_ref(), source, opts)
+    let image = LazyImage::open(&sealed, name, kms.as_ref(), source, opts)
         .await
         .with_context(|| format!("opening image {name} (does this KMS hold its key?)"))?;
     Ok(Opened {

@@ -208,6 +208,24 @@ fn busybox_push_mount_run_pull() {
         "{line}"
     );
 
+    // A manifest copied under another name still unwraps with this KMS,
+    // but it is bound to "demo": serving it as "renamed" is refused.
+    std::fs::copy(
+        env.path("store/manifests/demo"),
+        env.path("store/manifests/renamed"),
+    )
+    .expect("copy manifest");
+    let out = env.lode(&[
+        "pull",
+        "renamed",
+        "-o",
+        env.path("r.img").to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("renamed") && err.contains("demo"), "{err}");
+    assert!(!env.path("r.img").exists());
+
     // A keyring without the image's key cannot open it: a clear error.
     let other = Env::new(Some(env.vars[0].1.clone()));
     let mnt = other.path("mnt");

@@ -411,16 +411,25 @@ impl LazyImage {
         Self::with_runtime(table, source, opts, rt)
     }
 
-    /// Opens a sealed manifest with `kms` and serves it from `source`
-    /// (inside a tokio runtime). A wrong or stale KMS key fails here with
-    /// [`Error::Manifest`].
+    /// Opens the sealed manifest of the image `name` with `kms` and serves it
+    /// from `source` (inside a tokio runtime).
+    ///
+    /// The manifest must be bound to `name` ([`manifest::image_context`]):
+    /// its context is stored beside the wrapped key, so without this check a
+    /// manifest copied under another image's name would unwrap and serve the
+    /// wrong image. A manifest bound to another name, or a wrong or stale
+    /// KMS key, fails here with [`Error::Manifest`].
     pub async fn open(
         sealed: &manifest::SealedManifest,
+        name: &str,
         kms: &dyn kms_envelope::Kms,
         source: Arc<dyn ChunkSource>,
         opts: LazyImageOptions,
     ) -> Result<Self> {
-        let manifest = sealed.open(kms).await.map_err(Error::Manifest)?;
+        let manifest = sealed
+            .open_with_context(kms, &manifest::image_context(name))
+            .await
+            .map_err(Error::Manifest)?;
         Self::new(manifest.into(), source, opts)
     }
 
@@ -1682,7 +1691,7 @@ mod tests {
             .await
             .unwrap();
         let sealed = manifest::SealedManifest::decode(&sealed.encode()).unwrap();
-        let image = LazyImage::open(&sealed, &kms, source.clone(), no_readahead())
+        let image = LazyImage::open(&sealed, "app", &kms, source.clone(), no_readahead())
             .await
             .unwrap();
         let mut out = vec![0u8; data.len()];
@@ -1690,10 +1699,20 @@ mod tests {
         assert!(out == data);
 
         let other = LocalKms::from_keys([("images".to_owned(), 1, [5u8; 32])]).unwrap();
-        let err = LazyImage::open(&sealed, &other, source, no_readahead())
+        let err = LazyImage::open(&sealed, "app", &other, source.clone(), no_readahead())
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Manifest(_)), "{err:?}");
+
+        // The manifest of "app" served under another name is refused, even
+        // though the KMS would unwrap it.
+        let err = LazyImage::open(&sealed, "other", &kms, source, no_readahead())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Manifest(manifest::Error::WrongContext { .. })),
+            "{err:?}"
+        );
     }
 
     #[test]
