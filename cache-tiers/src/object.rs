@@ -136,10 +136,11 @@ pub struct ObjectInfo {
 ///
 /// - Values are content addressed, so a put is create-if-absent
 ///   ([`PutMode::Create`]) and "already exists" counts as success.
-/// - Transient errors (5xx, 429, timeouts, connection failures) are retried
-///   with exponential backoff and full jitter ([`RetryPolicy`]); permanent ones
-///   (4xx, permission, bad path) and exhausted retries are reported as
-///   [`Error::ObjectStore`] with the key and the number of attempts.
+/// - Transient errors (HTTP 5xx, 429, 408, timeouts, refused or reset
+///   connections) are retried with exponential backoff and full jitter
+///   ([`RetryPolicy`]); permanent ones (4xx, permission, bad path, and every
+///   local error such as a full disk or EIO) and exhausted retries are
+///   reported as [`Error::ObjectStore`] with the key and the number of attempts.
 /// - Not found is a miss (`Ok(None)`), except when the bucket itself is
 ///   missing (S3 `NoSuchBucket`), which is an error.
 #[derive(Debug, Clone)]
@@ -150,32 +151,68 @@ pub struct ObjectStoreTier {
     retry: RetryPolicy,
 }
 
-/// Whether an object-store error is worth retrying.
+/// Whether an object-store error is worth retrying: only transport and
+/// server-side trouble (timeouts, refused or reset connections, HTTP 5xx,
+/// 429, 408). Local errors (a full disk, EIO, permissions, a path that is a
+/// file) and anything unrecognised are reported at once.
 fn is_transient(e: &object_store::Error) -> bool {
     use object_store::Error as E;
     match e {
-        E::NotFound { .. }
-        | E::AlreadyExists { .. }
-        | E::Precondition { .. }
-        | E::NotModified { .. }
-        | E::InvalidPath { .. }
-        | E::NotSupported { .. }
-        | E::NotImplemented { .. }
-        | E::PermissionDenied { .. }
-        | E::Unauthenticated { .. }
-        | E::UnknownConfigurationKey { .. } => false,
-        E::JoinError { .. } => true,
-        E::Generic { source, .. } => {
-            // The HTTP status is only visible in the message ("... status
-            // code: 503 ..."); connection errors carry none and are transient.
-            match status_in(&error_text(source.as_ref())) {
-                Some(code) => code >= 500 || code == 429 || code == 408,
-                None => true,
-            }
-        }
-        _ => true,
+        E::Generic { store, source } => is_transient_generic(store, source.as_ref()),
+        _ => false,
     }
 }
+
+fn is_transient_generic(store: &str, source: &(dyn std::error::Error + 'static)) -> bool {
+    // The HTTP status is only visible in the message ("... status code: 503 ...").
+    if let Some(code) = status_in(&error_text(source)) {
+        return code >= 500 || code == 429 || code == 408;
+    }
+    let local = matches!(store, "LocalFileSystem" | "InMemory");
+    let mut cur = Some(source);
+    while let Some(e) = cur {
+        if e.is::<AttemptTimedOut>() {
+            return true;
+        }
+        if let Some(h) = e.downcast_ref::<object_store::client::HttpError>() {
+            use object_store::client::HttpErrorKind as K;
+            if matches!(
+                h.kind(),
+                K::Connect | K::Request | K::Timeout | K::Interrupted
+            ) {
+                return true;
+            }
+        }
+        if !local && let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            if matches!(
+                io.kind(),
+                K::TimedOut
+                    | K::ConnectionRefused
+                    | K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::BrokenPipe
+                    | K::UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// An attempt that ran past [`RetryPolicy::attempt_timeout`].
+#[derive(Debug)]
+struct AttemptTimedOut(Duration);
+
+impl std::fmt::Display for AttemptTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "attempt timed out after {:?}", self.0)
+    }
+}
+
+impl std::error::Error for AttemptTimedOut {}
 
 /// Not found, and not because the bucket is missing: a misconfigured bucket
 /// must be an error, not a store where every read misses.
@@ -316,8 +353,7 @@ impl ObjectStoreTier {
                 Ok(r) => r,
                 Err(_) => Err(object_store::Error::Generic {
                     store: "cache-tiers",
-                    source: format!("attempt timed out after {:?}", self.retry.attempt_timeout)
-                        .into(),
+                    source: Box::new(AttemptTimedOut(self.retry.attempt_timeout)),
                 }),
             };
             match r {
@@ -479,6 +515,95 @@ mod tests {
             Some(403)
         );
         assert_eq!(status_in("error sending request"), None);
+    }
+
+    fn generic(
+        store: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> object_store::Error {
+        object_store::Error::Generic {
+            store,
+            source: Box::new(source),
+        }
+    }
+
+    #[test]
+    fn only_transport_and_server_errors_are_transient() {
+        use object_store::client::{HttpError, HttpErrorKind};
+        use std::io::{Error as IoError, ErrorKind};
+        let http = |kind| generic("S3", HttpError::new(kind, IoError::other("x")));
+        assert!(is_transient(&http(HttpErrorKind::Connect)));
+        assert!(is_transient(&http(HttpErrorKind::Timeout)));
+        assert!(is_transient(&http(HttpErrorKind::Interrupted)));
+        assert!(!is_transient(&http(HttpErrorKind::Decode)));
+        assert!(is_transient(&generic(
+            "S3",
+            IoError::other("Server returned non-2xx status code: 503 Service Unavailable")
+        )));
+        assert!(is_transient(&generic(
+            "S3",
+            IoError::other("status code: 429 Slow Down")
+        )));
+        assert!(!is_transient(&generic(
+            "S3",
+            IoError::other("status code: 403 Forbidden")
+        )));
+        assert!(is_transient(&generic(
+            "S3",
+            IoError::from(ErrorKind::ConnectionReset)
+        )));
+        assert!(is_transient(&generic(
+            "cache-tiers",
+            AttemptTimedOut(Duration::from_secs(1))
+        )));
+        // Local trouble is reported at once, whatever the io error kind.
+        for kind in [
+            ErrorKind::StorageFull,
+            ErrorKind::PermissionDenied,
+            ErrorKind::NotADirectory,
+            ErrorKind::Other,
+            ErrorKind::TimedOut,
+        ] {
+            assert!(
+                !is_transient(&generic("LocalFileSystem", IoError::from(kind))),
+                "{kind:?}"
+            );
+        }
+        assert!(!is_transient(&generic(
+            "S3",
+            IoError::other("no status, no transport error")
+        )));
+    }
+
+    #[tokio::test]
+    async fn a_local_filesystem_error_is_reported_at_once_with_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        // "chunks" is a file, so no object can be created under "chunks/".
+        std::fs::write(dir.path().join("chunks"), b"not a directory").unwrap();
+        let t = ObjectStoreTier::local(dir.path(), "chunks/")
+            .unwrap()
+            .with_retry(RetryPolicy::new(
+                5,
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+            ));
+        let start = std::time::Instant::now();
+        let err = Tier::put(&t, &"abc".to_string(), Bytes::from_static(b"v"))
+            .await
+            .unwrap_err();
+        match &err {
+            Error::ObjectStore {
+                key, attempts, op, ..
+            } => {
+                assert_eq!((key.as_str(), *attempts, *op), ("abc", 1, "put"), "{err}");
+            }
+            other => panic!("expected an object-store error, got {other:?}"),
+        }
+        assert!(err.to_string().contains("abc"), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "retried a local error"
+        );
     }
 
     #[test]
