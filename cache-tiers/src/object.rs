@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use zeroize::Zeroizing;
 
 use crate::{CacheKey, Error, Result, Tier};
 
@@ -64,7 +65,11 @@ impl RetryPolicy {
 }
 
 /// Where an S3-compatible store is and how to sign for it.
-#[derive(Debug, Clone, Default)]
+///
+/// The secret is held in a [`Zeroizing`] string (wiped when the config is
+/// dropped) and `Debug` prints `<redacted>` in its place. `object_store`
+/// keeps its own copy inside the built client.
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct S3Config {
     /// Endpoint URL, e.g. `http://127.0.0.1:9000`; `None` = AWS.
@@ -75,8 +80,8 @@ pub struct S3Config {
     pub region: String,
     /// Access key id; `None` = from the environment or instance metadata.
     pub access_key_id: Option<String>,
-    /// Secret access key.
-    pub secret_access_key: Option<String>,
+    /// Secret access key (never printed by `Debug`).
+    pub secret_access_key: Option<Zeroizing<String>>,
     /// Allow plain `http://` endpoints (loopback test servers).
     pub allow_http: bool,
     /// Timeout of one HTTP request.
@@ -109,7 +114,7 @@ impl S3Config {
         secret: impl Into<String>,
     ) -> Self {
         self.access_key_id = Some(key_id.into());
-        self.secret_access_key = Some(secret.into());
+        self.secret_access_key = Some(Zeroizing::new(secret.into()));
         self
     }
 
@@ -118,6 +123,22 @@ impl S3Config {
         self.request_timeout = request;
         self.connect_timeout = connect;
         self
+    }
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |s: &Option<Zeroizing<String>>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &redacted(&self.secret_access_key))
+            .field("allow_http", &self.allow_http)
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
     }
 }
 
@@ -310,7 +331,9 @@ impl ObjectStoreTier {
             b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
         }
         if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
-            b = b.with_access_key_id(id).with_secret_access_key(secret);
+            b = b
+                .with_access_key_id(id)
+                .with_secret_access_key(secret.as_str());
         }
         let s3 = b.build().map_err(|e| Error::InvalidConfig {
             reason: format!("S3 bucket {}: {e}", config.bucket),
@@ -603,6 +626,19 @@ mod tests {
         assert!(
             start.elapsed() < Duration::from_secs(2),
             "retried a local error"
+        );
+    }
+
+    #[test]
+    fn debug_of_s3_config_does_not_show_the_secret() {
+        let c = S3Config::new("http://127.0.0.1:9000", "bucket")
+            .with_credentials("AKIDEXAMPLE", "wJalrXUtnFEMI-very-secret");
+        let d = format!("{c:?} {c:#?}");
+        assert!(!d.contains("wJalrXUtnFEMI"), "{d}");
+        assert!(d.contains("<redacted>") && d.contains("AKIDEXAMPLE"), "{d}");
+        assert_eq!(
+            c.secret_access_key.as_deref().map(String::as_str),
+            Some("wJalrXUtnFEMI-very-secret")
         );
     }
 
