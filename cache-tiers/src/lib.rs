@@ -17,7 +17,10 @@
 //!   per-tier [`TierStats`] with latency percentiles readable at any time.
 //! - [`MemoryTier`], [`DiskTier`]: L1, bounded in bytes, LRU.
 //! - [`ErasureCodedTier`] over [`MemcachedNode`]s: L2.
-//! - [`ObjectStoreTier`]: L3 on a local directory, memory or S3.
+//! - [`ObjectStoreTier`]: L3 on a local directory, memory or S3
+//!   ([`S3Config`]: explicit endpoint and credentials, or
+//!   [`S3Config::from_env`] for region, endpoint, credentials and session
+//!   token from the standard `AWS_*` environment variables).
 //! - [`Delayed`]: adds a fixed latency to every get of a tier (for
 //!   benchmarks and fault tests, e.g. a local store that behaves like S3).
 //! - [`CacheKey`]: what a key must offer (a stable byte form).

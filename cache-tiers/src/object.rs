@@ -82,6 +82,18 @@ pub struct S3Config {
     pub access_key_id: Option<String>,
     /// Secret access key (never printed by `Debug`).
     pub secret_access_key: Option<Zeroizing<String>>,
+    /// Session token of temporary credentials (STS, SSO, assumed roles;
+    /// never printed by `Debug`).
+    pub session_token: Option<Zeroizing<String>>,
+    /// Start from the standard AWS environment (`object_store`'s
+    /// `AmazonS3Builder::from_env`): `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` or
+    /// `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`,
+    /// `AWS_ALLOW_HTTP`, web identity and container credentials. Fields set
+    /// here win over the environment; an empty `region` and a `None`
+    /// endpoint or credentials leave the environment's. Without any
+    /// credentials `object_store` asks the instance metadata service.
+    pub from_env: bool,
     /// Allow plain `http://` endpoints (loopback test servers).
     pub allow_http: bool,
     /// Timeout of one HTTP request.
@@ -102,9 +114,37 @@ impl S3Config {
             region: "us-east-1".into(),
             access_key_id: None,
             secret_access_key: None,
+            session_token: None,
+            from_env: false,
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// A config for `bucket` with region, endpoint and credentials from the
+    /// standard AWS environment variables (see [`from_env`](Self::from_env)
+    /// the field). A plain `http://` endpoint is allowed, as the user chose it.
+    ///
+    /// ```
+    /// use cache_tiers::S3Config;
+    /// let config = S3Config::from_env("my-chunks");
+    /// assert!(config.from_env && config.region.is_empty() && config.endpoint.is_none());
+    /// ```
+    pub fn from_env(bucket: impl Into<String>) -> Self {
+        Self {
+            endpoint: None,
+            region: String::new(),
+            allow_http: false,
+            from_env: true,
+            ..Self::new("", bucket)
+        }
+    }
+
+    /// Sets a session token for temporary credentials (use with
+    /// [`with_credentials`](Self::with_credentials)).
+    pub fn with_session_token(mut self, token: impl Into<String>) -> Self {
+        self.session_token = Some(Zeroizing::new(token.into()));
+        self
     }
 
     /// Sets static credentials.
@@ -135,6 +175,8 @@ impl std::fmt::Debug for S3Config {
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &redacted(&self.secret_access_key))
+            .field("session_token", &redacted(&self.session_token))
+            .field("from_env", &self.from_env)
             .field("allow_http", &self.allow_http)
             .field("request_timeout", &self.request_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -310,31 +352,63 @@ impl ObjectStoreTier {
     }
 
     /// On S3 or an S3-compatible server. `object_store`'s own retries are
-    /// turned off; this tier's [`RetryPolicy`] applies instead.
+    /// turned off; this tier's [`RetryPolicy`] applies instead. With
+    /// [`S3Config::from_env`] the standard AWS environment fills in what the
+    /// config leaves unset.
     pub fn s3(config: &S3Config, prefix: impl Into<String>) -> Result<Self> {
-        use object_store::aws::AmazonS3Builder;
-        let mut b = AmazonS3Builder::new()
+        use object_store::ClientConfigKey as Client;
+        use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey as Key};
+        let mut b = if config.from_env {
+            AmazonS3Builder::from_env()
+        } else {
+            AmazonS3Builder::new()
+        };
+        b = b
             .with_bucket_name(&config.bucket)
-            .with_region(&config.region)
-            .with_allow_http(config.allow_http)
             .with_retry(object_store::RetryConfig {
                 max_retries: 0,
                 ..Default::default()
-            })
-            .with_client_options(
-                object_store::ClientOptions::new()
-                    .with_allow_http(config.allow_http)
-                    .with_timeout(config.request_timeout)
-                    .with_connect_timeout(config.connect_timeout),
-            );
+            });
+        if !config.region.is_empty() {
+            b = b.with_region(&config.region);
+        }
         if let Some(ep) = &config.endpoint {
-            b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
+            // Also over AWS_ENDPOINT_URL_S3, which object_store prefers.
+            b = b
+                .with_endpoint(ep)
+                .with_config(Key::S3Endpoint, ep)
+                .with_virtual_hosted_style_request(false);
         }
         if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
             b = b
                 .with_access_key_id(id)
                 .with_secret_access_key(secret.as_str());
         }
+        if let Some(token) = &config.session_token {
+            b = b.with_token(token.as_str());
+        }
+        // Plain http when the config says so, or the environment does
+        // (AWS_ALLOW_HTTP, or an http:// endpoint it names).
+        let endpoint = b
+            .get_config_value(&Key::S3Endpoint)
+            .or_else(|| b.get_config_value(&Key::Endpoint))
+            .unwrap_or_default();
+        let allow_http = config.allow_http
+            || (config.from_env
+                && (endpoint.starts_with("http://")
+                    || b.get_config_value(&Key::Client(Client::AllowHttp))
+                        .as_deref()
+                        == Some("true")));
+        // Set key by key: with_client_options would drop client settings
+        // from the environment (proxy, certificates).
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        b = b
+            .with_allow_http(allow_http)
+            .with_config(Key::Client(Client::Timeout), ms(config.request_timeout))
+            .with_config(
+                Key::Client(Client::ConnectTimeout),
+                ms(config.connect_timeout),
+            );
         let s3 = b.build().map_err(|e| Error::InvalidConfig {
             reason: format!("S3 bucket {}: {e}", config.bucket),
         })?;
@@ -640,6 +714,25 @@ mod tests {
             c.secret_access_key.as_deref().map(String::as_str),
             Some("wJalrXUtnFEMI-very-secret")
         );
+    }
+
+    #[test]
+    fn debug_of_s3_config_does_not_show_the_session_token() {
+        let c = S3Config::from_env("b")
+            .with_credentials("AKID", "secret-1")
+            .with_session_token("token-2-very-secret");
+        let d = format!("{c:?}");
+        assert!(!d.contains("secret-1") && !d.contains("token-2"), "{d}");
+        assert!(d.contains("from_env: true"), "{d}");
+    }
+
+    #[test]
+    fn s3_config_builds_with_session_token_and_timeouts() {
+        let c = S3Config::new("http://127.0.0.1:1", "b")
+            .with_credentials("AKID", "secret")
+            .with_session_token("token")
+            .with_timeouts(Duration::from_millis(1500), Duration::from_secs(2));
+        ObjectStoreTier::s3(&c, "chunks/").unwrap();
     }
 
     #[test]
