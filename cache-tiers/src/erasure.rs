@@ -766,7 +766,18 @@ impl<K: CacheKey> Tier<K, Bytes> for ErasureCodedTier {
             async move { node.remove(&skey).await }
         });
         let results = futures::future::join_all(removes).await;
-        results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+        let asked = results.len();
+        let mut errors = results.into_iter().filter_map(|r| r.err());
+        let Some(first) = errors.next() else {
+            return Ok(());
+        };
+        Err(Error::ShardRemove {
+            tier: self.name.clone(),
+            key: key.storage_name().into_owned(),
+            failed: 1 + errors.count(),
+            asked,
+            source: Box::new(first),
+        })
     }
 }
 
