@@ -139,6 +139,29 @@ struct Counters {
 /// - **Shard keys** are `<storage name>.<index>`: two tiers with different
 ///   `k`/`m` sharing one fleet need different node key prefixes
 ///   ([`MemcachedConfig::with_key_prefix`](crate::MemcachedConfig::with_key_prefix)).
+/// - **Runtime**: [`get`](Tier::get) `tokio::spawn`s one task per shard
+///   request, so it must run inside a tokio runtime (a current-thread one
+///   is enough) and panics outside one.
+///
+/// ```
+/// use std::sync::Arc;
+/// use bytes::Bytes;
+/// use cache_tiers::{ErasureCodedTier, MemoryTier, Node, Tier};
+///
+/// // The shard requests are spawned tasks: a runtime is required.
+/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// rt.block_on(async {
+///     let nodes: Vec<Node> = (0..5)
+///         .map(|i| Arc::new(MemoryTier::new(1 << 20).with_name(format!("node{i}"))) as Node)
+///         .collect();
+///     let l2 = ErasureCodedTier::builder(nodes).build()?; // 4 data + 1 parity
+///     let key = "chunk".to_string();
+///     l2.put(&key, Bytes::from_static(b"some bytes")).await?;
+///     assert_eq!(l2.get(&key).await?.as_deref(), Some(&b"some bytes"[..]));
+///     Ok::<(), cache_tiers::Error>(())
+/// })?;
+/// # Ok::<(), cache_tiers::Error>(())
+/// ```
 pub struct ErasureCodedTier {
     name: String,
     nodes: Vec<Node>,
