@@ -246,7 +246,7 @@ impl Manifest {
         let data_key = kms
             .generate_data_key(key_id, ctx)
             .await
-            .map_err(|e| kms_error(key_id, e))?;
+            .map_err(|e| kms_error(key_id, "generating", e))?;
         if data_key.wrapped.is_empty() || data_key.wrapped.len() > usize::from(u16::MAX) {
             return Err(Error::Invalid {
                 reason: "the KMS returned an empty or overlong wrapped key".into(),
@@ -295,7 +295,9 @@ fn check_context(ctx: &EncryptionContext) -> std::result::Result<(), &'static st
     Ok(())
 }
 
-fn kms_error(key_id: &str, e: kms_envelope::Error) -> Error {
+/// Maps a KMS error of `operation` (`"generating"`, `"wrapping"`,
+/// `"unwrapping"`) under `key_id`.
+fn kms_error(key_id: &str, operation: &'static str, e: kms_envelope::Error) -> Error {
     match e {
         e @ kms_envelope::Error::KeyNotFound { .. } => Error::WrongKey {
             key_id: key_id.to_owned(),
@@ -305,7 +307,11 @@ fn kms_error(key_id: &str, e: kms_envelope::Error) -> Error {
             key_id: key_id.to_owned(),
             source: e,
         },
-        e => Error::Kms(e),
+        source => Error::Kms {
+            key_id: key_id.to_owned(),
+            operation,
+            source,
+        },
     }
 }
 
@@ -486,7 +492,7 @@ impl SealedManifest {
         let wrapped = kms
             .encrypt(new_key_id, &data_key, &self.context)
             .await
-            .map_err(|e| kms_error(new_key_id, e))?;
+            .map_err(|e| kms_error(new_key_id, "wrapping", e))?;
         if wrapped.wrapped.is_empty()
             || wrapped.wrapped.len() > usize::from(u16::MAX)
             || wrapped.key_id.is_empty()
@@ -506,7 +512,7 @@ impl SealedManifest {
     async fn unwrap_data_key(&self, kms: &dyn Kms) -> Result<Zeroizing<[u8; 32]>> {
         kms.decrypt_with_key(&self.key_id, &self.wrapped, &self.context)
             .await
-            .map_err(|e| kms_error(&self.key_id, e))
+            .map_err(|e| kms_error(&self.key_id, "unwrapping", e))
     }
 
     fn open_keys(&self, data_key: &[u8; 32]) -> Result<Zeroizing<Vec<u8>>> {
