@@ -299,8 +299,9 @@ impl LocalKms {
                     aad: &aad,
                 },
             )
-            .map_err(|_| Error::Random {
-                reason: "AES-GCM encryption failed".into(),
+            .map_err(|_| Error::Wrap {
+                key_id: format!("{name}@{version}"),
+                reason: "AES-256-GCM encryption failed",
             })?;
         debug_assert_eq!(blob.len(), header_len);
         blob.extend_from_slice(&nonce);
