@@ -92,7 +92,9 @@ fn the_old_golden_bytes_with_16_byte_chunks_are_refused() {
     assert_eq!(bytes.len(), new.len());
     let differ: Vec<usize> = (0..bytes.len()).filter(|&i| bytes[i] != new[i]).collect();
     assert!(
-        differ.iter().all(|&i| (33..45).contains(&i) || i >= new.len() - 16),
+        differ
+            .iter()
+            .all(|&i| (33..45).contains(&i) || i >= new.len() - 16),
         "{differ:?}"
     );
 }
