@@ -87,6 +87,10 @@ pub struct ShardStats {
     pub followups: u64,
     /// Values that needed Reed-Solomon reconstruction (a data shard was not among the first `k`).
     pub reconstructions: u64,
+    /// Rebuilds from `k` well-framed shards whose value failed its checksum
+    /// (a node returned wrong bytes under a valid frame); the get then tried
+    /// other `k`-subsets.
+    pub failed_rebuilds: u64,
     /// Shard requests still running when their get had answered (left to finish in the background).
     pub abandoned: u64,
 }
@@ -101,6 +105,7 @@ struct Counters {
     unhedged_gets: AtomicU64,
     followups: AtomicU64,
     reconstructions: AtomicU64,
+    failed_rebuilds: AtomicU64,
     abandoned: AtomicU64,
 }
 
@@ -119,7 +124,13 @@ struct Counters {
 /// - **Integrity**: every shard has a header with the value's length and
 ///   checksum, a checksum of the key and a checksum of the shard itself; a
 ///   shard that fails is ignored (counted in [`ShardStats::corrupt`]), and the
-///   rebuilt value is checked against its checksum before it is returned.
+///   rebuilt value is checked against its checksum before it is returned. A
+///   node may still return wrong bytes under a valid frame (a bug, or a bit
+///   flip before the frame was made); then the first `k` shards rebuild a
+///   value that fails its checksum, so the get asks every node of the key
+///   and tries the other `k`-subsets as shards arrive (at most 32 rebuilds).
+///   With 4+1 one such shard costs the wait for the fifth shard, never a
+///   wrong value; a value no subset rebuilds is a miss.
 /// - **Put** writes all shards concurrently and succeeds when at least `k`
 ///   were stored.
 /// - **Errors**: a get that cannot gather `k` shards returns `Ok(None)` when
@@ -128,6 +139,29 @@ struct Counters {
 /// - **Shard keys** are `<storage name>.<index>`: two tiers with different
 ///   `k`/`m` sharing one fleet need different node key prefixes
 ///   ([`MemcachedConfig::with_key_prefix`](crate::MemcachedConfig::with_key_prefix)).
+/// - **Runtime**: [`get`](Tier::get) `tokio::spawn`s one task per shard
+///   request, so it must run inside a tokio runtime (a current-thread one
+///   is enough) and panics outside one.
+///
+/// ```
+/// use std::sync::Arc;
+/// use bytes::Bytes;
+/// use cache_tiers::{ErasureCodedTier, MemoryTier, Node, Tier};
+///
+/// // The shard requests are spawned tasks: a runtime is required.
+/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// rt.block_on(async {
+///     let nodes: Vec<Node> = (0..5)
+///         .map(|i| Arc::new(MemoryTier::new(1 << 20).with_name(format!("node{i}"))) as Node)
+///         .collect();
+///     let l2 = ErasureCodedTier::builder(nodes).build()?; // 4 data + 1 parity
+///     let key = "chunk".to_string();
+///     l2.put(&key, Bytes::from_static(b"some bytes")).await?;
+///     assert_eq!(l2.get(&key).await?.as_deref(), Some(&b"some bytes"[..]));
+///     Ok::<(), cache_tiers::Error>(())
+/// })?;
+/// # Ok::<(), cache_tiers::Error>(())
+/// ```
 pub struct ErasureCodedTier {
     name: String,
     nodes: Vec<Node>,
@@ -252,6 +286,51 @@ impl ErasureCodedBuilder {
     }
 }
 
+/// At most this many Reed-Solomon rebuilds per get. With 4+1 a get needs at
+/// most 5 (one per 4-subset of 5 shards); wide codes with several wrong but
+/// well-framed shards stop here and miss rather than burn CPU.
+const MAX_REBUILDS: usize = 32;
+
+/// The `r`-element subsets of `0..n` in lexicographic order.
+struct Combinations {
+    n: usize,
+    idx: Vec<usize>,
+    done: bool,
+}
+
+impl Combinations {
+    fn new(n: usize, r: usize) -> Self {
+        Self {
+            n,
+            idx: (0..r).collect(),
+            done: r > n,
+        }
+    }
+}
+
+impl Iterator for Combinations {
+    type Item = Vec<usize>;
+
+    fn next(&mut self) -> Option<Vec<usize>> {
+        if self.done {
+            return None;
+        }
+        let out = self.idx.clone();
+        let r = self.idx.len();
+        // Advance the rightmost index that can still move.
+        match (0..r).rev().find(|&i| self.idx[i] < self.n - r + i) {
+            Some(i) => {
+                self.idx[i] += 1;
+                for j in i + 1..r {
+                    self.idx[j] = self.idx[j - 1] + 1;
+                }
+            }
+            None => self.done = true,
+        }
+        Some(out)
+    }
+}
+
 /// A shard that passed its checks.
 struct Shard {
     index: usize,
@@ -311,6 +390,23 @@ pub(crate) fn encode_shards(
         .collect())
 }
 
+/// A copy of a stored shard whose payload has one byte changed and whose
+/// frame checksum is recomputed: it passes every per-shard check, so only the
+/// value checksum after a rebuild can catch it. What a buggy node, or memory
+/// corrupted before the frame was computed, would return. `None` if `raw` is
+/// not a framed shard with a payload.
+#[cfg(feature = "testing")]
+pub fn forge_shard(raw: &[u8]) -> Option<Bytes> {
+    if raw.len() <= SHARD_HEADER || &raw[..4] != MAGIC {
+        return None;
+    }
+    let mut b = raw.to_vec();
+    b[SHARD_HEADER] ^= 0x5a;
+    let sum = shard_sum(&b[..32], &b[SHARD_HEADER..]);
+    b[32..40].copy_from_slice(&sum.to_le_bytes());
+    Some(Bytes::from(b))
+}
+
 fn shard_sum(header32: &[u8], payload: &[u8]) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(header32);
@@ -354,7 +450,7 @@ fn parse_shard(raw: Bytes, key_sum: u64, k: usize, m: usize, index: usize) -> Op
 
 /// Rebuilds a value from `k` shards of one value; `Ok(None)` if the result fails its checksum.
 fn rebuild(
-    shards: &[Shard],
+    shards: &[&Shard],
     k: usize,
     m: usize,
 ) -> std::result::Result<(Option<Bytes>, bool), reed_solomon_simd::Error> {
@@ -459,8 +555,45 @@ impl ErasureCodedTier {
             unhedged_gets: c.unhedged_gets.load(Relaxed),
             followups: c.followups.load(Relaxed),
             reconstructions: c.reconstructions.load(Relaxed),
+            failed_rebuilds: c.failed_rebuilds.load(Relaxed),
             abandoned: c.abandoned.load(Relaxed),
         }
+    }
+
+    /// Tries the `k`-subsets of `group` that contain its newest shard (the
+    /// others were tried when they were complete) until one rebuilds a value
+    /// that passes its length and checksum, or `budget` rebuilds are spent.
+    fn rebuild_any(
+        &self,
+        group: &[Shard],
+        k: usize,
+        m: usize,
+        budget: &mut usize,
+    ) -> std::result::Result<Option<Bytes>, reed_solomon_simd::Error> {
+        let c = &self.counters;
+        let Some((newest, older)) = group.split_last() else {
+            return Ok(None);
+        };
+        for pick in Combinations::new(older.len(), k - 1) {
+            if *budget == 0 {
+                return Ok(None);
+            }
+            *budget -= 1;
+            let subset: Vec<&Shard> = pick.iter().map(|&i| &older[i]).chain([newest]).collect();
+            let (value, reconstructed) = rebuild(&subset, k, m)?;
+            match value {
+                Some(v) => {
+                    if reconstructed {
+                        c.reconstructions.fetch_add(1, Relaxed);
+                    }
+                    return Ok(Some(v));
+                }
+                None => {
+                    c.failed_rebuilds.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn coding_err<K: CacheKey>(&self, key: &K, source: reed_solomon_simd::Error) -> Error {
@@ -536,6 +669,8 @@ impl<K: CacheKey> Tier<K, Bytes> for ErasureCodedTier {
         // shards of an older value never mix with a newer one's.
         let mut groups: HashMap<(u64, u64), Vec<Shard>> = HashMap::new();
         let (mut missing, mut failed) = (0usize, 0usize);
+        let mut rebuild_budget = MAX_REBUILDS;
+        let mut suspect = false;
         let mut late = self
             .late_hedge
             .filter(|_| next < n)
@@ -563,19 +698,26 @@ impl<K: CacheKey> Tier<K, Bytes> for ErasureCodedTier {
                     let g = groups.entry((s.value_len, s.value_sum)).or_default();
                     g.push(s);
                     if g.len() >= k {
-                        let shards = std::mem::take(g);
-                        c.abandoned.fetch_add(inflight.len() as u64, Relaxed);
-                        drop(inflight); // detaches the remaining tasks
-                        let (value, reconstructed) =
-                            rebuild(&shards, k, m).map_err(|e| self.coding_err(key, e))?;
-                        if reconstructed {
-                            c.reconstructions.fetch_add(1, Relaxed);
+                        let value = self
+                            .rebuild_any(g, k, m, &mut rebuild_budget)
+                            .map_err(|e| self.coding_err(key, e))?;
+                        if let Some(value) = value {
+                            c.abandoned.fetch_add(inflight.len() as u64, Relaxed);
+                            drop(inflight); // detaches the remaining tasks
+                            return Ok(Some(value));
                         }
-                        if value.is_none() {
-                            c.corrupt.fetch_add(1, Relaxed);
-                            tracing::warn!(tier = %self.name, key = %key.storage_name(), "rebuilt value failed its checksum; treated as a miss");
+                        // A shard with a valid frame but wrong bytes is among
+                        // these: ask every node not asked yet and try the
+                        // other k-subsets as their shards arrive.
+                        if !suspect {
+                            suspect = true;
+                            tracing::warn!(tier = %self.name, key = %key.storage_name(), "rebuilt value failed its checksum; waiting for more shards");
                         }
-                        return Ok(value);
+                        while next < n {
+                            c.followups.fetch_add(1, Relaxed);
+                            inflight.push(spawn(next));
+                            next += 1;
+                        }
                     }
                     continue;
                 }
@@ -591,8 +733,15 @@ impl<K: CacheKey> Tier<K, Bytes> for ErasureCodedTier {
             if missing > m {
                 // At most n - missing < k shards exist: a miss, whatever the rest say.
                 c.abandoned.fetch_add(inflight.len() as u64, Relaxed);
+                if suspect {
+                    c.corrupt.fetch_add(1, Relaxed);
+                }
                 return Ok(None);
             }
+        }
+        if suspect {
+            c.corrupt.fetch_add(1, Relaxed);
+            tracing::warn!(tier = %self.name, key = %key.storage_name(), "no k shards rebuild a value that passes its checksum; treated as a miss");
         }
         if failed > 0 {
             return Err(Error::Unavailable {
@@ -640,7 +789,18 @@ impl<K: CacheKey> Tier<K, Bytes> for ErasureCodedTier {
             async move { node.remove(&skey).await }
         });
         let results = futures::future::join_all(removes).await;
-        results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+        let asked = results.len();
+        let mut errors = results.into_iter().filter_map(|r| r.err());
+        let Some(first) = errors.next() else {
+            return Ok(());
+        };
+        Err(Error::ShardRemove {
+            tier: self.name.clone(),
+            key: key.storage_name().into_owned(),
+            failed: 1 + errors.count(),
+            asked,
+            source: Box::new(first),
+        })
     }
 }
 
@@ -669,19 +829,25 @@ mod tests {
             if mask.count_ones() as usize != k {
                 continue;
             }
-            let pick: Vec<Shard> = shards
+            let pick: Vec<&Shard> = shards
                 .iter()
                 .filter(|s| mask & (1 << s.index) != 0)
-                .map(|s| Shard {
-                    index: s.index,
-                    value_len: s.value_len,
-                    value_sum: s.value_sum,
-                    payload: s.payload.clone(),
-                })
                 .collect();
             let (v, _) = rebuild(&pick, k, m).unwrap();
             assert_eq!(v.as_deref(), Some(&value[..]), "mask {mask:b}");
         }
+    }
+
+    #[test]
+    fn combinations_enumerate_every_subset_once() {
+        let all: Vec<Vec<usize>> = Combinations::new(4, 3).collect();
+        assert_eq!(all, [[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]);
+        assert_eq!(Combinations::new(6, 4).count(), 15);
+        assert_eq!(
+            Combinations::new(3, 0).collect::<Vec<_>>(),
+            [Vec::<usize>::new()]
+        );
+        assert_eq!(Combinations::new(2, 3).count(), 0);
     }
 
     #[test]
@@ -713,7 +879,8 @@ mod tests {
             let value = vec![0xabu8; len];
             for (k, m) in [(4, 1), (4, 0), (1, 1), (3, 2)] {
                 let shards = parse_all(&shards_of(&value, k, m), k, m);
-                let (v, _) = rebuild(&shards[m..], k, m).unwrap();
+                let tail: Vec<&Shard> = shards[m..].iter().collect();
+                let (v, _) = rebuild(&tail, k, m).unwrap();
                 assert_eq!(v.as_deref(), Some(&value[..]), "len {len} {k}+{m}");
             }
         }
@@ -737,7 +904,7 @@ mod tests {
         #[test]
         fn any_value_survives_losing_m_shards(value in proptest::collection::vec(proptest::num::u8::ANY, 0..5000), lost in 0usize..5) {
             let shards = parse_all(&shards_of(&value, 4, 1), 4, 1);
-            let keep: Vec<Shard> = shards.into_iter().filter(|s| s.index != lost).collect();
+            let keep: Vec<&Shard> = shards.iter().filter(|s| s.index != lost).collect();
             let (v, _) = rebuild(&keep, 4, 1).unwrap();
             proptest::prop_assert_eq!(v.as_deref(), Some(&value[..]));
         }

@@ -116,6 +116,24 @@ pub enum Error {
         /// Valid shards needed.
         needed: usize,
     },
+    /// Removing a value failed on some of the nodes holding its shards
+    /// (the shards there may stay until evicted).
+    #[error(
+        "tier {tier}: remove of key {key:?}: {failed} of {asked} shard removal(s) failed; first: {source}"
+    )]
+    ShardRemove {
+        /// Name of the tier.
+        tier: String,
+        /// The key.
+        key: String,
+        /// Removals that failed.
+        failed: usize,
+        /// Removals sent.
+        asked: usize,
+        /// The first node's error.
+        #[source]
+        source: Box<Error>,
+    },
     /// Erasure coding or decoding failed.
     #[error("tier {tier}: erasure coding of key {key:?} failed: {source}")]
     Coding {
@@ -164,6 +182,7 @@ impl Error {
             | Self::Timeout { tier, .. }
             | Self::ValueTooLarge { tier, .. }
             | Self::NotEnoughShards { tier, .. }
+            | Self::ShardRemove { tier, .. }
             | Self::Unavailable { tier, .. }
             | Self::Coding { tier, .. }
             | Self::Task { tier, .. } => Some(tier),
@@ -173,6 +192,28 @@ impl Error {
             Self::Memcached { node, .. } => Some(node),
             Self::NodeDown { node, .. } => Some(node),
             Self::Coalesced { source, .. } => source.tier(),
+            Self::InvalidConfig { .. } => None,
+        }
+    }
+
+    /// The key the failed operation concerned (its storage name, possibly
+    /// with a node's key prefix or shard suffix), when there is one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Io { key, .. }
+            | Self::Timeout { key, .. }
+            | Self::ValueTooLarge { key, .. }
+            | Self::NotEnoughShards { key, .. }
+            | Self::ShardRemove { key, .. }
+            | Self::Unavailable { key, .. }
+            | Self::Coding { key, .. }
+            | Self::Task { key, .. }
+            | Self::NodeDown { key, .. }
+            | Self::Coalesced { key, .. } => Some(key),
+            #[cfg(feature = "object-store")]
+            Self::ObjectStore { key, .. } => Some(key),
+            #[cfg(feature = "memcached")]
+            Self::Memcached { key, .. } => Some(key),
             Self::InvalidConfig { .. } => None,
         }
     }
@@ -193,13 +234,16 @@ mod tests {
             op: "read",
             source: std::io::Error::other("boom"),
         };
-        assert_eq!(io.tier(), Some("disk"));
+        assert_eq!((io.tier(), io.key()), (Some("disk"), Some("k")));
         let coalesced = Error::Coalesced {
             key: "k".into(),
             source: Arc::new(io),
         };
-        assert_eq!(coalesced.tier(), Some("disk"));
+        assert_eq!(
+            (coalesced.tier(), coalesced.key()),
+            (Some("disk"), Some("k"))
+        );
         let config = Error::InvalidConfig { reason: "x".into() };
-        assert_eq!(config.tier(), None);
+        assert_eq!((config.tier(), config.key()), (None, None));
     }
 }

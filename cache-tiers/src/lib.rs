@@ -17,7 +17,10 @@
 //!   per-tier [`TierStats`] with latency percentiles readable at any time.
 //! - [`MemoryTier`], [`DiskTier`]: L1, bounded in bytes, LRU.
 //! - [`ErasureCodedTier`] over [`MemcachedNode`]s: L2.
-//! - [`ObjectStoreTier`]: L3 on a local directory, memory or S3.
+//! - [`ObjectStoreTier`]: L3 on a local directory, memory or S3
+//!   ([`S3Config`]: explicit endpoint and credentials, or
+//!   [`S3Config::from_env`] for region, endpoint, credentials and session
+//!   token from the standard `AWS_*` environment variables).
 //! - [`Delayed`]: adds a fixed latency to every get of a tier (for
 //!   benchmarks and fault tests, e.g. a local store that behaves like S3).
 //! - [`CacheKey`]: what a key must offer (a stable byte form).
@@ -75,6 +78,23 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! # Runtime
+//! Every tier is async and must run inside a [tokio] runtime; a
+//! current-thread runtime is enough. Some spawn tasks, so they panic when
+//! polled outside one (tokio's "there is no reactor running"):
+//! - [`ErasureCodedTier::get`](Tier::get) sends each shard request as its own
+//!   `tokio::spawn`ed task, so requests still running when `k` shards have
+//!   arrived finish in the background.
+//! - [`Tiered`] with [`background_fill(true)`](TieredBuilder::background_fill)
+//!   fills the upper tiers in a spawned task.
+//! - [`DiskTier`] does its file I/O with `spawn_blocking` (the runtime's
+//!   blocking pool).
+//! - [`MemcachedNode`], [`ObjectStoreTier`] and [`Delayed`] use tokio timers
+//!   and sockets: build the runtime with `enable_all()` (as `#[tokio::main]`
+//!   does).
+//!
+//! [tokio]: https://docs.rs/tokio
 //!
 //! Keys: implement [`CacheKey`] for your own key type (a newtype around a
 //! digest is typical) or use `String`.

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use zeroize::Zeroizing;
 
 use crate::{CacheKey, Error, Result, Tier};
 
@@ -64,7 +65,11 @@ impl RetryPolicy {
 }
 
 /// Where an S3-compatible store is and how to sign for it.
-#[derive(Debug, Clone, Default)]
+///
+/// The secret is held in a [`Zeroizing`] string (wiped when the config is
+/// dropped) and `Debug` prints `<redacted>` in its place. `object_store`
+/// keeps its own copy inside the built client.
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct S3Config {
     /// Endpoint URL, e.g. `http://127.0.0.1:9000`; `None` = AWS.
@@ -75,8 +80,20 @@ pub struct S3Config {
     pub region: String,
     /// Access key id; `None` = from the environment or instance metadata.
     pub access_key_id: Option<String>,
-    /// Secret access key.
-    pub secret_access_key: Option<String>,
+    /// Secret access key (never printed by `Debug`).
+    pub secret_access_key: Option<Zeroizing<String>>,
+    /// Session token of temporary credentials (STS, SSO, assumed roles;
+    /// never printed by `Debug`).
+    pub session_token: Option<Zeroizing<String>>,
+    /// Start from the standard AWS environment (`object_store`'s
+    /// `AmazonS3Builder::from_env`): `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` or
+    /// `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`,
+    /// `AWS_ALLOW_HTTP`, web identity and container credentials. Fields set
+    /// here win over the environment; an empty `region` and a `None`
+    /// endpoint or credentials leave the environment's. Without any
+    /// credentials `object_store` asks the instance metadata service.
+    pub from_env: bool,
     /// Allow plain `http://` endpoints (loopback test servers).
     pub allow_http: bool,
     /// Timeout of one HTTP request.
@@ -97,9 +114,37 @@ impl S3Config {
             region: "us-east-1".into(),
             access_key_id: None,
             secret_access_key: None,
+            session_token: None,
+            from_env: false,
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// A config for `bucket` with region, endpoint and credentials from the
+    /// standard AWS environment variables (see [`from_env`](Self::from_env)
+    /// the field). A plain `http://` endpoint is allowed, as the user chose it.
+    ///
+    /// ```
+    /// use cache_tiers::S3Config;
+    /// let config = S3Config::from_env("my-chunks");
+    /// assert!(config.from_env && config.region.is_empty() && config.endpoint.is_none());
+    /// ```
+    pub fn from_env(bucket: impl Into<String>) -> Self {
+        Self {
+            endpoint: None,
+            region: String::new(),
+            allow_http: false,
+            from_env: true,
+            ..Self::new("", bucket)
+        }
+    }
+
+    /// Sets a session token for temporary credentials (use with
+    /// [`with_credentials`](Self::with_credentials)).
+    pub fn with_session_token(mut self, token: impl Into<String>) -> Self {
+        self.session_token = Some(Zeroizing::new(token.into()));
+        self
     }
 
     /// Sets static credentials.
@@ -109,7 +154,7 @@ impl S3Config {
         secret: impl Into<String>,
     ) -> Self {
         self.access_key_id = Some(key_id.into());
-        self.secret_access_key = Some(secret.into());
+        self.secret_access_key = Some(Zeroizing::new(secret.into()));
         self
     }
 
@@ -118,6 +163,24 @@ impl S3Config {
         self.request_timeout = request;
         self.connect_timeout = connect;
         self
+    }
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |s: &Option<Zeroizing<String>>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &redacted(&self.secret_access_key))
+            .field("session_token", &redacted(&self.session_token))
+            .field("from_env", &self.from_env)
+            .field("allow_http", &self.allow_http)
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
     }
 }
 
@@ -136,10 +199,11 @@ pub struct ObjectInfo {
 ///
 /// - Values are content addressed, so a put is create-if-absent
 ///   ([`PutMode::Create`]) and "already exists" counts as success.
-/// - Transient errors (5xx, 429, timeouts, connection failures) are retried
-///   with exponential backoff and full jitter ([`RetryPolicy`]); permanent ones
-///   (4xx, permission, bad path) and exhausted retries are reported as
-///   [`Error::ObjectStore`] with the key and the number of attempts.
+/// - Transient errors (HTTP 5xx, 429, 408, timeouts, refused or reset
+///   connections) are retried with exponential backoff and full jitter
+///   ([`RetryPolicy`]); permanent ones (4xx, permission, bad path, and every
+///   local error such as a full disk or EIO) and exhausted retries are
+///   reported as [`Error::ObjectStore`] with the key and the number of attempts.
 /// - Not found is a miss (`Ok(None)`), except when the bucket itself is
 ///   missing (S3 `NoSuchBucket`), which is an error.
 #[derive(Debug, Clone)]
@@ -150,32 +214,68 @@ pub struct ObjectStoreTier {
     retry: RetryPolicy,
 }
 
-/// Whether an object-store error is worth retrying.
+/// Whether an object-store error is worth retrying: only transport and
+/// server-side trouble (timeouts, refused or reset connections, HTTP 5xx,
+/// 429, 408). Local errors (a full disk, EIO, permissions, a path that is a
+/// file) and anything unrecognised are reported at once.
 fn is_transient(e: &object_store::Error) -> bool {
     use object_store::Error as E;
     match e {
-        E::NotFound { .. }
-        | E::AlreadyExists { .. }
-        | E::Precondition { .. }
-        | E::NotModified { .. }
-        | E::InvalidPath { .. }
-        | E::NotSupported { .. }
-        | E::NotImplemented { .. }
-        | E::PermissionDenied { .. }
-        | E::Unauthenticated { .. }
-        | E::UnknownConfigurationKey { .. } => false,
-        E::JoinError { .. } => true,
-        E::Generic { source, .. } => {
-            // The HTTP status is only visible in the message ("... status
-            // code: 503 ..."); connection errors carry none and are transient.
-            match status_in(&error_text(source.as_ref())) {
-                Some(code) => code >= 500 || code == 429 || code == 408,
-                None => true,
-            }
-        }
-        _ => true,
+        E::Generic { store, source } => is_transient_generic(store, source.as_ref()),
+        _ => false,
     }
 }
+
+fn is_transient_generic(store: &str, source: &(dyn std::error::Error + 'static)) -> bool {
+    // The HTTP status is only visible in the message ("... status code: 503 ...").
+    if let Some(code) = status_in(&error_text(source)) {
+        return code >= 500 || code == 429 || code == 408;
+    }
+    let local = matches!(store, "LocalFileSystem" | "InMemory");
+    let mut cur = Some(source);
+    while let Some(e) = cur {
+        if e.is::<AttemptTimedOut>() {
+            return true;
+        }
+        if let Some(h) = e.downcast_ref::<object_store::client::HttpError>() {
+            use object_store::client::HttpErrorKind as K;
+            if matches!(
+                h.kind(),
+                K::Connect | K::Request | K::Timeout | K::Interrupted
+            ) {
+                return true;
+            }
+        }
+        if !local && let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            if matches!(
+                io.kind(),
+                K::TimedOut
+                    | K::ConnectionRefused
+                    | K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::BrokenPipe
+                    | K::UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// An attempt that ran past [`RetryPolicy::attempt_timeout`].
+#[derive(Debug)]
+struct AttemptTimedOut(Duration);
+
+impl std::fmt::Display for AttemptTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "attempt timed out after {:?}", self.0)
+    }
+}
+
+impl std::error::Error for AttemptTimedOut {}
 
 /// Not found, and not because the bucket is missing: a misconfigured bucket
 /// must be an error, not a store where every read misses.
@@ -252,29 +352,63 @@ impl ObjectStoreTier {
     }
 
     /// On S3 or an S3-compatible server. `object_store`'s own retries are
-    /// turned off; this tier's [`RetryPolicy`] applies instead.
+    /// turned off; this tier's [`RetryPolicy`] applies instead. With
+    /// [`S3Config::from_env`] the standard AWS environment fills in what the
+    /// config leaves unset.
     pub fn s3(config: &S3Config, prefix: impl Into<String>) -> Result<Self> {
-        use object_store::aws::AmazonS3Builder;
-        let mut b = AmazonS3Builder::new()
+        use object_store::ClientConfigKey as Client;
+        use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey as Key};
+        let mut b = if config.from_env {
+            AmazonS3Builder::from_env()
+        } else {
+            AmazonS3Builder::new()
+        };
+        b = b
             .with_bucket_name(&config.bucket)
-            .with_region(&config.region)
-            .with_allow_http(config.allow_http)
             .with_retry(object_store::RetryConfig {
                 max_retries: 0,
                 ..Default::default()
-            })
-            .with_client_options(
-                object_store::ClientOptions::new()
-                    .with_allow_http(config.allow_http)
-                    .with_timeout(config.request_timeout)
-                    .with_connect_timeout(config.connect_timeout),
-            );
+            });
+        if !config.region.is_empty() {
+            b = b.with_region(&config.region);
+        }
         if let Some(ep) = &config.endpoint {
-            b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
+            // Also over AWS_ENDPOINT_URL_S3, which object_store prefers.
+            b = b
+                .with_endpoint(ep)
+                .with_config(Key::S3Endpoint, ep)
+                .with_virtual_hosted_style_request(false);
         }
         if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
-            b = b.with_access_key_id(id).with_secret_access_key(secret);
+            b = b
+                .with_access_key_id(id)
+                .with_secret_access_key(secret.as_str());
         }
+        if let Some(token) = &config.session_token {
+            b = b.with_token(token.as_str());
+        }
+        // Plain http when the config says so, or the environment does
+        // (AWS_ALLOW_HTTP, or an http:// endpoint it names).
+        let endpoint = b
+            .get_config_value(&Key::S3Endpoint)
+            .or_else(|| b.get_config_value(&Key::Endpoint))
+            .unwrap_or_default();
+        let allow_http = config.allow_http
+            || (config.from_env
+                && (endpoint.starts_with("http://")
+                    || b.get_config_value(&Key::Client(Client::AllowHttp))
+                        .as_deref()
+                        == Some("true")));
+        // Set key by key: with_client_options would drop client settings
+        // from the environment (proxy, certificates).
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        b = b
+            .with_allow_http(allow_http)
+            .with_config(Key::Client(Client::Timeout), ms(config.request_timeout))
+            .with_config(
+                Key::Client(Client::ConnectTimeout),
+                ms(config.connect_timeout),
+            );
         let s3 = b.build().map_err(|e| Error::InvalidConfig {
             reason: format!("S3 bucket {}: {e}", config.bucket),
         })?;
@@ -316,8 +450,7 @@ impl ObjectStoreTier {
                 Ok(r) => r,
                 Err(_) => Err(object_store::Error::Generic {
                     store: "cache-tiers",
-                    source: format!("attempt timed out after {:?}", self.retry.attempt_timeout)
-                        .into(),
+                    source: Box::new(AttemptTimedOut(self.retry.attempt_timeout)),
                 }),
             };
             match r {
@@ -479,6 +612,127 @@ mod tests {
             Some(403)
         );
         assert_eq!(status_in("error sending request"), None);
+    }
+
+    fn generic(
+        store: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> object_store::Error {
+        object_store::Error::Generic {
+            store,
+            source: Box::new(source),
+        }
+    }
+
+    #[test]
+    fn only_transport_and_server_errors_are_transient() {
+        use object_store::client::{HttpError, HttpErrorKind};
+        use std::io::{Error as IoError, ErrorKind};
+        let http = |kind| generic("S3", HttpError::new(kind, IoError::other("x")));
+        assert!(is_transient(&http(HttpErrorKind::Connect)));
+        assert!(is_transient(&http(HttpErrorKind::Timeout)));
+        assert!(is_transient(&http(HttpErrorKind::Interrupted)));
+        assert!(!is_transient(&http(HttpErrorKind::Decode)));
+        assert!(is_transient(&generic(
+            "S3",
+            IoError::other("Server returned non-2xx status code: 503 Service Unavailable")
+        )));
+        assert!(is_transient(&generic(
+            "S3",
+            IoError::other("status code: 429 Slow Down")
+        )));
+        assert!(!is_transient(&generic(
+            "S3",
+            IoError::other("status code: 403 Forbidden")
+        )));
+        assert!(is_transient(&generic(
+            "S3",
+            IoError::from(ErrorKind::ConnectionReset)
+        )));
+        assert!(is_transient(&generic(
+            "cache-tiers",
+            AttemptTimedOut(Duration::from_secs(1))
+        )));
+        // Local trouble is reported at once, whatever the io error kind.
+        for kind in [
+            ErrorKind::StorageFull,
+            ErrorKind::PermissionDenied,
+            ErrorKind::NotADirectory,
+            ErrorKind::Other,
+            ErrorKind::TimedOut,
+        ] {
+            assert!(
+                !is_transient(&generic("LocalFileSystem", IoError::from(kind))),
+                "{kind:?}"
+            );
+        }
+        assert!(!is_transient(&generic(
+            "S3",
+            IoError::other("no status, no transport error")
+        )));
+    }
+
+    #[tokio::test]
+    async fn a_local_filesystem_error_is_reported_at_once_with_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        // "chunks" is a file, so no object can be created under "chunks/".
+        std::fs::write(dir.path().join("chunks"), b"not a directory").unwrap();
+        let t = ObjectStoreTier::local(dir.path(), "chunks/")
+            .unwrap()
+            .with_retry(RetryPolicy::new(
+                5,
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+            ));
+        let start = std::time::Instant::now();
+        let err = Tier::put(&t, &"abc".to_string(), Bytes::from_static(b"v"))
+            .await
+            .unwrap_err();
+        match &err {
+            Error::ObjectStore {
+                key, attempts, op, ..
+            } => {
+                assert_eq!((key.as_str(), *attempts, *op), ("abc", 1, "put"), "{err}");
+            }
+            other => panic!("expected an object-store error, got {other:?}"),
+        }
+        assert!(err.to_string().contains("abc"), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "retried a local error"
+        );
+    }
+
+    #[test]
+    fn debug_of_s3_config_does_not_show_the_secret() {
+        let c = S3Config::new("http://127.0.0.1:9000", "bucket")
+            .with_credentials("AKIDEXAMPLE", "wJalrXUtnFEMI-very-secret");
+        let d = format!("{c:?} {c:#?}");
+        assert!(!d.contains("wJalrXUtnFEMI"), "{d}");
+        assert!(d.contains("<redacted>") && d.contains("AKIDEXAMPLE"), "{d}");
+        assert_eq!(
+            c.secret_access_key.as_deref().map(String::as_str),
+            Some("wJalrXUtnFEMI-very-secret")
+        );
+    }
+
+    #[test]
+    fn debug_of_s3_config_does_not_show_the_session_token() {
+        let c = S3Config::from_env("b")
+            .with_credentials("AKID", "secret-1")
+            .with_session_token("token-2-very-secret");
+        let d = format!("{c:?}");
+        assert!(!d.contains("secret-1") && !d.contains("token-2"), "{d}");
+        assert!(d.contains("from_env: true"), "{d}");
+    }
+
+    #[test]
+    fn s3_config_builds_with_session_token_and_timeouts() {
+        let c = S3Config::new("http://127.0.0.1:1", "b")
+            .with_credentials("AKID", "secret")
+            .with_session_token("token")
+            .with_timeouts(Duration::from_millis(1500), Duration::from_secs(2));
+        ObjectStoreTier::s3(&c, "chunks/").unwrap();
     }
 
     #[test]

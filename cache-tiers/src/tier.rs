@@ -19,7 +19,11 @@ use crate::Result;
 ///   object store) does promise it. Values are expected to be immutable per
 ///   key (content addressed): a put over an existing key may keep the old value.
 /// - [`remove`](Tier::remove) of an absent key succeeds.
-/// - Errors say which tier failed and carry the key.
+/// - Errors say which tier failed and carry the key:
+///   [`Error::tier`](crate::Error::tier) is the tier's [`name`](Tier::name),
+///   [`Error::key`](crate::Error::key) contains the key's storage name, and
+///   the message shows both (checked by `testing::conformance::run_errors`
+///   on a broken instance of each tier that can fail).
 /// - All methods may be called concurrently from many tasks.
 #[async_trait::async_trait]
 pub trait Tier<K, V>: Send + Sync

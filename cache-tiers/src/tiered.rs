@@ -67,6 +67,10 @@ struct Inner<K, V> {
 ///   through the lower tiers (single flight).
 /// - [`stats`](Tiered::stats) reads per-tier hits, misses, errors, bytes and
 ///   latency percentiles at any time.
+/// - **Runtime**: with [`TieredBuilder::background_fill`] a hit in a lower
+///   tier `tokio::spawn`s the fill, so gets must run inside a tokio runtime
+///   (they panic outside one); the tiers themselves need one anyway (see the
+///   crate docs).
 ///
 /// Cloning is cheap and shares everything.
 pub struct Tiered<K, V> {
@@ -134,7 +138,8 @@ where
     }
 
     /// Fill upper tiers in a spawned task instead of before returning
-    /// (default `false`). Needs a tokio runtime.
+    /// (default `false`). The fill is `tokio::spawn`ed: gets must run inside
+    /// a tokio runtime, or they panic.
     pub fn background_fill(mut self, yes: bool) -> Self {
         self.background_fill = yes;
         self

@@ -1,12 +1,18 @@
 //! Every tier runs the same conformance suite.
 
+//!
+//! Each tier that can fail also runs `conformance::run_errors` on a broken
+//! instance (server stopped, directory replaced by a file, nodes failing):
+//! its errors must name the tier and carry the key. `MemoryTier` cannot fail.
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use cache_tiers::testing::{MemcachedServer, MotoServer, conformance};
+use cache_tiers::testing::{FaultyTier, MemcachedServer, MotoServer, conformance, free_port};
 use cache_tiers::{
-    DiskTier, ErasureCodedTier, MemcachedConfig, MemcachedNode, MemoryTier, Node, ObjectStoreTier,
-    S3Config, Tier,
+    Delayed, DiskTier, ErasureCodedTier, MemcachedConfig, MemcachedNode, MemoryTier, Node,
+    ObjectStoreTier, RetryPolicy, S3Config, Tier,
 };
 
 fn exp() -> conformance::Expectations {
@@ -34,6 +40,33 @@ async fn disk_tier() {
 }
 
 #[tokio::test]
+async fn disk_tier_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let t = DiskTier::open(&cache, 64 << 20).await.unwrap();
+    // The cache directory is replaced by a file under the open tier.
+    std::fs::remove_dir_all(&cache).unwrap();
+    std::fs::write(&cache, b"not a directory").unwrap();
+    conformance::run_errors(Arc::new(t), "").await;
+}
+
+/// A fault-injecting node that fails every operation.
+fn failing(name: &str) -> Arc<FaultyTier> {
+    let f = Arc::new(FaultyTier::new(Arc::new(MemoryTier::new(1 << 20)), name));
+    f.set_fail(true);
+    f
+}
+
+#[tokio::test]
+async fn delayed_tier() {
+    let inner: Arc<dyn Tier<String, Bytes>> = Arc::new(MemoryTier::new(64 << 20));
+    let t = Delayed::new(inner, Duration::from_millis(1));
+    conformance::run(Arc::new(t), "", exp()).await;
+    let t = Delayed::new(failing("faulty") as _, Duration::from_millis(1));
+    conformance::run_errors(Arc::new(t), "").await;
+}
+
+#[tokio::test]
 async fn object_store_in_memory() {
     conformance::run(Arc::new(ObjectStoreTier::in_memory("chunks/")), "", exp()).await;
 }
@@ -43,6 +76,10 @@ async fn object_store_local_dir() {
     let dir = tempfile::tempdir().unwrap();
     let t = ObjectStoreTier::local(dir.path(), "chunks/").unwrap();
     conformance::run(Arc::new(t), "", exp()).await;
+    // "broken/" is a file: nothing can be stored under it.
+    std::fs::write(dir.path().join("broken"), b"not a directory").unwrap();
+    let t = ObjectStoreTier::local(dir.path(), "broken/").unwrap();
+    conformance::run_errors(Arc::new(t), "").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,6 +91,17 @@ async fn object_store_s3_on_moto() {
     let cfg = S3Config::new(moto.endpoint(), "lode-test").with_credentials("test", "test");
     let t = ObjectStoreTier::s3(&cfg, "chunks/").unwrap();
     conformance::run(Arc::new(t), "", exp()).await;
+    let mut moto = moto;
+    moto.stop();
+    let cfg = cfg.with_timeouts(Duration::from_secs(2), Duration::from_millis(500));
+    let t = ObjectStoreTier::s3(&cfg, "chunks/")
+        .unwrap()
+        .with_retry(RetryPolicy::new(
+            2,
+            Duration::from_millis(10),
+            Duration::from_millis(20),
+        ));
+    conformance::run_errors(Arc::new(t), "").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,6 +111,14 @@ async fn memcached_node() {
     };
     let node = MemcachedNode::new(server.addr().to_string(), MemcachedConfig::default());
     conformance::run(Arc::new(node), "", exp()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_node_errors() {
+    // Nothing listens on this port.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let node = MemcachedNode::new(addr, MemcachedConfig::default()).with_name("mc-dead");
+    conformance::run_errors(Arc::new(node), "").await;
 }
 
 #[tokio::test]
@@ -78,6 +134,13 @@ async fn erasure_coded_over_memory_nodes() {
             .unwrap();
         conformance::run(Arc::new(t), &format!("{k}+{m}-"), exp()).await;
     }
+}
+
+#[tokio::test]
+async fn erasure_coded_errors() {
+    let nodes: Vec<Node> = (0..5).map(|i| failing(&format!("n{i}")) as Node).collect();
+    let t = ErasureCodedTier::builder(nodes).name("l2").build().unwrap();
+    conformance::run_errors(Arc::new(t), "").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cache_tiers::testing::FaultyTier;
+use cache_tiers::testing::{FaultyTier, forge_shard};
 use cache_tiers::{ErasureCodedTier, Error, HedgeBudget, MemoryTier, Node, Tier};
 
 fn value(i: u64, len: usize) -> Bytes {
@@ -144,6 +144,99 @@ async fn too_many_failures_is_an_error_and_too_many_misses_a_miss_never_wrong_by
     assert!(l2.shard_stats().corrupt >= 2);
     faulty[p[4]].set_corrupt(false);
     assert_eq!(l2.get(&k).await.unwrap(), Some(v));
+}
+
+/// Replaces shard `idx` of `key` on its node with a well-framed shard of wrong bytes.
+async fn forge(l2: &ErasureCodedTier, faulty: &[Arc<FaultyTier>], key: &String, idx: usize) {
+    let node = &faulty[l2.placement(key)[idx]];
+    let skey = ErasureCodedTier::shard_key(key, idx);
+    let good = node.get(&skey).await.unwrap().expect("shard stored");
+    let bad = forge_shard(&good).expect("a framed shard");
+    assert_ne!(bad, good);
+    node.remove(&skey).await.unwrap();
+    node.put(&skey, bad).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_well_framed_wrong_shard_among_the_first_k_does_not_lose_the_read() {
+    for bad in 0..5usize {
+        let (faulty, nodes) = fleet(5);
+        let l2 = ErasureCodedTier::builder(nodes).build().unwrap();
+        let k = format!("forged-{bad}");
+        let v = value(10 + bad as u64, 100_000);
+        l2.put(&k, v.clone()).await.unwrap();
+        forge(&l2, &faulty, &k, bad).await;
+        // A good node answers last, so the first 4 shards include the bad one.
+        let slow = (bad + 1) % 5;
+        faulty[l2.placement(&k)[slow]].set_delay(Duration::from_millis(100));
+        assert_eq!(
+            l2.get(&k).await.unwrap(),
+            Some(v.clone()),
+            "bad shard {bad}"
+        );
+        let s = l2.shard_stats();
+        assert!(s.failed_rebuilds >= 1, "bad shard {bad}: {s:?}");
+        // Every later read is right too, whatever order the shards come in.
+        faulty[l2.placement(&k)[slow]].set_delay(Duration::ZERO);
+        for _ in 0..5 {
+            assert_eq!(l2.get(&k).await.unwrap(), Some(v.clone()));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_hedging_a_failed_rebuild_asks_the_parity_node() {
+    let (faulty, nodes) = fleet(5);
+    let l2 = ErasureCodedTier::builder(nodes)
+        .hedge_budget(HedgeBudget::new(0.0, 0.0))
+        .late_hedge(None)
+        .build()
+        .unwrap();
+    let k = "forged-unhedged".to_string();
+    let v = value(20, 60_000);
+    l2.put(&k, v.clone()).await.unwrap();
+    forge(&l2, &faulty, &k, 1).await;
+    assert_eq!(l2.get(&k).await.unwrap(), Some(v));
+    let s = l2.shard_stats();
+    // Shards 0-3 rebuild a value that fails its checksum; shard 4 is asked
+    // for, and {0, 2, 3, 4} rebuilds the right one (after up to 3 other
+    // subsets with shard 4, depending on the order shards arrived in).
+    assert_eq!(
+        (s.unhedged_gets, s.followups, s.reconstructions),
+        (1, 1, 1),
+        "{s:?}"
+    );
+    assert!((1..=4).contains(&s.failed_rebuilds), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn well_framed_wrong_shards_give_a_miss_or_the_right_value_never_wrong_bytes() {
+    // 4+1 with two bad shards: no 4-subset is right, so a miss.
+    let (faulty, nodes) = fleet(5);
+    let l2 = ErasureCodedTier::builder(nodes).build().unwrap();
+    let k = "two-forged".to_string();
+    l2.put(&k, value(30, 40_000)).await.unwrap();
+    forge(&l2, &faulty, &k, 0).await;
+    forge(&l2, &faulty, &k, 4).await;
+    assert_eq!(l2.get(&k).await.unwrap(), None);
+    let s = l2.shard_stats();
+    assert_eq!(s.failed_rebuilds, 5, "all five 4-subsets tried: {s:?}");
+    assert!(s.corrupt >= 1, "{s:?}");
+
+    // 4+2 with two bad shards: the four good ones still rebuild it.
+    let (faulty, nodes) = fleet(6);
+    let l2 = ErasureCodedTier::builder(nodes)
+        .parity_shards(2)
+        .build()
+        .unwrap();
+    let v = value(31, 40_000);
+    l2.put(&k, v.clone()).await.unwrap();
+    forge(&l2, &faulty, &k, 1).await;
+    forge(&l2, &faulty, &k, 5).await;
+    for _ in 0..5 {
+        assert_eq!(l2.get(&k).await.unwrap(), Some(v.clone()));
+    }
+    assert!(l2.shard_stats().failed_rebuilds >= 1);
 }
 
 #[tokio::test]

@@ -217,6 +217,38 @@ async fn a_node_returning_wrong_bytes_is_detected_and_never_returned() {
     assert_eq!(l2.get(&key).await.unwrap(), None);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_well_framed_shard_of_wrong_bytes_costs_no_read_with_4_of_5() {
+    let Some(f) = fleet(5) else { return };
+    let l2 = tier(&f, 4, 1);
+    let keys = 12u64;
+    fill(&l2, keys).await;
+    // One shard of every key replaced in memcached by one that passes every
+    // per-shard check (frame checksum recomputed) but holds wrong bytes.
+    for i in 0..keys {
+        let key = format!("key{i}");
+        let idx = (i % 5) as usize;
+        let node = &f.nodes[l2.placement(&key)[idx]];
+        let skey = ErasureCodedTier::shard_key(&key, idx);
+        let good = node.get_raw(&skey).await.unwrap().expect("shard stored");
+        let bad = cache_tiers::testing::forge_shard(&good).expect("a framed shard");
+        node.set_raw(&skey, bad).await.unwrap();
+    }
+    for round in 0..3 {
+        check_all(
+            &l2,
+            keys,
+            &format!("one forged shard per key, round {round}"),
+        )
+        .await;
+    }
+    let s = l2.shard_stats();
+    // The forged shard is among the first four to arrive in most of these
+    // 36 reads; each such read rebuilt a wrong value first, then the right one.
+    assert!(s.failed_rebuilds > 0, "{s:?}");
+    assert_eq!(s.corrupt, 0, "no shard fails its own checks: {s:?}");
+}
+
 /// Shard `idx` of `value` under `key`, made by a 4+1 tier over in-memory nodes.
 async fn tier_shard_of(key: &str, idx: usize, value: Bytes) -> Bytes {
     let mems: Vec<Arc<cache_tiers::MemoryTier>> = (0..5)

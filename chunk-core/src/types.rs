@@ -66,9 +66,20 @@ impl FromStr for ChunkName {
 
 /// The AES-256-GCM key of one chunk, derived from its plaintext and salt.
 ///
-/// Zeroized on drop; `Debug` prints nothing of the key.
-#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+/// Zeroized on drop; `Debug` prints nothing of the key; `==` takes the
+/// same time wherever two keys differ (`subtle`), so comparing keys leaks
+/// nothing through timing.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct ChunkKey([u8; 32]);
+
+impl PartialEq for ChunkKey {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for ChunkKey {}
 
 impl ChunkKey {
     /// Length of a key in bytes.
@@ -160,6 +171,23 @@ mod tests {
         assert!("AB".repeat(32).parse::<ChunkName>().is_err());
         assert!("ab".repeat(31).parse::<ChunkName>().is_err());
         assert!("zz".repeat(32).parse::<ChunkName>().is_err());
+    }
+
+    #[test]
+    fn key_equality_compares_every_byte() {
+        let key = ChunkKey::from_bytes([0x5a; 32]);
+        assert_eq!(key, ChunkKey::from_bytes([0x5a; 32]));
+        for i in [0, 1, 15, 31] {
+            let mut other = [0x5a; 32];
+            other[i] ^= 0x01;
+            assert_ne!(key, ChunkKey::from_bytes(other), "byte {i}");
+        }
+        let r = |k: u8| ChunkRef {
+            name: ChunkName::from_bytes([1; 32]),
+            key: ChunkKey::from_bytes([k; 32]),
+        };
+        assert_eq!(r(3), r(3));
+        assert_ne!(r(3), r(4));
     }
 
     #[test]

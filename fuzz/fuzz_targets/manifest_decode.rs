@@ -1,7 +1,8 @@
 //! Arbitrary bytes never panic the manifest decoder, and every accepted input
 //! is the one canonical encoding of what it decodes to.
 //!
-//! `cargo +nightly fuzz run manifest_decode` (from `fuzz/`).
+//! From `fuzz/`, on the stable toolchain (as `scripts/test.sh` does):
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run -O -s none manifest_decode -- -max_total_time=60`.
 
 #![no_main]
 

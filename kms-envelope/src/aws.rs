@@ -423,6 +423,7 @@ impl AwsKms {
                     return Err(Error::AwsCredentials {
                         source_name: what,
                         reason: "the instance has no IAM role".into(),
+                        source: None,
                     });
                 }
                 let body = fetch(
@@ -614,16 +615,24 @@ impl AwsKms {
 
 /// Sends a credentials request and returns the body of a 2xx answer.
 async fn fetch(what: &'static str, req: reqwest::RequestBuilder) -> Result<Vec<u8>> {
-    let err = |reason: String| Error::AwsCredentials {
+    let err = |reason: String, source: Option<reqwest::Error>| Error::AwsCredentials {
         source_name: what,
         reason,
+        source,
     };
-    let resp = req.send().await.map_err(|e| err(e.to_string()))?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| err("request failed".into(), Some(e)))?;
     let status = resp.status();
     if !status.is_success() {
-        return Err(err(format!("HTTP {status}")));
+        return Err(err(format!("HTTP {status}"), None));
     }
-    Ok(resp.bytes().await.map_err(|e| err(e.to_string()))?.to_vec())
+    Ok(resp
+        .bytes()
+        .await
+        .map_err(|e| err("reading the answer failed".into(), Some(e)))?
+        .to_vec())
 }
 
 /// Parses `{"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}`.
@@ -632,6 +641,7 @@ fn parse_temporary_credentials(what: &'static str, body: &[u8]) -> Result<Cached
     let err = |reason: &str| Error::AwsCredentials {
         source_name: what,
         reason: reason.to_owned(),
+        source: None,
     };
     let v: Value = serde_json::from_slice(&body).map_err(|_| err("answer is not JSON"))?;
     let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
@@ -964,6 +974,28 @@ mod tests {
         assert!(matches!(e, Error::AwsCredentials { .. }));
         let e = parse_temporary_credentials("x", br#"SECRETSECRET"#).unwrap_err();
         assert!(!e.to_string().contains("SECRET"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_credentials_request_keeps_the_transport_error_as_source() {
+        use std::error::Error as _;
+        // Nothing listens on port 1 of loopback.
+        let client = reqwest::Client::new();
+        let e = crate::block_on(fetch(
+            "container credentials endpoint",
+            client.get("http://127.0.0.1:1/creds"),
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(e, Error::AwsCredentials { ref reason, .. } if reason == "request failed"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("container credentials endpoint"),
+            "{e}"
+        );
+        let source = e.source().expect("the reqwest error is the source");
+        assert!(source.is::<reqwest::Error>(), "{source:?}");
     }
 
     /// Signs one request with our code and with botocore (Python, installed

@@ -78,6 +78,16 @@ pub enum Error {
         name: String,
     },
 
+    /// Wrapping a data key under a master key failed (AES-256-GCM refused to
+    /// encrypt; its error says nothing more).
+    #[error("cannot wrap the data key under key {key_id:?}: {reason}")]
+    Wrap {
+        /// The key and version the data key was to be wrapped under.
+        key_id: String,
+        /// What failed.
+        reason: &'static str,
+    },
+
     /// The operating system's random number generator failed.
     #[error("random number generator failed: {reason}")]
     Random {
@@ -102,6 +112,9 @@ pub enum Error {
         source_name: &'static str,
         /// What went wrong.
         reason: String,
+        /// The transport error, when the request itself failed.
+        #[source]
+        source: Option<reqwest::Error>,
     },
 
     /// The HTTP request to AWS KMS failed before an answer came back.

@@ -299,8 +299,9 @@ impl LocalKms {
                     aad: &aad,
                 },
             )
-            .map_err(|_| Error::Random {
-                reason: "AES-GCM encryption failed".into(),
+            .map_err(|_| Error::Wrap {
+                key_id: format!("{name}@{version}"),
+                reason: "AES-256-GCM encryption failed",
             })?;
         debug_assert_eq!(blob.len(), header_len);
         blob.extend_from_slice(&nonce);
@@ -520,8 +521,13 @@ pub fn add_key(path: impl AsRef<Path>, name: &str) -> Result<String> {
 /// older versions stay and keep unwrapping. Returns the new resolved key id.
 /// Backs `lode keyring rotate`.
 ///
-/// The file is replaced atomically (write, fsync, rename). Concurrent writers
-/// are not coordinated: run one keyring command at a time.
+/// The file is replaced atomically (write, fsync, rename) while an exclusive
+/// advisory lock (`flock` on `.NAME.lock` beside it) is held, and the keyring
+/// is re-read under that lock: concurrent `add`/`rotate` calls, from threads
+/// or processes, are serialized and none loses another's version (tested by
+/// `concurrent_rotations_never_lose_a_version`). The lock is advisory: other
+/// programs editing the file, or filesystems where `flock` does not reach
+/// other hosts (some NFS setups), are not coordinated.
 pub fn rotate(path: impl AsRef<Path>, name: &str) -> Result<String> {
     LocalKms::open(path)?.rotate_key(name)
 }

@@ -190,3 +190,61 @@ async fn instance_metadata_and_container_credentials() {
         .unwrap_err();
     assert!(matches!(err, Error::AwsCredentials { .. }), "{err:?}");
 }
+
+/// Configuration the way `AwsConfig::from_env` builds it, from the standard
+/// variables. The environment is given as a map to `from_sources` (what
+/// `from_env` calls with `std::env::var`), so parallel tests never touch the
+/// process-wide environment.
+#[tokio::test(flavor = "current_thread")]
+async fn config_from_standard_environment_variables_reaches_moto() {
+    let Some(server) = Moto::start() else { return };
+    let moto = format!("http://127.0.0.1:{}", server.port);
+    let dead = {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        format!("http://127.0.0.1:{port}")
+    };
+    // No ~/.aws files: everything comes from the variables.
+    let home = tempfile::tempdir().unwrap();
+    let base = [
+        ("AWS_ACCESS_KEY_ID", "env-key-id".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "env-secret".to_owned()),
+        ("AWS_REGION", "eu-west-1".to_owned()),
+    ];
+    let cases = [
+        // The service-specific variable wins over the general one.
+        vec![
+            ("AWS_ENDPOINT_URL_KMS", moto.clone()),
+            ("AWS_ENDPOINT_URL", dead.clone()),
+        ],
+        vec![("AWS_ENDPOINT_URL", moto.clone())],
+    ];
+    for extra in cases {
+        let vars: std::collections::HashMap<&str, String> =
+            base.iter().cloned().chain(extra.iter().cloned()).collect();
+        let lookup = |name: &str| vars.get(name).cloned();
+        let config = AwsConfig::from_sources(&lookup, Some(home.path())).unwrap();
+        assert_eq!(config.endpoint, moto, "{extra:?}");
+        assert_eq!(config.region, "eu-west-1");
+        assert!(!format!("{config:?}").contains("env-secret"));
+        let kms = AwsKms::new(config).unwrap();
+        assert_eq!(kms.access_key_id().await.unwrap(), "env-key-id");
+        // moto takes the region from the request's SigV4 scope.
+        let key = kms.create_key("from the environment").await.unwrap();
+        assert!(key.starts_with("arn:aws:kms:eu-west-1:"), "{key}");
+        let ctx = EncryptionContext::from([("lode:image".to_owned(), "app".to_owned())]);
+        let dk = kms.generate_data_key(&key, &ctx).await.unwrap();
+        let back = kms.decrypt_with_key(&key, &dk.wrapped, &ctx).await.unwrap();
+        assert_eq!(*back, *dk.plaintext());
+    }
+    // Without a region anywhere: a clear configuration error.
+    let lookup = |name: &str| (name == "AWS_ENDPOINT_URL").then(|| moto.clone());
+    let err = AwsConfig::from_sources(&lookup, Some(home.path())).unwrap_err();
+    assert!(
+        matches!(err, Error::AwsConfig { ref reason } if reason.contains("AWS_REGION")),
+        "{err}"
+    );
+}

@@ -88,9 +88,19 @@ pub enum Error {
     #[error("tampered manifest: the sealed chunk keys do not authenticate against the public part")]
     Tampered,
 
-    /// Another KMS failure (transport, configuration, service error).
-    #[error("KMS error")]
-    Kms(#[source] kms_envelope::Error),
+    /// Another KMS failure (transport, configuration, service error) while
+    /// wrapping or unwrapping this manifest's data key.
+    #[error("KMS error while {operation} the data key under key {key_id:?}")]
+    Kms {
+        /// The key id the KMS was asked to use.
+        key_id: String,
+        /// `"generating"` (sealing), `"wrapping"` (re-wrapping) or
+        /// `"unwrapping"` (opening).
+        operation: &'static str,
+        /// What the KMS said.
+        #[source]
+        source: kms_envelope::Error,
+    },
 
     /// A manifest to seal is not valid.
     #[error("invalid manifest: {reason}")]

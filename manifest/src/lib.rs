@@ -46,7 +46,7 @@
 //! | str16 | source image reference, e.g. `oci:/images:python-app` |
 //! | str16 | source digest, e.g. `sha256:…` of the image manifest |
 //! | 8 | image size in bytes, `u64` |
-//! | 4 | chunk size in bytes, `u32`, not 0 |
+//! | 4 | chunk size in bytes, `u32`: a power of two from 4 KiB to 16 MiB (what `chunk_core::Chunker` accepts) |
 //! | 4 | salt id, `u32` |
 //! | str16 | creating tool and version, e.g. `lode 0.1.0` |
 //! | 4 | chunk count `n`, `u32`; must equal ⌈image size / chunk size⌉ |
@@ -156,7 +156,8 @@ pub struct Manifest {
     pub source_digest: String,
     /// Size of the flattened image in bytes.
     pub image_size: u64,
-    /// Chunk size in bytes (lode uses 512 KiB).
+    /// Chunk size in bytes (lode uses 512 KiB); a power of two from 4 KiB to
+    /// 16 MiB ([`is_valid_chunk_size`]).
     pub chunk_size: u32,
     /// Public id of the salt the chunk keys were derived with.
     pub salt_id: u32,
@@ -165,6 +166,15 @@ pub struct Manifest {
     /// One entry per chunk index: its name and key, or `None` for a hole
     /// (an all-zero chunk that is not stored).
     pub chunks: Vec<Option<ChunkRef>>,
+}
+
+/// Whether `chunk_size` is one a manifest may carry: a power of two from
+/// [`chunk_core::MIN_CHUNK_SIZE`] (4 KiB) to [`chunk_core::MAX_CHUNK_SIZE`]
+/// (16 MiB), the sizes `chunk_core::Chunker` cuts.
+pub fn is_valid_chunk_size(chunk_size: u32) -> bool {
+    chunk_size.is_power_of_two()
+        && (chunk_core::MIN_CHUNK_SIZE..=chunk_core::MAX_CHUNK_SIZE)
+            .contains(&(chunk_size as usize))
 }
 
 /// The number of chunks an image of `image_size` bytes has.
@@ -177,6 +187,12 @@ impl Manifest {
     /// chunk size, strings fit their length fields.
     pub fn validate(&self) -> Result<()> {
         let invalid = |reason: String| Err(Error::Invalid { reason });
+        if !is_valid_chunk_size(self.chunk_size) {
+            return invalid(format!(
+                "chunk size {} is not a power of two from 4 KiB to 16 MiB",
+                self.chunk_size
+            ));
+        }
         let Some(expected) = chunk_count(self.image_size, self.chunk_size) else {
             return invalid("chunk size is 0".into());
         };
@@ -246,7 +262,7 @@ impl Manifest {
         let data_key = kms
             .generate_data_key(key_id, ctx)
             .await
-            .map_err(|e| kms_error(key_id, e))?;
+            .map_err(|e| kms_error(key_id, "generating", e))?;
         if data_key.wrapped.is_empty() || data_key.wrapped.len() > usize::from(u16::MAX) {
             return Err(Error::Invalid {
                 reason: "the KMS returned an empty or overlong wrapped key".into(),
@@ -295,7 +311,9 @@ fn check_context(ctx: &EncryptionContext) -> std::result::Result<(), &'static st
     Ok(())
 }
 
-fn kms_error(key_id: &str, e: kms_envelope::Error) -> Error {
+/// Maps a KMS error of `operation` (`"generating"`, `"wrapping"`,
+/// `"unwrapping"`) under `key_id`.
+fn kms_error(key_id: &str, operation: &'static str, e: kms_envelope::Error) -> Error {
     match e {
         e @ kms_envelope::Error::KeyNotFound { .. } => Error::WrongKey {
             key_id: key_id.to_owned(),
@@ -305,7 +323,11 @@ fn kms_error(key_id: &str, e: kms_envelope::Error) -> Error {
             key_id: key_id.to_owned(),
             source: e,
         },
-        e => Error::Kms(e),
+        source => Error::Kms {
+            key_id: key_id.to_owned(),
+            operation,
+            source,
+        },
     }
 }
 
@@ -486,7 +508,7 @@ impl SealedManifest {
         let wrapped = kms
             .encrypt(new_key_id, &data_key, &self.context)
             .await
-            .map_err(|e| kms_error(new_key_id, e))?;
+            .map_err(|e| kms_error(new_key_id, "wrapping", e))?;
         if wrapped.wrapped.is_empty()
             || wrapped.wrapped.len() > usize::from(u16::MAX)
             || wrapped.key_id.is_empty()
@@ -506,7 +528,7 @@ impl SealedManifest {
     async fn unwrap_data_key(&self, kms: &dyn Kms) -> Result<Zeroizing<[u8; 32]>> {
         kms.decrypt_with_key(&self.key_id, &self.wrapped, &self.context)
             .await
-            .map_err(|e| kms_error(&self.key_id, e))
+            .map_err(|e| kms_error(&self.key_id, "unwrapping", e))
     }
 
     fn open_keys(&self, data_key: &[u8; 32]) -> Result<Zeroizing<Vec<u8>>> {
@@ -576,6 +598,9 @@ impl SealedManifest {
         let tool_version = r.str16("tool version")?;
         let count_at = r.pos;
         let count = r.u32("chunk count")?;
+        if !is_valid_chunk_size(chunk_size) {
+            return Err(r.malformed("chunk size", at, "not a power of two from 4 KiB to 16 MiB"));
+        }
         let Some(expected) = chunk_count(image_size, chunk_size) else {
             return Err(r.malformed("chunk size", at, "chunk size is 0"));
         };
@@ -747,8 +772,8 @@ mod tests {
         let m = Manifest {
             source_ref: "r".into(),
             source_digest: "d".into(),
-            image_size: 10,
-            chunk_size: 4,
+            image_size: 2 * 4096 + 2,
+            chunk_size: 4096,
             salt_id: 9,
             tool_version: "t".into(),
             chunks: vec![
@@ -771,8 +796,8 @@ mod tests {
         assert_eq!(&b[4..6], &[1, 0]);
         assert_eq!(&b[6..9], &[1, 0, b'r']);
         assert_eq!(&b[9..12], &[1, 0, b'd']);
-        assert_eq!(&b[12..20], &10u64.to_le_bytes());
-        assert_eq!(&b[20..24], &4u32.to_le_bytes());
+        assert_eq!(&b[12..20], &8194u64.to_le_bytes());
+        assert_eq!(&b[20..24], &4096u32.to_le_bytes());
         assert_eq!(&b[24..28], &9u32.to_le_bytes());
         assert_eq!(&b[28..31], &[1, 0, b't']);
         assert_eq!(&b[31..35], &3u32.to_le_bytes());
@@ -807,8 +832,8 @@ mod tests {
         let mut m = Manifest {
             source_ref: "r".into(),
             source_digest: "d".into(),
-            image_size: 9,
-            chunk_size: 4,
+            image_size: 2 * 4096 + 1,
+            chunk_size: 4096,
             salt_id: 0,
             tool_version: "t".into(),
             chunks: vec![None, None],
@@ -829,10 +854,48 @@ mod tests {
             seal(&m, &image_context("")),
             Err(Error::Invalid { .. })
         ));
-        m.chunk_size = 0;
-        assert!(matches!(
-            seal(&m, &image_context("i")),
-            Err(Error::Invalid { .. })
-        ));
+        for bad in [0, 4, 2048, 4095, 4097, 3 << 12, 32 << 20] {
+            m.chunk_size = bad;
+            assert!(
+                matches!(seal(&m, &image_context("i")), Err(Error::Invalid { .. })),
+                "chunk size {bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunk_sizes_the_chunker_does_not_cut_are_malformed() {
+        let kms = kms_envelope::LocalKms::from_keys([("k".to_owned(), 1, [5; 32])]).unwrap();
+        let good = sample(&kms).encode();
+        assert!(SealedManifest::decode(&good).is_ok());
+        for bad in [
+            0u32,
+            1,
+            16,
+            2048,
+            4095,
+            4097,
+            6144,
+            512 * 1024 + 1,
+            32 << 20,
+            u32::MAX,
+        ] {
+            let mut b = good.clone();
+            b[20..24].copy_from_slice(&bad.to_le_bytes());
+            match SealedManifest::decode(&b) {
+                Err(Error::Malformed {
+                    field: "chunk size",
+                    offset: 20,
+                    ..
+                }) => {}
+                other => panic!("chunk size {bad}: {other:?}"),
+            }
+        }
+        for ok in [4096u32, 8192, 512 * 1024, 16 << 20] {
+            assert!(is_valid_chunk_size(ok), "{ok}");
+        }
+        for bad in [0u32, 2048, 4095, 3 << 12, 32 << 20] {
+            assert!(!is_valid_chunk_size(bad), "{bad}");
+        }
     }
 }

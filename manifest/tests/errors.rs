@@ -263,3 +263,93 @@ fn no_key_material_in_errors_or_debug() {
         "names should be visible"
     );
 }
+
+/// A KMS whose service fails (as a transport or configuration error
+/// would); unwrapping can be delegated to a working one.
+struct FailingKms {
+    unwrap_with: Option<kms_envelope::LocalKms>,
+}
+
+fn service_down<T>() -> kms_envelope::KmsFuture<'static, T> {
+    Box::pin(async {
+        Err(kms_envelope::Error::Random {
+            reason: "service down".into(),
+        })
+    })
+}
+
+impl kms_envelope::Kms for FailingKms {
+    fn generate_data_key<'a>(
+        &'a self,
+        _key_id: &'a str,
+        _ctx: &'a kms_envelope::EncryptionContext,
+    ) -> kms_envelope::KmsFuture<'a, kms_envelope::DataKey> {
+        service_down()
+    }
+    fn encrypt<'a>(
+        &'a self,
+        _key_id: &'a str,
+        _plaintext: &'a [u8; 32],
+        _ctx: &'a kms_envelope::EncryptionContext,
+    ) -> kms_envelope::KmsFuture<'a, kms_envelope::WrappedKey> {
+        service_down()
+    }
+    fn decrypt<'a>(
+        &'a self,
+        wrapped: &'a [u8],
+        ctx: &'a kms_envelope::EncryptionContext,
+    ) -> kms_envelope::KmsFuture<'a, zeroize::Zeroizing<[u8; 32]>> {
+        match &self.unwrap_with {
+            Some(k) => k.decrypt(wrapped, ctx),
+            None => service_down(),
+        }
+    }
+    fn decrypt_with_key<'a>(
+        &'a self,
+        key_id: &'a str,
+        wrapped: &'a [u8],
+        ctx: &'a kms_envelope::EncryptionContext,
+    ) -> kms_envelope::KmsFuture<'a, zeroize::Zeroizing<[u8; 32]>> {
+        match &self.unwrap_with {
+            Some(k) => k.decrypt_with_key(key_id, wrapped, ctx),
+            None => service_down(),
+        }
+    }
+}
+
+#[test]
+fn other_kms_failures_name_the_key_and_the_operation_and_keep_the_source() {
+    use std::error::Error as _;
+    let check = |e: Error, key: &str, op: &str| {
+        match &e {
+            Error::Kms {
+                key_id, operation, ..
+            } => assert_eq!((key_id.as_str(), *operation), (key, op)),
+            other => panic!("expected Error::Kms, got {other:?}"),
+        }
+        let text = e.to_string();
+        assert!(text.contains(key) && text.contains(op), "{text}");
+        let source = e.source().expect("the KMS error is kept as the source");
+        assert!(source.to_string().contains("service down"), "{source}");
+    };
+    let down = FailingKms { unwrap_with: None };
+    let err = block_on(common::small_manifest().seal(&down, "k", &common::ctx())).unwrap_err();
+    check(err, "k", "generating");
+
+    let kms = common::kms();
+    let sealed = common::sealed_small(&kms);
+    check(
+        block_on(sealed.open(&down)).unwrap_err(),
+        "k@1",
+        "unwrapping",
+    );
+
+    let wrap_down = FailingKms {
+        unwrap_with: Some(kms),
+    };
+    check(
+        block_on(sealed.rewrap(&wrap_down, "k2")).unwrap_err(),
+        "k2",
+        "wrapping",
+    );
+}

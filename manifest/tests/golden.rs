@@ -13,7 +13,13 @@ use manifest::{SealedManifest, image_context};
 use sha2::{Digest, Sha256};
 
 const GOLDEN_HEX: &str = include_str!("golden/small-v1.hex");
-const GOLDEN_SHA256: &str = "14ad7e29eff8c206d725168e3ef6d5e5ba21f77b75cf9be9198cf592d242cd96";
+const GOLDEN_SHA256: &str = "9e106fb7a2a4255763ae5434060864e1da31a3b18974676139370c7cdb8eb65a";
+
+/// The golden manifest as first pinned, with 16-byte chunks. The format is
+/// the same; the decoder now refuses chunk sizes `chunk_core::Chunker`
+/// cannot cut (not a power of two from 4 KiB to 16 MiB), and this is one.
+const OLD_CHUNK16_HEX: &str = include_str!("golden/small-v1-chunk16.hex");
+const OLD_CHUNK16_SHA256: &str = "14ad7e29eff8c206d725168e3ef6d5e5ba21f77b75cf9be9198cf592d242cd96";
 
 fn golden_kms() -> LocalKms {
     LocalKms::from_keys([("golden".to_owned(), 1, [0x42; 32])]).unwrap()
@@ -66,4 +72,29 @@ fn golden_bytes_decode_and_open_with_any_rng() {
     );
     let opened = block_on(sealed.open(&golden_kms())).unwrap();
     assert_eq!(opened, common::small_manifest());
+}
+
+#[test]
+fn the_old_golden_bytes_with_16_byte_chunks_are_refused() {
+    let bytes = hex::decode(OLD_CHUNK16_HEX.trim()).unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&bytes)), OLD_CHUNK16_SHA256);
+    match SealedManifest::decode(&bytes) {
+        Err(manifest::Error::Malformed {
+            field: "chunk size",
+            offset: 41,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    // The same bytes with a valid chunk size and image size decode again:
+    // only those fields (bytes 33..45) and the keys' tag, whose AAD covers them, differ.
+    let new = hex::decode(GOLDEN_HEX.trim()).unwrap();
+    assert_eq!(bytes.len(), new.len());
+    let differ: Vec<usize> = (0..bytes.len()).filter(|&i| bytes[i] != new[i]).collect();
+    assert!(
+        differ
+            .iter()
+            .all(|&i| (33..45).contains(&i) || i >= new.len() - 16),
+        "{differ:?}"
+    );
 }

@@ -17,7 +17,7 @@ fn kind(e: &Error) -> &'static str {
         Error::Unwrap { .. } => "unwrap",
         Error::WrongContext { .. } => "wrong context",
         Error::Tampered => "tampered",
-        Error::Kms(_) => "kms",
+        Error::Kms { .. } => "kms",
         _ => "other",
     }
 }

@@ -1,7 +1,10 @@
 //! The conformance suite: checks the [`Tier`] contract on any implementation.
 //!
-//! Call [`run`] from a test with a fresh tier. It panics with a message
-//! naming the tier and the failed rule.
+//! Call [`run`] from a test with a fresh tier, and [`run_errors`] with an
+//! instance of the same tier that cannot work (its server stopped, its
+//! directory replaced by a file, its nodes failing). Both panic with a
+//! message naming the tier and the failed rule. A tier that cannot fail at
+//! all (`MemoryTier`) has no broken instance and runs only [`run`].
 
 use std::sync::Arc;
 
@@ -34,6 +37,58 @@ fn value(seed: u64, len: usize) -> Bytes {
     let mut v = vec![0u8; len];
     rng.fill(&mut v);
     Bytes::from(v)
+}
+
+/// Checks the error rule of the contract ("errors say which tier failed and
+/// carry the key") on `broken`, an instance that cannot do its job.
+///
+/// Runs get, put and remove of one key. Each may succeed where the tier's
+/// contract allows it (a cache may report a miss, a remove of what is not
+/// there may succeed), but at least one must fail, or `broken` is not broken
+/// and the check panics. Every error must have [`Error::tier`] equal to the
+/// tier's name, an [`Error::key`] that contains the key's storage name, and
+/// a message that shows both.
+///
+/// [`Error::tier`]: crate::Error::tier
+/// [`Error::key`]: crate::Error::key
+pub async fn run_errors(broken: Arc<dyn Tier<String, Bytes>>, prefix: &str) {
+    let name = broken.name().to_owned();
+    let key = format!("{prefix}broken-key");
+    let storage = crate::CacheKey::storage_name(&key).into_owned();
+    let check = |op: &str, e: &crate::Error| {
+        assert_eq!(
+            e.tier(),
+            Some(name.as_str()),
+            "tier {name}: error of {op} must name the tier: {e}"
+        );
+        assert!(
+            e.key().is_some_and(|k| k.contains(&storage)),
+            "tier {name}: error of {op} must carry the key {storage:?}, has {:?}: {e}",
+            e.key()
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains(&name) && text.contains(&storage),
+            "tier {name}: message of a {op} error must show the tier and the key: {text}"
+        );
+    };
+    let mut failed = 0;
+    if let Err(e) = broken.get(&key).await {
+        check("get", &e);
+        failed += 1;
+    }
+    if let Err(e) = broken.put(&key, value(7, 1000)).await {
+        check("put", &e);
+        failed += 1;
+    }
+    if let Err(e) = broken.remove(&key).await {
+        check("remove", &e);
+        failed += 1;
+    }
+    assert!(
+        failed > 0,
+        "tier {name}: the broken instance did not fail get, put or remove; the error rule was not checked"
+    );
 }
 
 /// Runs every check against `tier`, using keys that start with `prefix`

@@ -11,6 +11,7 @@ mod faulty;
 mod proxy;
 mod servers;
 
+pub use crate::erasure::forge_shard;
 pub use faulty::FaultyTier;
 pub use proxy::TcpProxy;
 pub use servers::{MemcachedServer, MotoServer, free_port, require_tool};

@@ -21,7 +21,8 @@ pub fn ctx() -> EncryptionContext {
     c
 }
 
-/// 4 chunks of 16 bytes, the third a hole, the last one short.
+/// 4 chunks of 4 KiB (the smallest valid chunk size), the third a hole,
+/// the last one short.
 pub fn small_manifest() -> Manifest {
     let chunk = |i: u8| {
         Some(ChunkRef {
@@ -32,8 +33,8 @@ pub fn small_manifest() -> Manifest {
     Manifest {
         source_ref: "oci:/img:app".into(),
         source_digest: "sha256:abcd".into(),
-        image_size: 3 * 16 + 5,
-        chunk_size: 16,
+        image_size: 3 * 4096 + 5,
+        chunk_size: 4096,
         salt_id: 7,
         tool_version: "lode 0.1.0".into(),
         chunks: vec![chunk(0), chunk(1), None, chunk(3)],
