@@ -263,10 +263,11 @@ fn read_ini_section(path: &Path, section: &str) -> Result<BTreeMap<String, Strin
             inside = name.trim() == section;
             continue;
         }
-        if inside && !nested {
-            if let Some((k, v)) = line.split_once('=') {
-                out.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-            }
+        if inside
+            && !nested
+            && let Some((k, v)) = line.split_once('=')
+        {
+            out.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
         }
     }
     Ok(out)
@@ -382,10 +383,9 @@ impl AwsKms {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
+            && c.expires.is_none_or(|e| e > fresh_until)
         {
-            if c.expires.is_none_or(|e| e > fresh_until) {
-                return Ok(c.credentials.clone());
-            }
+            return Ok(c.credentials.clone());
         }
         let fetched = match &self.config.credentials {
             CredentialsSource::Container { uri, authorization } => {

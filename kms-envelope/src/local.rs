@@ -334,10 +334,10 @@ impl LocalKms {
             None => None,
         };
         let parsed = parse_blob(blob).ok_or_else(cannot)?;
-        if let Some((name, version)) = wanted {
-            if parsed.name != name || version.is_some_and(|v| v != parsed.version) {
-                return Err(cannot());
-            }
+        if let Some((name, version)) = wanted
+            && (parsed.name != name || version.is_some_and(|v| v != parsed.version))
+        {
+            return Err(cannot());
         }
         let master = {
             let keys = self.read_keys();

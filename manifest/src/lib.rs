@@ -614,7 +614,7 @@ impl SealedManifest {
         let count = count as usize;
         let bitmap_at = r.pos;
         let bitmap = r.take("presence bitmap", count.div_ceil(8))?;
-        if count % 8 != 0 && bitmap[bitmap.len() - 1] >> (count % 8) != 0 {
+        if !count.is_multiple_of(8) && bitmap[bitmap.len() - 1] >> (count % 8) != 0 {
             return Err(r.malformed("presence bitmap", bitmap_at, "padding bits are not zero"));
         }
         let present: usize = bitmap.iter().map(|b| b.count_ones() as usize).sum();

@@ -455,10 +455,10 @@ impl MountHandle {
                 }
                 t.is_finished()
             };
-            if !finished(&t, 2) {
-                if let Some(conn) = self.state.fuse_conn {
-                    abort_fuse_connection(conn);
-                }
+            if !finished(&t, 2)
+                && let Some(conn) = self.state.fuse_conn
+            {
+                abort_fuse_connection(conn);
             }
             if finished(&t, 5) {
                 match t.join() {
@@ -619,10 +619,10 @@ pub fn mounts(state_dir: &Path) -> Result<Vec<MountState>> {
     let mut out = Vec::new();
     for entry in dir.flatten() {
         let p = entry.path();
-        if p.extension().is_some_and(|e| e == "json") {
-            if let Ok(s) = read_state(&p) {
-                out.push(s);
-            }
+        if p.extension().is_some_and(|e| e == "json")
+            && let Ok(s) = read_state(&p)
+        {
+            out.push(s);
         }
     }
     Ok(out)

@@ -661,10 +661,11 @@ impl BufferPool {
     }
 
     fn put(&self, buf: Vec<u8>) {
-        if let Ok(mut v) = self.0.lock() {
-            if v.len() < POOL_BUFFERS && buf.capacity() <= POOL_MAX_BUFFER {
-                v.push(buf);
-            }
+        if let Ok(mut v) = self.0.lock()
+            && v.len() < POOL_BUFFERS
+            && buf.capacity() <= POOL_MAX_BUFFER
+        {
+            v.push(buf);
         }
     }
 }
