@@ -51,19 +51,12 @@ impl Store {
                 } else {
                     format!("{prefix}/")
                 };
+                // Region, credentials (static, session token, web identity,
+                // container) from the standard AWS environment; the
+                // S3-specific endpoint variable wins over the generic one.
                 let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-                let endpoint = env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL"));
-                let mut config =
-                    S3Config::new(endpoint.clone().unwrap_or_default(), bucket.clone());
-                config.endpoint = endpoint;
-                if let Some(region) = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")) {
-                    config.region = region;
-                }
-                if let (Some(id), Some(secret)) =
-                    (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"))
-                {
-                    config = config.with_credentials(id, secret);
-                }
+                let mut config = S3Config::from_env(bucket.clone());
+                config.endpoint = env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL"));
                 let tier = ObjectStoreTier::s3(&config, format!("{prefix}chunks/"))
                     .with_context(|| format!("opening store {url}"))?;
                 (tier, prefix)
