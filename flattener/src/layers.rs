@@ -198,11 +198,18 @@ impl Read for ChannelReader {
 fn detect(head: &[u8]) -> Compression {
     if head.starts_with(&[0x1f, 0x8b]) {
         Compression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) || is_zstd_skippable(head) {
         Compression::Zstd
     } else {
         Compression::None
     }
+}
+
+/// A zstd skippable frame (magic 0x184D2A50..=0x184D2A5F): metadata that
+/// zstd decoders (the zstd CLI, containerd's) skip, and a stream may start
+/// with one.
+fn is_zstd_skippable(head: &[u8]) -> bool {
+    head.len() >= 4 && head[0] & 0xf0 == 0x50 && head[1..4] == [0x2a, 0x4d, 0x18]
 }
 
 fn codec_name(c: Compression) -> &'static str {
@@ -270,7 +277,23 @@ fn decompress<R: BufRead>(
             if r.fill_buf()?.is_empty() {
                 return Ok(());
             }
-            let mut d = ruzstd::decoding::StreamingDecoder::new(&mut *r)
+            let mut magic = [0u8; 4];
+            r.read_exact(&mut magic)?;
+            if is_zstd_skippable(&magic) {
+                // ruzstd's streaming decoder rejects skippable frames: skip
+                // them here (the blob digest still covers their bytes).
+                let mut len = [0u8; 4];
+                r.read_exact(&mut len)?;
+                let len = u64::from(u32::from_le_bytes(len));
+                if io::copy(&mut (&mut *r).take(len), &mut io::sink())? != len {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "truncated zstd skippable frame",
+                    ));
+                }
+                continue;
+            }
+            let mut d = ruzstd::decoding::StreamingDecoder::new((&magic[..]).chain(&mut *r))
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
             pump(&mut d)?;
         },

@@ -220,6 +220,19 @@ impl<R: Read> TarReader<R> {
                         "meta entry followed by end of archive",
                     ));
                 }
+                // End of archive: two zero blocks (or one at the end of the
+                // stream). A lone zero block followed by anything else is an
+                // error, as in Go's archive/tar (containerd, umoci): the
+                // entries after it must not vanish silently. Bytes after the
+                // two zero blocks are ignored (and still hashed).
+                if let Some(next) = self.read_block_or_eof()? {
+                    if next.iter().any(|&b| b != 0) {
+                        return Err(TarError::malformed(
+                            offset,
+                            "a single zero block followed by more data (end of archive needs two)",
+                        ));
+                    }
+                }
                 self.done = true;
                 return Ok(None);
             }
@@ -298,10 +311,15 @@ impl<R: Read> TarReader<R> {
                 ));
             }
         };
-        let mut path = if let Some(p) = pax.path.clone() {
-            p
-        } else if let Some(n) = gnu_name {
+        // A GNU long name or link overrides PAX `path`/`linkpath` when an
+        // entry has both, as in Go's archive/tar (containerd, umoci); an
+        // empty one overrides nothing.
+        let gnu_name = gnu_name.filter(|n| !n.is_empty());
+        let gnu_link = gnu_link.filter(|n| !n.is_empty());
+        let mut path = if let Some(n) = gnu_name {
             n
+        } else if let Some(p) = pax.path.clone() {
+            p
         } else {
             let name = cstr(&h[0..100]);
             let prefix = if ustar { cstr(&h[345..500]) } else { &[][..] };
@@ -314,10 +332,8 @@ impl<R: Read> TarReader<R> {
                 p
             }
         };
-        let link = pax
-            .linkpath
-            .clone()
-            .or(gnu_link)
+        let link = gnu_link
+            .or_else(|| pax.linkpath.clone())
             .unwrap_or_else(|| cstr(&h[157..257]).to_vec());
         let mode = parse_u64(&h[100..108], offset, "mode")? as u32 & 0o7777;
         let uid = match pax.uid {
