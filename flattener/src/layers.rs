@@ -130,6 +130,19 @@ fn keep_xattr(name: &[u8]) -> bool {
         || name == b"system.posix_acl_default"
 }
 
+/// Whether a (kept) xattr can live on a node of this kind. The kernel lists
+/// but never reads `user.*` xattrs on anything but regular files and
+/// directories (ENODATA), nor POSIX ACLs on symlinks (EOPNOTSUPP), and no
+/// unpacker can set them there: they are dropped. Hard links take the
+/// target's xattrs.
+fn keep_xattr_on(op: &Op, name: &[u8]) -> bool {
+    match op {
+        Op::File(_) | Op::Dir | Op::HardLink(_) => true,
+        Op::Symlink(_) => !name.starts_with(b"user.") && !name.starts_with(b"system.posix_acl_"),
+        _ => !name.starts_with(b"user."),
+    }
+}
+
 /// Shared progress counter of compressed bytes read.
 pub(crate) struct Counter<'a> {
     pub(crate) read: AtomicU64,
@@ -445,6 +458,17 @@ pub(crate) fn parse_tar(
     while let Some(e) = tar.next_entry().map_err(tar_err)? {
         let comps = normalize(&e.path);
         check_components(&e.path, &comps)?;
+        if let Some(k) = e.xattrs.keys().find(|k| k.contains(&0)) {
+            // The xattr interface takes C strings: no unpacker could set it,
+            // and stored as is it would list as two names.
+            return Err(entry_err(
+                &e.path,
+                format!(
+                    "xattr name {:?} contains a NUL byte",
+                    String::from_utf8_lossy(k)
+                ),
+            ));
+        }
         let meta = Metadata {
             mode: e.mode,
             uid: e.uid,
@@ -539,6 +563,14 @@ pub(crate) fn parse_tar(
                 (comps, op)
             }
         };
+        let mut meta = meta;
+        meta.xattrs.retain(|k, _| keep_xattr_on(&op, k));
+        if matches!(op, Op::Symlink(_)) {
+            // Linux cannot give a symlink other permissions: every unpacker
+            // (containerd, umoci, GNU tar) creates it 0777 whatever the
+            // header says.
+            meta.mode = 0o777;
+        }
         entries.push(LayerEntry {
             raw: e.path,
             comps,

@@ -105,6 +105,9 @@ pub(crate) struct TarReader<R: Read> {
     done: bool,
     /// Reused for file data (allocated once, not per entry).
     data_buf: Vec<u8>,
+    /// A block read ahead and put back (see `build_entry`), served first.
+    unread: Option<[u8; BLOCK]>,
+    unread_pos: usize,
 }
 
 impl<R: Read> TarReader<R> {
@@ -117,6 +120,8 @@ impl<R: Read> TarReader<R> {
             global: Pax::default(),
             done: false,
             data_buf: Vec::new(),
+            unread: None,
+            unread_pos: 0,
         }
     }
 
@@ -125,10 +130,32 @@ impl<R: Read> TarReader<R> {
         self.pos
     }
 
+    /// Reads from the put-back block first, then from the stream.
+    fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(b) = &self.unread {
+            let n = buf.len().min(BLOCK - self.unread_pos);
+            buf[..n].copy_from_slice(&b[self.unread_pos..self.unread_pos + n]);
+            self.unread_pos += n;
+            if self.unread_pos == BLOCK {
+                self.unread = None;
+            }
+            return Ok(n);
+        }
+        self.r.read(buf)
+    }
+
+    /// Puts back the block just read (at most one at a time).
+    fn unread_block(&mut self, b: [u8; BLOCK]) {
+        debug_assert!(self.unread.is_none());
+        self.unread = Some(b);
+        self.unread_pos = 0;
+        self.pos -= BLOCK as u64;
+    }
+
     fn read_exact(&mut self, buf: &mut [u8], entry_offset: u64) -> Result<(), TarError> {
         let mut filled = 0;
         while filled < buf.len() {
-            match self.r.read(&mut buf[filled..]) {
+            match self.read_some(&mut buf[filled..]) {
                 Ok(0) => {
                     return Err(TarError::Truncated {
                         offset: entry_offset,
@@ -148,7 +175,7 @@ impl<R: Read> TarReader<R> {
         let mut b = [0u8; BLOCK];
         let mut filled = 0;
         while filled < BLOCK {
-            match self.r.read(&mut b[filled..]) {
+            match self.read_some(&mut b[filled..]) {
                 Ok(0) if filled == 0 => return Ok(None),
                 Ok(0) => return Err(TarError::Truncated { offset: self.pos }),
                 Ok(n) => filled += n,
@@ -246,7 +273,9 @@ impl<R: Read> TarReader<R> {
                     if typeflag == b'g' {
                         parse_pax(&data, &mut self.global, offset)?;
                     } else {
-                        let p = pax.get_or_insert_with(|| self.global.clone());
+                        // A second extended header replaces the first (as
+                        // in Go's archive/tar and Python's tarfile).
+                        let p = pax.insert(self.global.clone());
                         parse_pax(&data, p, offset)?;
                     }
                     continue;
@@ -377,9 +406,31 @@ impl<R: Read> TarReader<R> {
         let mut size = data_len;
         let mut sparse = None;
         let mut stored = data_len;
-        // Hard links, symlinks and devices may carry a size; those bytes are skipped.
         self.remaining = data_len;
         self.padding = pad(data_len);
+        // Hard links, symlinks, devices, directories and FIFOs have no data,
+        // but a header may still carry a size. Go's archive/tar (containerd,
+        // umoci) and Python's tarfile ignore it and read the next header
+        // right away; POSIX pax lets a hard link carry data. So: if a valid
+        // header or the end of the archive follows, there is no data;
+        // otherwise the data is skipped.
+        let header_only = matches!(typeflag, b'1'..=b'6')
+            || (typeflag == 0 && kind == EntryType::Regular && path.ends_with(b"/"));
+        if header_only && data_len > 0 {
+            match self.read_block_or_eof()? {
+                None => {
+                    self.remaining = 0;
+                    self.padding = 0;
+                }
+                Some(next) => {
+                    if next.iter().all(|&b| b == 0) || verify_checksum(&next, self.pos).is_ok() {
+                        self.remaining = 0;
+                        self.padding = 0;
+                    }
+                    self.unread_block(next);
+                }
+            }
+        }
 
         if typeflag == b'S' {
             // Old GNU sparse: map in the header, maybe continued in

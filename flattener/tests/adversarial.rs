@@ -208,7 +208,8 @@ fn xattrs(path: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
 
 /// Flattens, checks with e2fsck, mounts, and compares with `want`: one
 /// line per path (`/` included), `path` then tokens that must all appear in
-/// the mounted path's line. Exactly the listed paths must exist.
+/// the mounted path's line (if any is an xattr, the xattrs must be exactly
+/// those). Exactly the listed paths must exist.
 fn check_raw(layers: &[(Vec<u8>, &str, Vec<u8>)], want: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let out = match flatten_image(dir.path(), layers) {
@@ -231,10 +232,16 @@ fn check_raw(layers: &[(Vec<u8>, &str, Vec<u8>)], want: &[&str]) {
             None => problems.push(format!("missing {path}")),
             Some(line) => {
                 let have: Vec<&str> = line.split(' ').collect();
-                for t in tokens.split(' ').filter(|t| !t.is_empty()) {
-                    if !have.contains(&t) {
+                let want: Vec<&str> = tokens.split(' ').filter(|t| !t.is_empty()).collect();
+                for t in &want {
+                    if !have.contains(t) {
                         problems.push(format!("{path}: want {t}, got {line}"));
                     }
+                }
+                // Naming any xattr means naming them all.
+                let xs = |v: &[&str]| v.iter().filter(|t| t.starts_with("x:")).count();
+                if xs(&want) > 0 && xs(&want) != xs(&have) {
+                    problems.push(format!("{path}: other xattrs than wanted: {line}"));
                 }
             }
         }
@@ -830,6 +837,136 @@ fn pax_records_unknown_keys_size_override_and_gnu_long_names() {
             &format!("/{}", "t".repeat(120)),
             &format!("/{long} file:long n=2"),
             "/link file:long n=2",
+        ],
+    );
+}
+
+#[test]
+fn xattrs_that_special_files_cannot_carry_are_dropped() {
+    // user.* only on files and directories, ACLs not on symlinks (the
+    // kernel would list them but refuse to read them); symlinks are 0777.
+    let acl = hex::encode(common::acl_xattr());
+    check(
+        &[tar(&[
+            E::symlink("s", "t")
+                .mode(0o644)
+                .xattr("user.a", b"1")
+                .xattr("trusted.b", b"2")
+                .xattr("security.c", b"3")
+                .xattr("system.posix_acl_access", &common::acl_xattr()),
+            E::dev("c", b'3', 1, 3)
+                .xattr("user.a", b"1")
+                .xattr("system.posix_acl_access", &common::acl_xattr()),
+            E::dev("p", b'6', 0, 0)
+                .xattr("user.a", b"1")
+                .xattr("trusted.t", b"t"),
+            E::file("f", b"f").xattr("user.a", b"1"),
+            E::hardlink("h", "f"),
+        ])],
+        &[
+            "/ dir",
+            "/s link:t m=777 x:security.c=33 x:trusted.b=32",
+            &format!("/c char:1:3 x:system.posix_acl_access={acl}"),
+            "/p fifo x:trusted.t=74",
+            "/f file:f x:user.a=31 n=2",
+            "/h file:f x:user.a=31 n=2",
+        ],
+    );
+    // Nothing else: the lines above list every xattr each path has.
+    let dir = tempfile::tempdir().unwrap();
+    let out = flatten_image(
+        dir.path(),
+        &plain(&[tar(&[E::symlink("s", "t").xattr("user.a", b"1")])]),
+    )
+    .unwrap();
+    if let Some(m) = have("e2fsck").then(|| Mount::new(&out)).flatten() {
+        assert!(xattrs(&m.path().join("s")).is_empty());
+    }
+}
+
+#[test]
+fn xattr_names_the_kernel_cannot_handle_are_errors() {
+    let mut t = TarBuilder::new();
+    t.pax(&[(b"SCHILY.xattr.user.a\0b".to_vec(), b"v".to_vec())]);
+    t.add(&E::file("nul", b"n"));
+    let e = error_of(&[t.finish()]);
+    assert!(
+        e.contains("\"nul\"") && e.contains("contains a NUL byte"),
+        "{e}"
+    );
+    let e = error_of(&[tar(&[E::file("e", b"").xattr("user.", b"v")])]);
+    assert!(e.contains("\"/e\"") && e.contains("empty suffix"), "{e}");
+    // XATTR_NAME_MAX (255) counts the prefix.
+    let name = format!("user.{}", "k".repeat(251));
+    let e = error_of(&[tar(&[E::file("l", b"").xattr(&name, b"v")])]);
+    assert!(
+        e.contains("\"/l\"") && e.contains("256 bytes; Linux allows 255"),
+        "{e}"
+    );
+    let name = format!("user.{}", "k".repeat(250));
+    check(
+        &[tar(&[E::file("ok", b"").xattr(&name, b"v")])],
+        &["/ dir", &format!("/ok x:{name}=76")],
+    );
+}
+
+#[test]
+fn symlink_loops_and_self_links_are_errors() {
+    let e = error_of(&[tar(&[
+        E::symlink("l1", "l2"),
+        E::symlink("l2", "/l1/"),
+        E::file("l2/x", b""),
+    ])]);
+    assert!(
+        e.contains("\"l2/x\"") && e.contains("too many levels of symbolic links"),
+        "{e}"
+    );
+    let e = error_of(&[tar(&[E::hardlink("a", "a")])]);
+    assert!(e.contains("hard link to missing target"), "{e}");
+}
+
+#[test]
+fn header_only_entries_with_a_size_field() {
+    let mut t = TarBuilder::new();
+    t.add(&E::file("target", b"t"));
+    // A symlink and a directory whose headers claim data that is not
+    // there (Go's archive/tar and Python's tarfile read no data)...
+    let e = E::symlink("sym", "target");
+    t.buf
+        .extend_from_slice(&common::header(b"sym", b'2', 600, &e, false));
+    t.buf
+        .extend_from_slice(&common::header(b"dir", b'5', 5000, &E::dir("dir"), false));
+    // ...and a hard link that does carry its data (POSIX pax allows it).
+    let e = E::hardlink("link", "target");
+    t.buf.extend(raw_entry(
+        common::header(b"link", b'1', 5, &e, false),
+        b"hello",
+    ));
+    // Two extended headers in a row: the second replaces the first.
+    t.pax(&[
+        (b"path".to_vec(), b"first".to_vec()),
+        (b"uid".to_vec(), b"7".to_vec()),
+    ]);
+    t.pax(&[(b"mtime".to_vec(), b"5.25".to_vec())]);
+    t.add(&E::file("second", b"2"));
+    // A header-only entry with a size right before the end.
+    t.buf.extend_from_slice(&common::header(
+        b"fifo",
+        b'6',
+        1,
+        &E::dev("fifo", b'6', 0, 0),
+        false,
+    ));
+    check(
+        &[t.finish()],
+        &[
+            "/ dir",
+            "/target file:t n=2 g=/link",
+            "/link file:t n=2 g=/link",
+            "/sym link:target",
+            "/dir dir",
+            "/second file:2 o=0:0 t=5.250000000",
+            "/fifo fifo",
         ],
     );
 }

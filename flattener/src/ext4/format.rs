@@ -309,7 +309,7 @@ pub(crate) fn xattr_index(name: &[u8]) -> Option<(u8, &[u8])> {
     PREFIXES
         .iter()
         .find_map(|(p, i)| name.strip_prefix(*p).map(|s| (*i, s)))
-        .filter(|(_, s)| !s.is_empty() && s.len() <= 255)
+        .filter(|(_, s)| !s.is_empty() && name.len() <= 255)
 }
 
 /// Size of an xattr entry (without value) whose stored name is `len` bytes.
