@@ -8,7 +8,10 @@
 //! - Within a layer, whiteouts and opaque markers apply first (they only
 //!   hide lower layers), then the other entries sorted by path (a parent
 //!   before its children; same-path duplicates keep tar order, the last
-//!   wins), hard links last. So the result does not depend on entry order.
+//!   wins). A hard link applies at its place, or at the end when its
+//!   target is an entry of the layer that comes later, and may name a
+//!   lower file that the layer's own whiteouts removed. So the result does
+//!   not depend on entry order.
 //! - A whiteout or opaque marker for a path that does not exist is ignored
 //!   (as containerd does).
 //! - Missing parent directories are created with mode 0755, uid/gid 0 and
@@ -17,7 +20,7 @@
 //!   (as containerd and umoci do); the last component is never followed,
 //!   and nothing can escape the root. A parent that is a file is an error.
 //! - A directory entry over an existing directory keeps its children and
-//!   takes the new mode, owner and mtime; xattrs are merged.
+//!   takes the entry's mode, owner, mtime and xattrs (old xattrs are gone).
 //! - A hard link shares the target's node (its own header metadata is
 //!   ignored); an upper layer replacing one of the names gives that name a
 //!   new node and the other names keep the old one. A hard link to a
@@ -774,6 +777,17 @@ impl Builder {
         }
         self.tree.layers.push(placed);
 
+        // 0. What hard-link targets name in the lower layers, before this
+        // layer's whiteouts hide them: a link may keep a file alive that the
+        // same layer deletes (in tar order, the link comes first).
+        let mut lower_targets: HashMap<&[Vec<u8>], NodeId> = HashMap::new();
+        for e in &entries {
+            if let Op::HardLink(t) = &e.op {
+                if let Some(node) = self.lookup(t) {
+                    lower_targets.insert(t, node);
+                }
+            }
+        }
         // 1. Whiteouts and opaque markers hide lower layers.
         for e in &entries {
             match e.op {
@@ -792,12 +806,40 @@ impl Builder {
                 _ => {}
             }
         }
-        // 2. Everything but hard links, parents first.
+        // 2. Entries in path order (parents first), hard links too, so that
+        // entries below a link to a symlink resolve through it. A hard link
+        // whose target this layer writes later waits until the end (a tar
+        // may list a link before its target); chains of links inside the
+        // layer resolve to their final target.
         let mut links: HashMap<&[Vec<u8>], &[Vec<u8>]> = HashMap::new();
-        for e in &entries {
+        let mut last_write: HashMap<&[Vec<u8>], usize> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
             match &e.op {
                 Op::HardLink(t) => {
                     links.insert(&e.comps, t);
+                }
+                Op::Whiteout | Op::Opaque => {}
+                _ => {
+                    last_write.insert(&e.comps, i);
+                }
+            }
+        }
+        let mut deferred = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            match &e.op {
+                Op::HardLink(target) => {
+                    let mut t: &[Vec<u8>] = target;
+                    for _ in 0..64 {
+                        match links.get(t) {
+                            Some(next) if *next != t => t = next,
+                            _ => break,
+                        }
+                    }
+                    if last_write.get(t).is_some_and(|&w| w > i) {
+                        deferred.push((e, t));
+                    } else {
+                        self.apply_link(e, t, &lower_targets)?;
+                    }
                 }
                 Op::Whiteout | Op::Opaque => {}
                 _ => self
@@ -805,47 +847,52 @@ impl Builder {
                     .map_err(|r| entry_err(&e.raw, r))?,
             }
         }
-        // 3. Hard links, resolving chains of links inside this layer.
-        for e in &entries {
-            let Op::HardLink(target) = &e.op else {
-                continue;
-            };
-            let mut t: &[Vec<u8>] = target;
-            for _ in 0..64 {
-                match links.get(t) {
-                    Some(next) if *next != t => t = next,
-                    _ => break,
-                }
-            }
-            let node = match t.split_last() {
-                Some((tname, tparent)) => match self.resolve_dir(tparent, false) {
-                    Ok(Some(d)) => self.entries_mut(d).get(tname).copied(),
-                    _ => None,
-                },
-                None => None,
-            };
-            let Some(node) = node else {
-                return Err(entry_err(
-                    &e.raw,
-                    format!(
-                        "hard link to missing target {:?}",
-                        String::from_utf8_lossy(&t.join(&b'/'))
-                    ),
-                ));
-            };
-            if matches!(self.tree.node(node).kind, NodeKind::Directory { .. }) {
-                return Err(entry_err(&e.raw, "hard link to a directory"));
-            }
-            let Some((name, parent)) = e.comps.split_last() else {
-                return Err(entry_err(&e.raw, "a hard link cannot replace /"));
-            };
-            let dir = self
-                .resolve_dir(parent, true)
-                .map_err(|r| entry_err(&e.raw, r))?
-                .ok_or_else(|| entry_err(&e.raw, "parent not found"))?;
-            self.entries_mut(dir).insert(name.clone(), node);
+        // 3. Hard links to targets written later in this layer.
+        for (e, t) in deferred {
+            self.apply_link(e, t, &lower_targets)?;
         }
         Ok((spool, digest))
+    }
+
+    /// Links `e`'s path to the node at `t` (or, if this layer's whiteouts
+    /// removed it, the node that was there before them).
+    fn apply_link(
+        &mut self,
+        e: &LayerEntry,
+        t: &[Vec<u8>],
+        lower_targets: &HashMap<&[Vec<u8>], NodeId>,
+    ) -> Result<(), LayerError> {
+        let node = self.lookup(t).or_else(|| lower_targets.get(t).copied());
+        let Some(node) = node else {
+            return Err(entry_err(
+                &e.raw,
+                format!(
+                    "hard link to missing target {:?}",
+                    String::from_utf8_lossy(&t.join(&b'/'))
+                ),
+            ));
+        };
+        if matches!(self.tree.node(node).kind, NodeKind::Directory { .. }) {
+            return Err(entry_err(&e.raw, "hard link to a directory"));
+        }
+        let Some((name, parent)) = e.comps.split_last() else {
+            return Err(entry_err(&e.raw, "a hard link cannot replace /"));
+        };
+        let dir = self
+            .resolve_dir(parent, true)
+            .map_err(|r| entry_err(&e.raw, r))?
+            .ok_or_else(|| entry_err(&e.raw, "parent not found"))?;
+        self.entries_mut(dir).insert(name.clone(), node);
+        Ok(())
+    }
+
+    /// The node at `path` (the last component not followed), if any.
+    fn lookup(&mut self, path: &[Vec<u8>]) -> Option<NodeId> {
+        let (name, parent) = path.split_last()?;
+        match self.resolve_dir(parent, false) {
+            Ok(Some(d)) => self.entries_mut(d).get(name).copied(),
+            _ => None,
+        }
     }
 
     fn apply_entry(&mut self, e: &LayerEntry, global: &[FileId]) -> Result<(), String> {
@@ -1002,14 +1049,12 @@ fn content_digest(entries: &[LayerEntry], files: &[FileData], hashes: &[u128]) -
     Digest::from_hasher(h)
 }
 
+/// A directory entry over an existing directory keeps the children and
+/// takes all of the entry's metadata, xattrs included: the OCI spec
+/// represents a modification as the new state, overlayfs shows the upper
+/// directory's xattrs only, and umoci clears the old ones.
 fn update_dir_meta(m: &mut Metadata, new: &Metadata) {
-    m.mode = new.mode;
-    m.uid = new.uid;
-    m.gid = new.gid;
-    m.mtime = new.mtime;
-    for (k, v) in &new.xattrs {
-        m.xattrs.insert(k.clone(), v.clone());
-    }
+    *m = new.clone();
 }
 
 /// Spooled file contents of every layer: one anonymous temporary file per
