@@ -806,6 +806,9 @@ impl Builder {
                 _ => {}
             }
         }
+        // Keep only the targets the whiteouts removed: any other target
+        // must resolve when the link applies.
+        lower_targets.retain(|t, _| self.lookup(t).is_none());
         // 2. Entries in path order (parents first), hard links too, so that
         // entries below a link to a symlink resolve through it. A hard link
         // whose target this layer writes later waits until the end (a tar
@@ -855,7 +858,7 @@ impl Builder {
     }
 
     /// Links `e`'s path to the node at `t` (or, if this layer's whiteouts
-    /// removed it, the node that was there before them).
+    /// removed it, to the node that was there before them).
     fn apply_link(
         &mut self,
         e: &LayerEntry,

@@ -794,6 +794,27 @@ fn parse_pax(data: &[u8], p: &mut Pax, offset: u64) -> Result<(), TarError> {
             .ok_or_else(|| bad("no '='"))?;
         let (key, value) = (&rec[..eq], &rec[eq + 1..]);
         let num = |v: &[u8]| parse_decimal(v).ok_or_else(|| bad("number"));
+        if value.is_empty() && !key.starts_with(b"GNU.sparse.") {
+            // POSIX: an empty value deletes the keyword (a global value
+            // too), so the header field counts; Go's archive/tar keeps the
+            // header field as well, and so never sets an empty xattr.
+            match key {
+                b"path" => p.path = None,
+                b"linkpath" => p.linkpath = None,
+                b"size" => p.size = None,
+                b"uid" => p.uid = None,
+                b"gid" => p.gid = None,
+                b"mtime" => p.mtime = None,
+                b"SCHILY.devmajor" => p.devmajor = None,
+                b"SCHILY.devminor" => p.devminor = None,
+                _ => {
+                    if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                        p.xattrs.remove(name);
+                    }
+                }
+            }
+            continue;
+        }
         match key {
             b"path" => p.path = Some(value.to_vec()),
             b"linkpath" => p.linkpath = Some(value.to_vec()),
