@@ -1272,3 +1272,58 @@ fn empty_pax_values_keep_the_header_fields() {
         ],
     );
 }
+
+#[test]
+fn opaque_root_directory_recreate_and_repeated_layers() {
+    let base = tar(&[
+        E::dir("d"),
+        E::file("d/old", b"old"),
+        E::file("top", b"top"),
+    ]);
+    let same = tar(&[E::file("same", b"s")]);
+    let mut layers = vec![base];
+    // The same blob 130 times (beyond Docker's 127-layer limit).
+    layers.extend(std::iter::repeat_n(same, 130));
+    layers.push(tar(&[
+        // Whiteout and re-create of a directory in one layer.
+        E::whiteout(".wh.d"),
+        E::dir("d").mode(0o700),
+        E::file("d/new", b"new"),
+    ]));
+    check(
+        &layers,
+        &[
+            "/ dir",
+            "/d dir m=700",
+            "/d/new file:new",
+            "/top file:top",
+            "/same file:s",
+        ],
+    );
+    // An opaque marker at the root hides every lower entry.
+    check(
+        &[
+            tar(&[E::file("a", b"a"), E::dir("b")]),
+            tar(&[E::whiteout(".wh..wh..opq"), E::file("c", b"c")]),
+        ],
+        &["/ dir", "/c file:c"],
+    );
+}
+
+#[test]
+fn docker_archive_with_gzip_and_plain_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = vec![tar(&[E::file("a", b"a")]), tar(&[E::file("b", b"b")])];
+    let path = dir.path().join("img.tar");
+    common::docker_archive(&path, &layers, true);
+    let img = ImageRef::parse(&format!("docker-archive:{}", path.display())).unwrap();
+    let out = dir.path().join("out.ext4");
+    flatten(&img, &FlattenOptions::default(), &out).unwrap();
+    if !have("e2fsck") {
+        return;
+    }
+    e2fsck(&out).unwrap();
+    let Some(m) = Mount::new(&out) else { return };
+    let got = listing(m.path());
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["/", "/a", "/b"]);
+}
