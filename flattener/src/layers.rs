@@ -13,7 +13,10 @@
 //!   lower file that the layer's own whiteouts removed. So the result does
 //!   not depend on entry order.
 //! - A whiteout or opaque marker for a path that does not exist is ignored
-//!   (as containerd does).
+//!   (as containerd does). aufs metadata (`.wh..wh.*` names, anything
+//!   under `/.wh..wh.*/`) is not part of the image; files in
+//!   `/.wh..wh.plnk/` remain hard-link targets for the layer (as Docker
+//!   keeps them).
 //! - Missing parent directories are created with mode 0755, uid/gid 0 and
 //!   mtime 0 (the epoch), so the output does not depend on the clock.
 //! - Symlinks in the *parent* part of a path resolve inside the image root
@@ -144,6 +147,11 @@ fn keep_xattr_on(op: &Op, name: &[u8]) -> bool {
         Op::Symlink(_) => !name.starts_with(b"user.") && !name.starts_with(b"system.posix_acl_"),
         _ => !name.starts_with(b"user."),
     }
+}
+
+/// Whether a path lies in aufs metadata at the root (`/.wh..wh.*/…`).
+fn is_aufs_meta(comps: &[Vec<u8>]) -> bool {
+    comps.len() > 1 && comps[0].starts_with(b".wh..wh.")
 }
 
 /// Shared progress counter of compressed bytes read.
@@ -807,7 +815,7 @@ impl Builder {
             }
         }
         // Keep only the targets the whiteouts removed: any other target
-        // must resolve when the link applies.
+        // must resolve when the link applies. (aufs link targets join below.)
         lower_targets.retain(|t, _| self.lookup(t).is_none());
         // 2. Entries in path order (parents first), hard links too, so that
         // entries below a link to a symlink resolve through it. A hard link
@@ -829,6 +837,22 @@ impl Builder {
         }
         let mut deferred = Vec::new();
         for (i, e) in entries.iter().enumerate() {
+            if is_aufs_meta(&e.comps) {
+                // aufs metadata (`/.wh..wh.plnk/…`, `/.wh..wh.orph/…`) is
+                // not part of the image. Files in `.wh..wh.plnk` are hard-link
+                // targets of old aufs-built layers: kept aside for the links,
+                // as Docker does.
+                if let (Op::File(f), Some(b".wh..wh.plnk")) =
+                    (&e.op, e.comps.first().map(Vec::as_slice))
+                {
+                    let id = self.tree.push_node(Node {
+                        meta: e.meta.clone(),
+                        kind: NodeKind::Regular { file: global[*f] },
+                    });
+                    lower_targets.insert(&e.comps, id);
+                }
+                continue;
+            }
             match &e.op {
                 Op::HardLink(target) => {
                     let mut t: &[Vec<u8>] = target;
@@ -858,7 +882,8 @@ impl Builder {
     }
 
     /// Links `e`'s path to the node at `t` (or, if this layer's whiteouts
-    /// removed it, to the node that was there before them).
+    /// removed it, to the node that was there before them; or to an aufs
+    /// hard-link target of this layer).
     fn apply_link(
         &mut self,
         e: &LayerEntry,

@@ -347,6 +347,18 @@ fn whiteouts_apply_to_lower_layers_only() {
                 E::file("x/new2", b"n2"),
                 E::whiteout(".wh.y"),
                 E::file("y", b"upper y"),
+                // aufs metadata and a whiteout of the opaque marker itself:
+                // ignored.
+                E::whiteout("x/.wh..wh..wh..opq"),
+                E::whiteout(".wh..wh.aufs"),
+                // aufs-era hard links: the target lives in /.wh..wh.plnk,
+                // which is not part of the image (as Docker does it).
+                E::dir(".wh..wh.plnk"),
+                E::file(".wh..wh.plnk/123.456", b"aufs"),
+                E::hardlink("aufs1", ".wh..wh.plnk/123.456"),
+                E::hardlink("x/aufs2", "/.wh..wh.plnk/123.456"),
+                E::dir(".wh..wh.orph"),
+                E::file(".wh..wh.orph/junk", b"junk"),
             ]),
         ],
         &[
@@ -355,6 +367,8 @@ fn whiteouts_apply_to_lower_layers_only() {
             "/x/new1 file:n1",
             "/x/new2 file:n2",
             "/y file:upper\\x20y",
+            "/aufs1 file:aufs n=2 g=/aufs1",
+            "/x/aufs2 file:aufs n=2 g=/aufs1",
         ],
     );
 }
@@ -1326,4 +1340,37 @@ fn docker_archive_with_gzip_and_plain_layers() {
     let Some(m) = Mount::new(&out) else { return };
     let got = listing(m.path());
     assert_eq!(got.keys().collect::<Vec<_>>(), ["/", "/a", "/b"]);
+}
+
+#[test]
+fn hard_links_to_special_files_and_link_headers_are_ignored() {
+    check(
+        &[
+            tar(&[
+                E::dev("fifo", b'6', 0, 0).mode(0o640),
+                E::dev("null", b'3', 1, 3).mode(0o666),
+                E::file("f", b"f").xattr("user.a", b"1").owner(1, 2),
+                E::hardlink("fifo2", "fifo"),
+                E::hardlink("null2", "null"),
+                // The link's own mode, owner, time and xattrs do not count.
+                E::hardlink("f2", "f")
+                    .mode(0o777)
+                    .owner(9, 9)
+                    .mtime(5, 0)
+                    .xattr("user.b", b"2"),
+            ]),
+            // A link in an upper layer to a lower hard-link group.
+            tar(&[E::hardlink("f3", "f2")]),
+        ],
+        &[
+            "/ dir",
+            "/fifo fifo m=640 n=2 g=/fifo",
+            "/fifo2 fifo m=640 n=2 g=/fifo",
+            "/null char:1:3 n=2 g=/null",
+            "/null2 char:1:3 n=2 g=/null",
+            "/f file:f m=644 o=1:2 t=1700000000.000000000 n=3 g=/f x:user.a=31",
+            "/f2 file:f n=3 g=/f x:user.a=31",
+            "/f3 file:f n=3 g=/f x:user.a=31",
+        ],
+    );
 }
