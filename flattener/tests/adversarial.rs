@@ -731,6 +731,11 @@ fn paths_longer_than_path_max() {
 #[test]
 fn zero_layers_only_whiteouts_and_empty_layers() {
     check_raw(&[], &["/ dir m=755 o=0:0 t=0.000000000 n=2"]);
+    // Compressed empty streams: no tar blocks at all.
+    check_raw(
+        &[(gzip(&[]), GZIP, Vec::new()), (zstd(&[]), ZSTD, Vec::new())],
+        &["/ dir n=2"],
+    );
     check(
         &[
             tar(&[E::file("a", b"a")]),
@@ -1373,4 +1378,28 @@ fn hard_links_to_special_files_and_link_headers_are_ignored() {
             "/f3 file:f n=3 g=/f x:user.a=31",
         ],
     );
+}
+
+#[test]
+fn xattr_block_and_inode_space_boundaries() {
+    // One block: 32-byte header, a 20-byte entry for `user.v`, the 4-byte
+    // terminator: 4,040 value bytes fit, 4,041 do not.
+    let fits = vec![7u8; 4040];
+    // The inode's 92 spare bytes hold the magic, a 20-byte entry, the
+    // terminator and a value of up to 64 bytes: values of 56 to 72 bytes
+    // cross from the inode to a block.
+    let mut entries = vec![E::file("block-full", b"").xattr("user.v", &fits)];
+    let mut want = vec![
+        "/ dir".to_string(),
+        format!("/block-full x:user.v={}", hex::encode(&fits)),
+    ];
+    for n in 56..=72 {
+        let v = vec![n as u8; n];
+        entries.push(E::file(&format!("inode{n}"), b"").xattr("user.v", &v));
+        want.push(format!("/inode{n} x:user.v={}", hex::encode(&v)));
+    }
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    check(&[tar(&entries)], &want);
+    let e = error_of(&[tar(&[E::file("over", b"").xattr("user.v", &[7; 4041])])]);
+    assert!(e.contains("\"/over\"") && e.contains("xattrs need"), "{e}");
 }
