@@ -1385,8 +1385,8 @@ fn xattr_block_and_inode_space_boundaries() {
     // One block: 32-byte header, a 20-byte entry for `user.v`, the 4-byte
     // terminator: 4,040 value bytes fit, 4,041 do not.
     let fits = vec![7u8; 4040];
-    // The inode's 92 spare bytes hold the magic, a 20-byte entry, the
-    // terminator and a value of up to 64 bytes: values of 56 to 72 bytes
+    // After the magic, the inode has 92 bytes: a 20-byte entry, the
+    // terminator and a value of up to 68 bytes; values of 56 to 72 bytes
     // cross from the inode to a block.
     let mut entries = vec![E::file("block-full", b"").xattr("user.v", &fits)];
     let mut want = vec![
