@@ -6,6 +6,12 @@
 //! It reads strictly forward, holds one entry's metadata at a time and hands
 //! the data to a sink, so memory never grows with file sizes. Every malformed
 //! input is an error with the byte offset of the header that caused it.
+//!
+//! Where tar readers disagree it reads as Go's archive/tar does (containerd,
+//! Docker and umoci use it): GNU long names beat PAX paths, a second PAX
+//! header replaces the first, an empty PAX value keeps the header field, the
+//! archive ends at two zero blocks, and header-only entry types carry no
+//! data when a valid header follows them.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};

@@ -395,7 +395,11 @@ fn odd_paths_are_normalized_inside_the_root() {
     let n255 = "n".repeat(255);
     check(
         &[tar(&[
-            E::dir("./").mode(0o750).mtime(7, 0),
+            E::dir("./")
+                .mode(0o750)
+                .mtime(7, 0)
+                .owner(3, 4)
+                .xattr("user.root", b"r"),
             E::file("./a//b/./c", b"c"),
             E::file("/abs/x", b"x"),
             E::file("../../up", b"up"),
@@ -407,7 +411,7 @@ fn odd_paths_are_normalized_inside_the_root() {
             E::file("esc/passwd", b"through an escaping symlink"),
         ])],
         &[
-            "/ dir m=750 t=7.000000000",
+            "/ dir m=750 o=3:4 t=7.000000000 x:user.root=72",
             "/a dir m=755 t=0.000000000",
             "/a/b dir",
             "/a/b/c file:c n=2 g=/a/b/c",
