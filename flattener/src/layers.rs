@@ -480,10 +480,14 @@ pub(crate) fn parse_tar(
                 ),
             ));
         }
+        // Id 2^32-1 is "leave unchanged" to chown(2): every unpacker leaves
+        // such a file owned by root, and the kernel could not show it
+        // anyway (it is INVALID_UID; stat would say 65534).
+        let id = |v: u32| if v == u32::MAX { 0 } else { v };
         let meta = Metadata {
             mode: e.mode,
-            uid: e.uid,
-            gid: e.gid,
+            uid: id(e.uid),
+            gid: id(e.gid),
             mtime: e.mtime,
             xattrs: e
                 .xattrs

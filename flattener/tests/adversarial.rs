@@ -1407,3 +1407,15 @@ fn xattr_block_and_inode_space_boundaries() {
     let e = error_of(&[tar(&[E::file("over", b"").xattr("user.v", &[7; 4041])])]);
     assert!(e.contains("\"/over\"") && e.contains("xattrs need"), "{e}");
 }
+
+#[test]
+fn id_minus_one_is_root() {
+    // chown(2) reads 2^32-1 as "unchanged": unpackers leave root.
+    let mut t = TarBuilder::new();
+    t.pax(&[
+        (b"uid".to_vec(), b"4294967295".to_vec()),
+        (b"gid".to_vec(), b"4294967295".to_vec()),
+    ]);
+    t.add(&E::file("ids", b"ids"));
+    check(&[t.finish()], &["/ dir", "/ids o=0:0"]);
+}
