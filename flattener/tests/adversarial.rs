@@ -488,7 +488,9 @@ fn big_ids_extreme_times_and_new_device_numbers() {
     t.add(&E::file("neg", b"neg"));
     for e in [
         E::file("ns", b"ns").mtime(1_700_000_000, 999_999_999),
-        E::file("y2446", b"far").mtime(15_000_000_000, 5),
+        E::file("y2445", b"far").mtime(15_000_000_000, 5),
+        E::file("y2318", b"band").mtime(11_000_000_000, 5),
+        E::file("y3000", b"beyond").mtime(32_503_680_000, 5),
         E::file("y1800", b"old").mtime(-5_364_662_400, 5),
         E::file("y2300", b"2300").mtime(10_413_792_000, 123),
         E::dev("c", b'3', 300, 300),
@@ -506,9 +508,12 @@ fn big_ids_extreme_times_and_new_device_numbers() {
             "/b256 o=65537:1193046",
             "/neg t=-2.500000000",
             "/ns t=1700000000.999999999",
-            // ext4 (with e2fsck's reading of epoch bits) holds times
-            // from 1901-12-13 to 2310-04-04: clamped.
-            "/y2446 t=10737418239.000000000",
+            // ext4 holds 1901-12-13 .. 2446-05-10, except the band that
+            // e2fsck takes for mis-encoded pre-1970 times (2310-04-04 ..
+            // 2378-04-22): clamped to its last second before.
+            "/y2445 t=15000000000.000000005",
+            "/y2318 t=10737418239.000000000",
+            "/y3000 t=15032385535.000000000",
             "/y1800 t=-2147483648.000000000",
             "/y2300 t=10413792000.000000123",
             "/c char:300:300",
