@@ -1424,3 +1424,30 @@ fn id_minus_one_is_root() {
     t.add(&E::file("ids", b"ids"));
     check(&[t.finish()], &["/ dir", "/ids o=0:0"]);
 }
+
+/// 100,000 names of 255 bytes in one directory (6,452 leaf blocks under a
+/// two-level htree); every 997th looked up by name through the kernel.
+#[test]
+fn directory_of_100000_names_of_255_bytes() {
+    let mut t = TarBuilder::new();
+    t.add(&E::dir("big"));
+    for i in 0..100_000 {
+        let name = format!("big/{i:06}{}", "n".repeat(249));
+        t.add(&E::file(&name, b""));
+    }
+    let layers = [t.finish()];
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = flatten_image(dir.path(), &plain(&layers)).unwrap();
+    println!("flattened and checked in {:?}", started.elapsed());
+    if !have("e2fsck") {
+        return;
+    }
+    let Some(m) = Mount::new(&out) else { return };
+    let names = std::fs::read_dir(m.path().join("big")).unwrap().count();
+    assert_eq!(names, 100_000);
+    for i in (0..100_000).step_by(997) {
+        let name = format!("{i:06}{}", "n".repeat(249));
+        assert!(m.path().join("big").join(name).exists(), "{i}");
+    }
+}
