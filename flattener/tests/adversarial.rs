@@ -1451,3 +1451,39 @@ fn directory_of_100000_names_of_255_bytes() {
         assert!(m.path().join("big").join(name).exists(), "{i}");
     }
 }
+
+#[test]
+fn docker_archive_with_a_symlinked_duplicate_layer() {
+    // `docker save` before Docker 25 stores a layer that occurs twice once,
+    // and the second `layer.tar` as a symlink to the first.
+    let layer = tar(&[E::file("a", b"a")]);
+    let other = tar(&[E::whiteout(".wh.a"), E::file("b", b"b")]);
+    let layers = vec![layer.clone(), other, layer];
+    let config = common::config_for(&layers);
+    let chex = sha256_hex(&config);
+    let mut t = TarBuilder::new();
+    t.add(&E::file("l0/layer.tar", &layers[0]));
+    t.add(&E::file("l1/layer.tar", &layers[1]));
+    t.add(&E::symlink("l2/layer.tar", "../l0/layer.tar"));
+    t.add(&E::hardlink("l3/layer.tar", "l2/layer.tar"));
+    t.add(&E::file(&format!("{chex}.json"), &config));
+    let manifest = serde_json::json!([{"Config": format!("{chex}.json"), "RepoTags": ["t:1"],
+        "Layers": ["l0/layer.tar", "l1/layer.tar", "l3/layer.tar"]}]);
+    t.add(&E::file(
+        "manifest.json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("img.tar");
+    std::fs::write(&path, t.finish()).unwrap();
+    let img = ImageRef::parse(&format!("docker-archive:{}", path.display())).unwrap();
+    let out = dir.path().join("out.ext4");
+    flatten(&img, &FlattenOptions::default(), &out).unwrap();
+    if !have("e2fsck") {
+        return;
+    }
+    e2fsck(&out).unwrap();
+    let Some(m) = Mount::new(&out) else { return };
+    let got = listing(m.path());
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["/", "/a", "/b"]);
+}
