@@ -1046,6 +1046,7 @@ const RPATHS: &[&str] = &[
 /// nature).
 fn random_layer(r: &mut Rng, files: &mut Vec<&'static str>) -> Vec<u8> {
     let mut entries: BTreeMap<Vec<u8>, E> = BTreeMap::new();
+    let mut sparse: BTreeMap<Vec<u8>, (u64, Vec<(u64, Vec<u8>)>)> = BTreeMap::new();
     let mut used = std::collections::BTreeSet::new();
     for _ in 0..r.below(9) {
         let path = RPATHS[r.below(RPATHS.len())];
@@ -1069,15 +1070,29 @@ fn random_layer(r: &mut Rng, files: &mut Vec<&'static str>) -> Vec<u8> {
         let pick = if parent && r.below(3) != 0 {
             4
         } else {
-            r.below(12)
+            r.below(13)
         };
+        if pick == 12 {
+            // A PAX 1.0 sparse file: holes and a few runs.
+            let size = [4096u64, 70_000, 3 << 20][r.below(3)];
+            let mut runs = Vec::new();
+            let mut at = r.below(3) as u64 * 4096;
+            while at < size && runs.len() < 3 {
+                let len = (1 + r.below(5000) as u64).min(size - at);
+                runs.push((at, vec![1 + r.below(255) as u8; len as usize]));
+                at += len + r.below(3) as u64 * 8192;
+            }
+            sparse.insert(path.as_bytes().to_vec(), (size, runs));
+            files.push(path);
+            continue;
+        }
         let mut e = match pick {
             0..=3 => {
                 let n = [0, 1, 4095, 4097, 70_000, 1 << 20][r.below(6)];
                 E::file(path, &vec![r.below(256) as u8; n])
             }
             4 | 5 => E::dir(path),
-            6 => E::symlink(path, &["", "/", "../"][r.below(3)].to_string().add(target)),
+            6 => E::symlink(path, &format!("{}{target}", ["", "/", "../"][r.below(3)])),
             7 => E::whiteout(&format!("{dir}.wh.{name}")),
             8 => E::whiteout(&format!("{path}/.wh..wh..opq")),
             // Mostly to a file made before (else most stacks just fail).
@@ -1111,24 +1126,23 @@ fn random_layer(r: &mut Rng, files: &mut Vec<&'static str>) -> Vec<u8> {
     // A hard link to a path this layer writes later in tar order: umoci
     // links the lower file, the flattener (order-independent) the layer's
     // own; a generated layer never does that (tar writes the target first).
-    let keys: Vec<Vec<u8>> = entries.keys().cloned().collect();
+    let keys: Vec<Vec<u8>> = entries.keys().chain(sparse.keys()).cloned().collect();
     entries.retain(|p, e| e.typeflag != b'1' || !keys.iter().any(|k| k > p && *k == e.link));
+    let mut all: Vec<&Vec<u8>> = entries.keys().chain(sparse.keys()).collect();
+    all.sort();
     let mut t = TarBuilder::new();
-    for e in entries.values() {
-        t.add(e);
+    for k in all {
+        match (entries.get(k), sparse.get(k)) {
+            (Some(e), _) => {
+                t.add(e);
+            }
+            (None, Some((size, runs))) => {
+                t.pax_sparse("1.0", &String::from_utf8_lossy(k), *size, runs);
+            }
+            (None, None) => unreachable!(),
+        }
     }
     t.finish()
-}
-
-trait AddStr {
-    fn add(self, s: &str) -> String;
-}
-
-impl AddStr for String {
-    fn add(mut self, s: &str) -> String {
-        self.push_str(s);
-        self
-    }
 }
 
 fn umoci_unpack(layout: &Path, bundle: &Path) -> Result<(), String> {
