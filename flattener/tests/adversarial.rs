@@ -785,7 +785,16 @@ fn multi_member_gzip_and_multi_frame_zstd_with_skippable_frames() {
     // Split one tar across members / frames in the middle of a header.
     let (x, y) = a.split_at(700);
     let mut gz = gzip(x);
-    gz.extend(gzip(y));
+    // The second member with the optional header fields (name, comment,
+    // extra field, mtime).
+    let mut w = flate2::GzBuilder::new()
+        .filename("layer.tar")
+        .comment("a comment")
+        .extra(vec![b'A', b'B', 2, 0, 1, 2])
+        .mtime(1_700_000_000)
+        .write(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut w, y).unwrap();
+    gz.extend(w.finish().unwrap());
     let b = tar(&[E::file("b", b"b")]);
     let (x, y) = b.split_at(300);
     let mut zs = skippable(0, 16);
