@@ -1053,9 +1053,12 @@ const RPATHS: &[&str] = &[
 /// that tar order and the flattener's order agree; only same-layer
 /// conflicts could tell them apart, and those are order-dependent by
 /// nature).
+/// A sparse file: apparent size and (offset, bytes) runs.
+type SparseSpec = (u64, Vec<(u64, Vec<u8>)>);
+
 fn random_layer(r: &mut Rng, files: &mut Vec<&'static str>) -> Vec<u8> {
     let mut entries: BTreeMap<Vec<u8>, E> = BTreeMap::new();
-    let mut sparse: BTreeMap<Vec<u8>, (u64, Vec<(u64, Vec<u8>)>)> = BTreeMap::new();
+    let mut sparse: BTreeMap<Vec<u8>, SparseSpec> = BTreeMap::new();
     let mut used = std::collections::BTreeSet::new();
     for _ in 0..r.below(9) {
         let path = RPATHS[r.below(RPATHS.len())];
