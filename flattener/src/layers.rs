@@ -12,6 +12,10 @@
 //!   target is an entry of the layer that comes later, and may name a
 //!   lower file that the layer's own whiteouts removed. So the result does
 //!   not depend on entry order.
+//! - A whiteout or opaque marker inside a directory that the layer itself
+//!   puts where the lower layers have no directory (a directory replacing
+//!   a symlink) concerns that new directory only, never the symlink's
+//!   target.
 //! - A whiteout or opaque marker for a path that does not exist is ignored
 //!   (as containerd does). aufs metadata (`.wh..wh.*` names, anything
 //!   under `/.wh..wh.*/`) is not part of the image; files in
@@ -800,8 +804,26 @@ impl Builder {
                 }
             }
         }
-        // 1. Whiteouts and opaque markers hide lower layers.
+        // 1. Whiteouts and opaque markers hide lower layers. One inside a
+        // directory that this layer puts where a lower layer has something
+        // else (a directory replacing the symlink `lib -> usr/lib`) concerns
+        // that new, empty directory: it must not reach through the lower
+        // symlink (in tar order the directory comes first).
+        let mut written: HashMap<&[Vec<u8>], bool> = HashMap::new();
         for e in &entries {
+            if !matches!(e.op, Op::Whiteout | Op::Opaque) {
+                written.insert(&e.comps, matches!(e.op, Op::Dir));
+            }
+        }
+        for e in &entries {
+            let dir_comps = match e.op {
+                Op::Whiteout => &e.comps[..e.comps.len().saturating_sub(1)],
+                Op::Opaque => &e.comps[..],
+                _ => continue,
+            };
+            if self.replaced_by_layer(dir_comps, &written) {
+                continue;
+            }
             match e.op {
                 Op::Whiteout => {
                     if let Some((name, parent)) = e.comps.split_last() {
@@ -916,6 +938,27 @@ impl Builder {
             .ok_or_else(|| entry_err(&e.raw, "parent not found"))?;
         self.entries_mut(dir).insert(name.clone(), node);
         Ok(())
+    }
+
+    /// Whether the layer replaces `dir` or one of its ancestors with
+    /// something new: a non-directory, or a directory where the lower
+    /// layers have none (only a symlink, a file, or nothing).
+    fn replaced_by_layer(&mut self, dir: &[Vec<u8>], written: &HashMap<&[Vec<u8>], bool>) -> bool {
+        for k in 1..=dir.len() {
+            let Some(&is_dir) = written.get(&dir[..k]) else {
+                continue;
+            };
+            if !is_dir {
+                return true;
+            }
+            let lower_is_dir = self
+                .lookup(&dir[..k])
+                .is_some_and(|id| matches!(self.tree.node(id).kind, NodeKind::Directory { .. }));
+            if !lower_is_dir {
+                return true;
+            }
+        }
+        false
     }
 
     /// The node at `path` (the last component not followed), if any.

@@ -1513,3 +1513,59 @@ fn docker_archive_with_a_symlinked_duplicate_layer() {
     let got = listing(m.path());
     assert_eq!(got.keys().collect::<Vec<_>>(), ["/", "/a", "/b"]);
 }
+
+#[test]
+fn whiteouts_under_a_directory_that_replaces_a_symlink() {
+    // The upper layer turns the symlink `lib` into a directory (overlayfs
+    // diffs mark such a directory opaque). Its whiteouts and opaque marker
+    // concern the new directory: they must not reach through the lower
+    // symlink into usr/lib.
+    let layers = [
+        tar(&[
+            E::file("usr/lib/keep", b"keep"),
+            E::file("usr/lib/also", b"also"),
+            E::symlink("lib", "usr/lib"),
+            E::symlink("lib2", "usr/lib"),
+        ]),
+        tar(&[
+            E::dir("lib"),
+            E::whiteout("lib/.wh..wh..opq"),
+            E::whiteout("lib/.wh.keep"),
+            E::file("lib/new", b"new"),
+            E::file("lib2", b"now a file"),
+            E::whiteout("lib2/.wh.also"),
+        ]),
+    ];
+    let want = [
+        "/ dir",
+        "/usr dir",
+        "/usr/lib dir",
+        "/usr/lib/keep file:keep",
+        "/usr/lib/also file:also",
+        "/lib dir",
+        "/lib/new file:new",
+        "/lib2 file:now\\x20a\\x20file",
+    ];
+    check(&layers, &want);
+    // umoci (tar order) agrees.
+    if !have("umoci") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    common::oci_layout(
+        &layout,
+        &[(
+            "t",
+            layers
+                .iter()
+                .map(|t| (t.clone(), common::Comp::None))
+                .collect(),
+        )],
+    );
+    umoci_unpack(&layout, &dir.path().join("bundle")).unwrap();
+    let got = listing(&dir.path().join("bundle/rootfs"));
+    let mut paths: Vec<&str> = want.iter().map(|w| w.split(' ').next().unwrap()).collect();
+    paths.sort();
+    assert_eq!(got.keys().map(String::as_str).collect::<Vec<_>>(), paths);
+}
