@@ -1569,3 +1569,24 @@ fn whiteouts_under_a_directory_that_replaces_a_symlink() {
     paths.sort();
     assert_eq!(got.keys().map(String::as_str).collect::<Vec<_>>(), paths);
 }
+
+/// `lost+found` is the image's own business: a file, a symlink or a
+/// directory of that name passes e2fsck and mounts as given.
+#[test]
+fn lost_and_found_from_a_layer() {
+    check(
+        &[tar(&[E::file("lost+found", b"not a dir")])],
+        &["/ dir", "/lost+found file:not\\x20a\\x20dir"],
+    );
+    check(
+        &[tar(&[E::symlink("lost+found", "/tmp")])],
+        &["/ dir", "/lost+found link:/tmp"],
+    );
+    check(
+        &[tar(&[
+            E::dir("lost+found").mode(0o700),
+            E::file("lost+found/x", b"x"),
+        ])],
+        &["/ dir", "/lost+found dir", "/lost+found/x file:x"],
+    );
+}
