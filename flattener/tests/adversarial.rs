@@ -1590,3 +1590,21 @@ fn lost_and_found_from_a_layer() {
         &["/ dir", "/lost+found dir", "/lost+found/x file:x"],
     );
 }
+
+/// A dense file just over one extent's 128 MiB (32,768 blocks), with a
+/// partial last block.
+#[test]
+fn dense_file_over_one_extent() {
+    let n = (128 << 20) + 3 * 4096 + 17;
+    let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+    let layers = [tar(&[E::file("big", &data)])];
+    let dir = tempfile::tempdir().unwrap();
+    let t = std::time::Instant::now();
+    let out = flatten_image(dir.path(), &plain(&layers)).unwrap();
+    println!("took {:?}", t.elapsed());
+    if !have("e2fsck") {
+        return;
+    }
+    let Some(m) = Mount::new(&out) else { return };
+    assert!(std::fs::read(m.path().join("big")).unwrap() == data);
+}
