@@ -8,16 +8,26 @@
 //! - Within a layer, whiteouts and opaque markers apply first (they only
 //!   hide lower layers), then the other entries sorted by path (a parent
 //!   before its children; same-path duplicates keep tar order, the last
-//!   wins), hard links last. So the result does not depend on entry order.
+//!   wins). A hard link applies at its place, or at the end when its
+//!   target is an entry of the layer that comes later, and may name a
+//!   lower file that the layer's own whiteouts removed. So the result does
+//!   not depend on entry order.
+//! - A whiteout or opaque marker inside a directory that the layer itself
+//!   puts where the lower layers have no directory (a directory replacing
+//!   a symlink) concerns that new directory only, never the symlink's
+//!   target.
 //! - A whiteout or opaque marker for a path that does not exist is ignored
-//!   (as containerd does).
+//!   (as containerd does). aufs metadata (`.wh..wh.*` names, anything
+//!   under `/.wh..wh.*/`) is not part of the image; files in
+//!   `/.wh..wh.plnk/` remain hard-link targets for the layer (as Docker
+//!   keeps them).
 //! - Missing parent directories are created with mode 0755, uid/gid 0 and
 //!   mtime 0 (the epoch), so the output does not depend on the clock.
 //! - Symlinks in the *parent* part of a path resolve inside the image root
 //!   (as containerd and umoci do); the last component is never followed,
 //!   and nothing can escape the root. A parent that is a file is an error.
 //! - A directory entry over an existing directory keeps its children and
-//!   takes the new mode, owner and mtime; xattrs are merged.
+//!   takes the entry's mode, owner, mtime and xattrs (old xattrs are gone).
 //! - A hard link shares the target's node (its own header metadata is
 //!   ignored); an upper layer replacing one of the names gives that name a
 //!   new node and the other names keep the old one. A hard link to a
@@ -130,6 +140,24 @@ fn keep_xattr(name: &[u8]) -> bool {
         || name == b"system.posix_acl_default"
 }
 
+/// Whether a (kept) xattr can live on a node of this kind. The kernel lists
+/// but never reads `user.*` xattrs on anything but regular files and
+/// directories (ENODATA), nor POSIX ACLs on symlinks (EOPNOTSUPP), and no
+/// unpacker can set them there: they are dropped. Hard links take the
+/// target's xattrs.
+fn keep_xattr_on(op: &Op, name: &[u8]) -> bool {
+    match op {
+        Op::File(_) | Op::Dir | Op::HardLink(_) => true,
+        Op::Symlink(_) => !name.starts_with(b"user.") && !name.starts_with(b"system.posix_acl_"),
+        _ => !name.starts_with(b"user."),
+    }
+}
+
+/// Whether a path lies in aufs metadata at the root (`/.wh..wh.*/…`).
+fn is_aufs_meta(comps: &[Vec<u8>]) -> bool {
+    comps.len() > 1 && comps[0].starts_with(b".wh..wh.")
+}
+
 /// Shared progress counter of compressed bytes read.
 pub(crate) struct Counter<'a> {
     pub(crate) read: AtomicU64,
@@ -198,11 +226,18 @@ impl Read for ChannelReader {
 fn detect(head: &[u8]) -> Compression {
     if head.starts_with(&[0x1f, 0x8b]) {
         Compression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) || is_zstd_skippable(head) {
         Compression::Zstd
     } else {
         Compression::None
     }
+}
+
+/// A zstd skippable frame (magic 0x184D2A50..=0x184D2A5F): metadata that
+/// zstd decoders (the zstd CLI, containerd's) skip, and a stream may start
+/// with one.
+fn is_zstd_skippable(head: &[u8]) -> bool {
+    head.len() >= 4 && head[0] & 0xf0 == 0x50 && head[1..4] == [0x2a, 0x4d, 0x18]
 }
 
 fn codec_name(c: Compression) -> &'static str {
@@ -270,7 +305,23 @@ fn decompress<R: BufRead>(
             if r.fill_buf()?.is_empty() {
                 return Ok(());
             }
-            let mut d = ruzstd::decoding::StreamingDecoder::new(&mut *r)
+            let mut magic = [0u8; 4];
+            r.read_exact(&mut magic)?;
+            if is_zstd_skippable(&magic) {
+                // ruzstd's streaming decoder rejects skippable frames: skip
+                // them here (the blob digest still covers their bytes).
+                let mut len = [0u8; 4];
+                r.read_exact(&mut len)?;
+                let len = u64::from(u32::from_le_bytes(len));
+                if io::copy(&mut (&mut *r).take(len), &mut io::sink())? != len {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "truncated zstd skippable frame",
+                    ));
+                }
+                continue;
+            }
+            let mut d = ruzstd::decoding::StreamingDecoder::new((&magic[..]).chain(&mut *r))
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
             pump(&mut d)?;
         },
@@ -422,10 +473,25 @@ pub(crate) fn parse_tar(
     while let Some(e) = tar.next_entry().map_err(tar_err)? {
         let comps = normalize(&e.path);
         check_components(&e.path, &comps)?;
+        if let Some(k) = e.xattrs.keys().find(|k| k.contains(&0)) {
+            // The xattr interface takes C strings: no unpacker could set it,
+            // and stored as is it would list as two names.
+            return Err(entry_err(
+                &e.path,
+                format!(
+                    "xattr name {:?} contains a NUL byte",
+                    String::from_utf8_lossy(k)
+                ),
+            ));
+        }
+        // Id 2^32-1 is "leave unchanged" to chown(2): every unpacker leaves
+        // such a file owned by root, and the kernel could not show it
+        // anyway (it is INVALID_UID; stat would say 65534).
+        let id = |v: u32| if v == u32::MAX { 0 } else { v };
         let meta = Metadata {
             mode: e.mode,
-            uid: e.uid,
-            gid: e.gid,
+            uid: id(e.uid),
+            gid: id(e.gid),
             mtime: e.mtime,
             xattrs: e
                 .xattrs
@@ -516,6 +582,14 @@ pub(crate) fn parse_tar(
                 (comps, op)
             }
         };
+        let mut meta = meta;
+        meta.xattrs.retain(|k, _| keep_xattr_on(&op, k));
+        if matches!(op, Op::Symlink(_)) {
+            // Linux cannot give a symlink other permissions: every unpacker
+            // (containerd, umoci, GNU tar) creates it 0777 whatever the
+            // header says.
+            meta.mode = 0o777;
+        }
         entries.push(LayerEntry {
             raw: e.path,
             comps,
@@ -719,8 +793,37 @@ impl Builder {
         }
         self.tree.layers.push(placed);
 
-        // 1. Whiteouts and opaque markers hide lower layers.
+        // 0. What hard-link targets name in the lower layers, before this
+        // layer's whiteouts hide them: a link may keep a file alive that the
+        // same layer deletes (in tar order, the link comes first).
+        let mut lower_targets: HashMap<&[Vec<u8>], NodeId> = HashMap::new();
         for e in &entries {
+            if let Op::HardLink(t) = &e.op {
+                if let Some(node) = self.lookup(t) {
+                    lower_targets.insert(t, node);
+                }
+            }
+        }
+        // 1. Whiteouts and opaque markers hide lower layers. One inside a
+        // directory that this layer puts where a lower layer has something
+        // else (a directory replacing the symlink `lib -> usr/lib`) concerns
+        // that new, empty directory: it must not reach through the lower
+        // symlink (in tar order the directory comes first).
+        let mut written: HashMap<&[Vec<u8>], bool> = HashMap::new();
+        for e in &entries {
+            if !matches!(e.op, Op::Whiteout | Op::Opaque) {
+                written.insert(&e.comps, matches!(e.op, Op::Dir));
+            }
+        }
+        for e in &entries {
+            let dir_comps = match e.op {
+                Op::Whiteout => &e.comps[..e.comps.len().saturating_sub(1)],
+                Op::Opaque => &e.comps[..],
+                _ => continue,
+            };
+            if self.replaced_by_layer(dir_comps, &written) {
+                continue;
+            }
             match e.op {
                 Op::Whiteout => {
                     if let Some((name, parent)) = e.comps.split_last() {
@@ -737,12 +840,59 @@ impl Builder {
                 _ => {}
             }
         }
-        // 2. Everything but hard links, parents first.
+        // Keep only the targets the whiteouts removed: any other target
+        // must resolve when the link applies. (aufs link targets join below.)
+        lower_targets.retain(|t, _| self.lookup(t).is_none());
+        // 2. Entries in path order (parents first), hard links too, so that
+        // entries below a link to a symlink resolve through it. A hard link
+        // whose target this layer writes later waits until the end (a tar
+        // may list a link before its target); chains of links inside the
+        // layer resolve to their final target.
         let mut links: HashMap<&[Vec<u8>], &[Vec<u8>]> = HashMap::new();
-        for e in &entries {
+        let mut last_write: HashMap<&[Vec<u8>], usize> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
             match &e.op {
                 Op::HardLink(t) => {
                     links.insert(&e.comps, t);
+                }
+                Op::Whiteout | Op::Opaque => {}
+                _ => {
+                    last_write.insert(&e.comps, i);
+                }
+            }
+        }
+        let mut deferred = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if is_aufs_meta(&e.comps) {
+                // aufs metadata (`/.wh..wh.plnk/…`, `/.wh..wh.orph/…`) is
+                // not part of the image. Files in `.wh..wh.plnk` are hard-link
+                // targets of old aufs-built layers: kept aside for the links,
+                // as Docker does.
+                if let (Op::File(f), Some(b".wh..wh.plnk")) =
+                    (&e.op, e.comps.first().map(Vec::as_slice))
+                {
+                    let id = self.tree.push_node(Node {
+                        meta: e.meta.clone(),
+                        kind: NodeKind::Regular { file: global[*f] },
+                    });
+                    lower_targets.insert(&e.comps, id);
+                }
+                continue;
+            }
+            match &e.op {
+                Op::HardLink(target) => {
+                    let mut t: &[Vec<u8>] = target;
+                    for _ in 0..64 {
+                        match links.get(t) {
+                            Some(next) if *next != t => t = next,
+                            _ => break,
+                        }
+                    }
+                    if last_write.get(t).is_some_and(|&w| w > i) {
+                        deferred.push((e, t));
+                    } else {
+                        self.apply_link(e, t, &lower_targets)?;
+                    }
                 }
                 Op::Whiteout | Op::Opaque => {}
                 _ => self
@@ -750,47 +900,74 @@ impl Builder {
                     .map_err(|r| entry_err(&e.raw, r))?,
             }
         }
-        // 3. Hard links, resolving chains of links inside this layer.
-        for e in &entries {
-            let Op::HardLink(target) = &e.op else {
-                continue;
-            };
-            let mut t: &[Vec<u8>] = target;
-            for _ in 0..64 {
-                match links.get(t) {
-                    Some(next) if *next != t => t = next,
-                    _ => break,
-                }
-            }
-            let node = match t.split_last() {
-                Some((tname, tparent)) => match self.resolve_dir(tparent, false) {
-                    Ok(Some(d)) => self.entries_mut(d).get(tname).copied(),
-                    _ => None,
-                },
-                None => None,
-            };
-            let Some(node) = node else {
-                return Err(entry_err(
-                    &e.raw,
-                    format!(
-                        "hard link to missing target {:?}",
-                        String::from_utf8_lossy(&t.join(&b'/'))
-                    ),
-                ));
-            };
-            if matches!(self.tree.node(node).kind, NodeKind::Directory { .. }) {
-                return Err(entry_err(&e.raw, "hard link to a directory"));
-            }
-            let Some((name, parent)) = e.comps.split_last() else {
-                return Err(entry_err(&e.raw, "a hard link cannot replace /"));
-            };
-            let dir = self
-                .resolve_dir(parent, true)
-                .map_err(|r| entry_err(&e.raw, r))?
-                .ok_or_else(|| entry_err(&e.raw, "parent not found"))?;
-            self.entries_mut(dir).insert(name.clone(), node);
+        // 3. Hard links to targets written later in this layer.
+        for (e, t) in deferred {
+            self.apply_link(e, t, &lower_targets)?;
         }
         Ok((spool, digest))
+    }
+
+    /// Links `e`'s path to the node at `t` (or, if this layer's whiteouts
+    /// removed it, to the node that was there before them; or to an aufs
+    /// hard-link target of this layer).
+    fn apply_link(
+        &mut self,
+        e: &LayerEntry,
+        t: &[Vec<u8>],
+        lower_targets: &HashMap<&[Vec<u8>], NodeId>,
+    ) -> Result<(), LayerError> {
+        let node = self.lookup(t).or_else(|| lower_targets.get(t).copied());
+        let Some(node) = node else {
+            return Err(entry_err(
+                &e.raw,
+                format!(
+                    "hard link to missing target {:?}",
+                    String::from_utf8_lossy(&t.join(&b'/'))
+                ),
+            ));
+        };
+        if matches!(self.tree.node(node).kind, NodeKind::Directory { .. }) {
+            return Err(entry_err(&e.raw, "hard link to a directory"));
+        }
+        let Some((name, parent)) = e.comps.split_last() else {
+            return Err(entry_err(&e.raw, "a hard link cannot replace /"));
+        };
+        let dir = self
+            .resolve_dir(parent, true)
+            .map_err(|r| entry_err(&e.raw, r))?
+            .ok_or_else(|| entry_err(&e.raw, "parent not found"))?;
+        self.entries_mut(dir).insert(name.clone(), node);
+        Ok(())
+    }
+
+    /// Whether the layer replaces `dir` or one of its ancestors with
+    /// something new: a non-directory, or a directory where the lower
+    /// layers have none (only a symlink, a file, or nothing).
+    fn replaced_by_layer(&mut self, dir: &[Vec<u8>], written: &HashMap<&[Vec<u8>], bool>) -> bool {
+        for k in 1..=dir.len() {
+            let Some(&is_dir) = written.get(&dir[..k]) else {
+                continue;
+            };
+            if !is_dir {
+                return true;
+            }
+            let lower_is_dir = self
+                .lookup(&dir[..k])
+                .is_some_and(|id| matches!(self.tree.node(id).kind, NodeKind::Directory { .. }));
+            if !lower_is_dir {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The node at `path` (the last component not followed), if any.
+    fn lookup(&mut self, path: &[Vec<u8>]) -> Option<NodeId> {
+        let (name, parent) = path.split_last()?;
+        match self.resolve_dir(parent, false) {
+            Ok(Some(d)) => self.entries_mut(d).get(name).copied(),
+            _ => None,
+        }
     }
 
     fn apply_entry(&mut self, e: &LayerEntry, global: &[FileId]) -> Result<(), String> {
@@ -947,14 +1124,12 @@ fn content_digest(entries: &[LayerEntry], files: &[FileData], hashes: &[u128]) -
     Digest::from_hasher(h)
 }
 
+/// A directory entry over an existing directory keeps the children and
+/// takes all of the entry's metadata, xattrs included: the OCI spec
+/// represents a modification as the new state, overlayfs shows the upper
+/// directory's xattrs only, and umoci clears the old ones.
 fn update_dir_meta(m: &mut Metadata, new: &Metadata) {
-    m.mode = new.mode;
-    m.uid = new.uid;
-    m.gid = new.gid;
-    m.mtime = new.mtime;
-    for (k, v) in &new.xattrs {
-        m.xattrs.insert(k.clone(), v.clone());
-    }
+    *m = new.clone();
 }
 
 /// Spooled file contents of every layer: one anonymous temporary file per

@@ -6,6 +6,12 @@
 //! It reads strictly forward, holds one entry's metadata at a time and hands
 //! the data to a sink, so memory never grows with file sizes. Every malformed
 //! input is an error with the byte offset of the header that caused it.
+//!
+//! Where tar readers disagree it reads as Go's archive/tar does (containerd,
+//! Docker and umoci use it): GNU long names beat PAX paths, a second PAX
+//! header replaces the first, an empty PAX value keeps the header field, the
+//! archive ends at two zero blocks, and header-only entry types carry no
+//! data when a valid header follows them.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -105,6 +111,9 @@ pub(crate) struct TarReader<R: Read> {
     done: bool,
     /// Reused for file data (allocated once, not per entry).
     data_buf: Vec<u8>,
+    /// A block read ahead and put back (see `build_entry`), served first.
+    unread: Option<[u8; BLOCK]>,
+    unread_pos: usize,
 }
 
 impl<R: Read> TarReader<R> {
@@ -117,6 +126,8 @@ impl<R: Read> TarReader<R> {
             global: Pax::default(),
             done: false,
             data_buf: Vec::new(),
+            unread: None,
+            unread_pos: 0,
         }
     }
 
@@ -125,10 +136,32 @@ impl<R: Read> TarReader<R> {
         self.pos
     }
 
+    /// Reads from the put-back block first, then from the stream.
+    fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(b) = &self.unread {
+            let n = buf.len().min(BLOCK - self.unread_pos);
+            buf[..n].copy_from_slice(&b[self.unread_pos..self.unread_pos + n]);
+            self.unread_pos += n;
+            if self.unread_pos == BLOCK {
+                self.unread = None;
+            }
+            return Ok(n);
+        }
+        self.r.read(buf)
+    }
+
+    /// Puts back the block just read (at most one at a time).
+    fn unread_block(&mut self, b: [u8; BLOCK]) {
+        debug_assert!(self.unread.is_none());
+        self.unread = Some(b);
+        self.unread_pos = 0;
+        self.pos -= BLOCK as u64;
+    }
+
     fn read_exact(&mut self, buf: &mut [u8], entry_offset: u64) -> Result<(), TarError> {
         let mut filled = 0;
         while filled < buf.len() {
-            match self.r.read(&mut buf[filled..]) {
+            match self.read_some(&mut buf[filled..]) {
                 Ok(0) => {
                     return Err(TarError::Truncated {
                         offset: entry_offset,
@@ -148,7 +181,7 @@ impl<R: Read> TarReader<R> {
         let mut b = [0u8; BLOCK];
         let mut filled = 0;
         while filled < BLOCK {
-            match self.r.read(&mut b[filled..]) {
+            match self.read_some(&mut b[filled..]) {
                 Ok(0) if filled == 0 => return Ok(None),
                 Ok(0) => return Err(TarError::Truncated { offset: self.pos }),
                 Ok(n) => filled += n,
@@ -220,6 +253,19 @@ impl<R: Read> TarReader<R> {
                         "meta entry followed by end of archive",
                     ));
                 }
+                // End of archive: two zero blocks (or one at the end of the
+                // stream). A lone zero block followed by anything else is an
+                // error, as in Go's archive/tar (containerd, umoci): the
+                // entries after it must not vanish silently. Bytes after the
+                // two zero blocks are ignored (and still hashed).
+                if let Some(next) = self.read_block_or_eof()? {
+                    if next.iter().any(|&b| b != 0) {
+                        return Err(TarError::malformed(
+                            offset,
+                            "a single zero block followed by more data (end of archive needs two)",
+                        ));
+                    }
+                }
                 self.done = true;
                 return Ok(None);
             }
@@ -233,7 +279,9 @@ impl<R: Read> TarReader<R> {
                     if typeflag == b'g' {
                         parse_pax(&data, &mut self.global, offset)?;
                     } else {
-                        let p = pax.get_or_insert_with(|| self.global.clone());
+                        // A second extended header replaces the first (as
+                        // in Go's archive/tar and Python's tarfile).
+                        let p = pax.insert(self.global.clone());
                         parse_pax(&data, p, offset)?;
                     }
                     continue;
@@ -298,10 +346,15 @@ impl<R: Read> TarReader<R> {
                 ));
             }
         };
-        let mut path = if let Some(p) = pax.path.clone() {
-            p
-        } else if let Some(n) = gnu_name {
+        // A GNU long name or link overrides PAX `path`/`linkpath` when an
+        // entry has both, as in Go's archive/tar (containerd, umoci); an
+        // empty one overrides nothing.
+        let gnu_name = gnu_name.filter(|n| !n.is_empty());
+        let gnu_link = gnu_link.filter(|n| !n.is_empty());
+        let mut path = if let Some(n) = gnu_name {
             n
+        } else if let Some(p) = pax.path.clone() {
+            p
         } else {
             let name = cstr(&h[0..100]);
             let prefix = if ustar { cstr(&h[345..500]) } else { &[][..] };
@@ -314,10 +367,8 @@ impl<R: Read> TarReader<R> {
                 p
             }
         };
-        let link = pax
-            .linkpath
-            .clone()
-            .or(gnu_link)
+        let link = gnu_link
+            .or_else(|| pax.linkpath.clone())
             .unwrap_or_else(|| cstr(&h[157..257]).to_vec());
         let mode = parse_u64(&h[100..108], offset, "mode")? as u32 & 0o7777;
         let uid = match pax.uid {
@@ -361,9 +412,31 @@ impl<R: Read> TarReader<R> {
         let mut size = data_len;
         let mut sparse = None;
         let mut stored = data_len;
-        // Hard links, symlinks and devices may carry a size; those bytes are skipped.
         self.remaining = data_len;
         self.padding = pad(data_len);
+        // Hard links, symlinks, devices, directories and FIFOs have no data,
+        // but a header may still carry a size. Go's archive/tar (containerd,
+        // umoci) and Python's tarfile ignore it and read the next header
+        // right away; POSIX pax lets a hard link carry data. So: if a valid
+        // header or the end of the archive follows, there is no data;
+        // otherwise the data is skipped.
+        let header_only = matches!(typeflag, b'1'..=b'6')
+            || (typeflag == 0 && kind == EntryType::Regular && path.ends_with(b"/"));
+        if header_only && data_len > 0 {
+            match self.read_block_or_eof()? {
+                None => {
+                    self.remaining = 0;
+                    self.padding = 0;
+                }
+                Some(next) => {
+                    if next.iter().all(|&b| b == 0) || verify_checksum(&next, self.pos).is_ok() {
+                        self.remaining = 0;
+                        self.padding = 0;
+                    }
+                    self.unread_block(next);
+                }
+            }
+        }
 
         if typeflag == b'S' {
             // Old GNU sparse: map in the header, maybe continued in
@@ -727,6 +800,27 @@ fn parse_pax(data: &[u8], p: &mut Pax, offset: u64) -> Result<(), TarError> {
             .ok_or_else(|| bad("no '='"))?;
         let (key, value) = (&rec[..eq], &rec[eq + 1..]);
         let num = |v: &[u8]| parse_decimal(v).ok_or_else(|| bad("number"));
+        if value.is_empty() && !key.starts_with(b"GNU.sparse.") {
+            // POSIX: an empty value deletes the keyword (a global value
+            // too), so the header field counts; Go's archive/tar keeps the
+            // header field as well, and so never sets an empty xattr.
+            match key {
+                b"path" => p.path = None,
+                b"linkpath" => p.linkpath = None,
+                b"size" => p.size = None,
+                b"uid" => p.uid = None,
+                b"gid" => p.gid = None,
+                b"mtime" => p.mtime = None,
+                b"SCHILY.devmajor" => p.devmajor = None,
+                b"SCHILY.devminor" => p.devminor = None,
+                _ => {
+                    if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                        p.xattrs.remove(name);
+                    }
+                }
+            }
+            continue;
+        }
         match key {
             b"path" => p.path = Some(value.to_vec()),
             b"linkpath" => p.linkpath = Some(value.to_vec()),

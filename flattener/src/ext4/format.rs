@@ -235,14 +235,22 @@ pub(crate) fn put32(b: &mut [u8], off: usize, v: u32) {
 /// the nanoseconds in bits 2..32 and the epoch (bits 32..34 of the signed
 /// seconds) in bits 0..2.
 ///
-/// Times are clamped to 1901-12-13T20:45:52Z ..= 2310-04-04T00:00:00Z (nanoseconds
-/// dropped when clamping). The format reaches 2446, but e2fsck takes a time
-/// with epoch 3 and the sign bit set (2310 to 2378) for a mis-encoded pre-1970
-/// one and complains, so the range stops where that starts.
+/// The format holds 1901-12-13T20:45:52Z ..= 2446-05-10T22:38:55Z, but
+/// e2fsck takes a time with epoch 3 and the sign bit set (2310-04-04 to
+/// 2378-04-22T19:24:48Z) for a mis-encoded pre-1970 one and complains: times in that
+/// band become its last second before (2310-04-04T16:10:39Z), times outside
+/// the format its ends (nanoseconds dropped when clamping).
 pub(crate) fn encode_time(t: Timestamp) -> (u32, u32) {
     const MIN: i64 = -(1 << 31);
-    const MAX: i64 = 3 * (1 << 32) - (1 << 31) - 1;
+    const BAND_START: i64 = 3 * (1 << 32) - (1 << 31);
+    const BAND_END: i64 = 3 * (1 << 32);
+    const MAX: i64 = 3 * (1 << 32) + (1 << 31) - 1;
     let sec = t.sec.clamp(MIN, MAX);
+    let sec = if (BAND_START..BAND_END).contains(&sec) {
+        BAND_START - 1
+    } else {
+        sec
+    };
     let nsec = if t.sec != sec {
         0
     } else {
@@ -309,7 +317,7 @@ pub(crate) fn xattr_index(name: &[u8]) -> Option<(u8, &[u8])> {
     PREFIXES
         .iter()
         .find_map(|(p, i)| name.strip_prefix(*p).map(|s| (*i, s)))
-        .filter(|(_, s)| !s.is_empty() && s.len() <= 255)
+        .filter(|(_, s)| !s.is_empty() && name.len() <= 255)
 }
 
 /// Size of an xattr entry (without value) whose stored name is `len` bytes.
@@ -421,7 +429,8 @@ pub(crate) fn encode_device(major: u32, minor: u32) -> Option<(u32, u32)> {
 mod tests {
     use super::*;
 
-    const MAX_TIME: i64 = 3 * (1 << 32) - (1 << 31) - 1;
+    const MAX_TIME: i64 = 3 * (1 << 32) + (1 << 31) - 1;
+    const BAND_MAX: i64 = 3 * (1 << 32) - (1 << 31) - 1;
 
     fn decode_time(lo: u32, extra: u32) -> (i64, u32) {
         (
@@ -463,17 +472,18 @@ mod tests {
             nsec: 5,
         });
         assert_eq!(decode_time(lo, extra).0, MAX_TIME);
-        // The first second e2fsck would take for a mis-encoded pre-1970 time.
-        let (lo, extra) = encode_time(Timestamp {
-            sec: MAX_TIME + 1,
-            nsec: 0,
-        });
-        assert!(!(lo & (1 << 31) != 0 && extra & 3 == 3));
-        let (lo, extra) = encode_time(Timestamp {
-            sec: 3 * (1 << 32) - 1,
-            nsec: 0,
-        });
-        assert_eq!(decode_time(lo, extra).0, MAX_TIME);
+        // The band e2fsck would take for mis-encoded pre-1970 times.
+        for sec in [BAND_MAX + 1, BAND_MAX + 12345, 3 * (1 << 32) - 1] {
+            let (lo, extra) = encode_time(Timestamp { sec, nsec: 7 });
+            assert!(!(lo & (1 << 31) != 0 && extra & 3 == 3));
+            assert_eq!(decode_time(lo, extra), (BAND_MAX, 0));
+        }
+        // After the band, times are exact again up to 2446.
+        for sec in [3 * (1 << 32), 15_000_000_000, MAX_TIME] {
+            let (lo, extra) = encode_time(Timestamp { sec, nsec: 7 });
+            assert!(!(lo & (1 << 31) != 0 && extra & 3 == 3));
+            assert_eq!(decode_time(lo, extra), (sec, 7));
+        }
     }
 
     #[test]

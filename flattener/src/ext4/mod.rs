@@ -2,8 +2,9 @@
 //!
 //! [`write_image`] serializes a [`Tree`] and the file contents in its
 //! [`Spool`] as an ext4 filesystem with 4 KiB blocks, extents, no journal and
-//! 256-byte inodes (nanosecond timestamps from 1901-12-13 to 2310-04-04;
-//! times outside are clamped, as e2fsck reads later ones as corrupt). The
+//! 256-byte inodes (nanosecond timestamps from 1901-12-13 to 2446-05-10;
+//! times outside are clamped, and so are those from 2310-04-04 to
+//! 2378-04-22, which e2fsck reads as corrupt). The
 //! output depends only on the tree and the [`Ext4Options`]: inode numbers
 //! follow a breadth-first walk from the root with entries in byte order (node
 //! ids and their storage order do not matter; a [`HotList`] numbers its

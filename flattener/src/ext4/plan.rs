@@ -288,6 +288,18 @@ pub(crate) fn xattr_entries<'a>(
 ) -> Result<Vec<XattrEntry<'a>>, String> {
     let mut out = Vec::with_capacity(xattrs.len());
     for (name, value) in xattrs {
+        // The kernel's limit (XATTR_NAME_MAX) is on the full name: a longer
+        // one would be listed but could never be read.
+        if name.len() > 255 {
+            return Err(format!(
+                "xattr name {:?} is {} bytes; Linux allows 255",
+                lossy(name),
+                name.len()
+            ));
+        }
+        if [&b"user."[..], b"trusted.", b"security."].contains(&name.as_slice()) {
+            return Err(format!("xattr name {:?} has an empty suffix", lossy(name)));
+        }
         let (index, suffix) = xattr_index(name).ok_or_else(|| {
             format!(
                 "xattr {:?}: only user.*, trusted.*, security.* and POSIX ACL names are supported",

@@ -23,6 +23,9 @@ pub struct DockerArchive {
     file: Arc<File>,
     /// Member path → (data offset, size).
     members: BTreeMap<String, (u64, u64)>,
+    /// Member path → the member it links to (`docker save` before Docker 25
+    /// writes a layer that occurs twice as a symlink to the first copy).
+    links: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -37,10 +40,17 @@ struct ManifestEntry {
 
 fn normalize(p: &[u8]) -> String {
     let s = String::from_utf8_lossy(p);
-    s.split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect::<Vec<_>>()
-        .join("/")
+    let mut out: Vec<&str> = Vec::new();
+    for c in s.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out.join("/")
 }
 
 impl DockerArchive {
@@ -84,9 +94,28 @@ impl DockerArchive {
                 reason: format!("malformed archive at offset {offset}: {reason}"),
             },
         };
+        let mut links = BTreeMap::new();
         while let Some(e) = tar.next_entry().map_err(tar_err)? {
-            if e.kind == EntryType::Regular && e.sparse.is_none() {
-                members.insert(normalize(&e.path), (tar.position(), e.size));
+            match e.kind {
+                EntryType::Regular if e.sparse.is_none() => {
+                    members.insert(normalize(&e.path), (tar.position(), e.size));
+                }
+                // A symlink's target is relative to its directory; a hard
+                // link's to the archive root.
+                EntryType::Symlink => {
+                    let name = normalize(&e.path);
+                    let dir = name.rsplit_once('/').map_or("", |(d, _)| d);
+                    let target = if e.link.first() == Some(&b'/') {
+                        e.link.clone()
+                    } else {
+                        format!("{dir}/{}", String::from_utf8_lossy(&e.link)).into_bytes()
+                    };
+                    links.insert(name, normalize(&target));
+                }
+                EntryType::HardLink => {
+                    links.insert(normalize(&e.path), normalize(&e.link));
+                }
+                _ => {}
             }
         }
         Ok(Self {
@@ -94,6 +123,7 @@ impl DockerArchive {
             tag,
             file,
             members,
+            links,
         })
     }
 
@@ -105,10 +135,17 @@ impl DockerArchive {
     }
 
     fn member(&self, name: &str) -> Result<(u64, u64)> {
-        self.members
-            .get(&normalize(name.as_bytes()))
-            .copied()
-            .ok_or_else(|| self.err(format!("archive has no member {name:?}")))
+        let mut cur = normalize(name.as_bytes());
+        for _ in 0..16 {
+            if let Some(&m) = self.members.get(&cur) {
+                return Ok(m);
+            }
+            match self.links.get(&cur) {
+                Some(next) => cur = next.clone(),
+                None => break,
+            }
+        }
+        Err(self.err(format!("archive has no member {name:?}")))
     }
 
     fn read_member(&self, name: &str) -> Result<Vec<u8>> {
