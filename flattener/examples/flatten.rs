@@ -21,13 +21,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let last = std::sync::Mutex::new(None);
     let timings = std::env::var_os("LODE_TIMINGS").is_some();
     let progress = |p: flattener::Progress| {
-        if let Ok(mut l) = last.lock() {
-            if *l != Some(p.phase) {
-                if timings {
-                    eprintln!("{:>8.3}s {:?}", start.elapsed().as_secs_f64(), p.phase);
-                }
-                *l = Some(p.phase);
+        if let Ok(mut l) = last.lock()
+            && *l != Some(p.phase)
+        {
+            if timings {
+                eprintln!("{:>8.3}s {:?}", start.elapsed().as_secs_f64(), p.phase);
             }
+            *l = Some(p.phase);
         }
     };
     opts.progress = Some(&progress);

@@ -353,14 +353,14 @@ pub(crate) fn read_layer(
         },
     );
     let found = detect(input.fill_buf().map_err(|e| layer_err(LayerError::Io(e)))?);
-    if let Some(announced) = desc.compression {
-        if announced != found {
-            return Err(layer_err(LayerError::Format(format!(
-                "media type says {} but the data is {}",
-                codec_name(announced),
-                codec_name(found)
-            ))));
-        }
+    if let Some(announced) = desc.compression
+        && announced != found
+    {
+        return Err(layer_err(LayerError::Format(format!(
+            "media type says {} but the data is {}",
+            codec_name(announced),
+            codec_name(found)
+        ))));
     }
     let spool_file = tempfile::tempfile_in(spool_dir).map_err(|e| Error::Io {
         path: spool_dir.to_owned(),
@@ -409,23 +409,23 @@ pub(crate) fn read_layer(
 
     // Most fundamental problem first: the blob's bytes, then decoding,
     // then the uncompressed digest, then the tar content.
-    if let Some(expected) = &desc.digest {
-        if &blob_digest != expected {
-            return Err(Error::DigestMismatch {
-                blob: desc.name.clone(),
-                expected: expected.to_string(),
-                actual: blob_digest.to_string(),
-            });
-        }
+    if let Some(expected) = &desc.digest
+        && &blob_digest != expected
+    {
+        return Err(Error::DigestMismatch {
+            blob: desc.name.clone(),
+            expected: expected.to_string(),
+            actual: blob_digest.to_string(),
+        });
     }
-    if let Some(size) = desc.size {
-        if size != blob_size {
-            return Err(Error::DigestMismatch {
-                blob: desc.name.clone(),
-                expected: format!("{size} bytes"),
-                actual: format!("{blob_size} bytes"),
-            });
-        }
+    if let Some(size) = desc.size
+        && size != blob_size
+    {
+        return Err(Error::DigestMismatch {
+            blob: desc.name.clone(),
+            expected: format!("{size} bytes"),
+            actual: format!("{blob_size} bytes"),
+        });
     }
     if let Err(e) = decoded {
         if cancel.load(Ordering::Relaxed) && e.to_string() == "cancelled" {
@@ -798,10 +798,10 @@ impl Builder {
         // same layer deletes (in tar order, the link comes first).
         let mut lower_targets: HashMap<&[Vec<u8>], NodeId> = HashMap::new();
         for e in &entries {
-            if let Op::HardLink(t) = &e.op {
-                if let Some(node) = self.lookup(t) {
-                    lower_targets.insert(t, node);
-                }
+            if let Op::HardLink(t) = &e.op
+                && let Some(node) = self.lookup(t)
+            {
+                lower_targets.insert(t, node);
             }
         }
         // 1. Whiteouts and opaque markers hide lower layers. One inside a
@@ -826,10 +826,10 @@ impl Builder {
             }
             match e.op {
                 Op::Whiteout => {
-                    if let Some((name, parent)) = e.comps.split_last() {
-                        if let Ok(Some(dir)) = self.resolve_dir(parent, false) {
-                            self.entries_mut(dir).remove(name);
-                        }
+                    if let Some((name, parent)) = e.comps.split_last()
+                        && let Ok(Some(dir)) = self.resolve_dir(parent, false)
+                    {
+                        self.entries_mut(dir).remove(name);
                     }
                 }
                 Op::Opaque => {
@@ -986,11 +986,11 @@ impl Builder {
         let existing = self.entries_mut(dir).get(name).copied();
         let kind = match &e.op {
             Op::Dir => {
-                if let Some(id) = existing {
-                    if matches!(self.tree.node(id).kind, NodeKind::Directory { .. }) {
-                        update_dir_meta(&mut self.tree.node_mut(id).meta, &e.meta);
-                        return Ok(());
-                    }
+                if let Some(id) = existing
+                    && matches!(self.tree.node(id).kind, NodeKind::Directory { .. })
+                {
+                    update_dir_meta(&mut self.tree.node_mut(id).meta, &e.meta);
+                    return Ok(());
                 }
                 NodeKind::Directory {
                     entries: BTreeMap::new(),

@@ -258,13 +258,13 @@ impl<R: Read> TarReader<R> {
                 // error, as in Go's archive/tar (containerd, umoci): the
                 // entries after it must not vanish silently. Bytes after the
                 // two zero blocks are ignored (and still hashed).
-                if let Some(next) = self.read_block_or_eof()? {
-                    if next.iter().any(|&b| b != 0) {
-                        return Err(TarError::malformed(
-                            offset,
-                            "a single zero block followed by more data (end of archive needs two)",
-                        ));
-                    }
+                if let Some(next) = self.read_block_or_eof()?
+                    && next.iter().any(|&b| b != 0)
+                {
+                    return Err(TarError::malformed(
+                        offset,
+                        "a single zero block followed by more data (end of archive needs two)",
+                    ));
                 }
                 self.done = true;
                 return Ok(None);
@@ -477,7 +477,7 @@ impl<R: Read> TarReader<R> {
                 stored = data_len - used;
                 sparse = Some(map);
             } else if major == 0 {
-                if pax.sparse_map.len() % 2 != 0 {
+                if !pax.sparse_map.len().is_multiple_of(2) {
                     return Err(TarError::malformed(
                         offset,
                         "odd number of sparse map values",
@@ -553,10 +553,10 @@ impl<R: Read> TarReader<R> {
         let mut numbers = Vec::new();
         let mut want: Option<u64> = None;
         loop {
-            if let Some(w) = want {
-                if numbers.len() as u64 == 1 + 2 * w {
-                    break;
-                }
+            if let Some(w) = want
+                && numbers.len() as u64 == 1 + 2 * w
+            {
+                break;
             }
             // Next decimal line.
             let line_end = loop {

@@ -1260,14 +1260,14 @@ fn random_stacks_match_umoci() {
                     })
             };
             let implicit = line.starts_with("dir ") && line.contains(" t=0.000000000 ");
-            if implicit || want.get(path).is_some_and(|w| clocked(w)) {
-                if let Some(w) = want.get_mut(path) {
-                    let start = w.find(" t=").unwrap();
-                    let end = start + 1 + w[start + 1..].find(' ').unwrap();
-                    let ours_t = &line[line.find(" t=").unwrap()..];
-                    let ours_t = &ours_t[..1 + ours_t[1..].find(' ').unwrap()];
-                    w.replace_range(start..end, ours_t);
-                }
+            if (implicit || want.get(path).is_some_and(|w| clocked(w)))
+                && let Some(w) = want.get_mut(path)
+            {
+                let start = w.find(" t=").unwrap();
+                let end = start + 1 + w[start + 1..].find(' ').unwrap();
+                let ours_t = &line[line.find(" t=").unwrap()..];
+                let ours_t = &ours_t[..1 + ours_t[1..].find(' ').unwrap()];
+                w.replace_range(start..end, ours_t);
             }
         }
         let mut problems = Vec::new();

@@ -387,13 +387,14 @@ fn rich_image_matches_umoci() {
     // get umoci's clock time; ours get the epoch, deterministically.
     let mut implicit = 0;
     for (path, line) in &ours {
-        if line.starts_with("dir ") && line.contains(" t=0.000000000 ") {
-            if let Some(r) = reference.get_mut(path) {
-                let start = r.find(" t=").unwrap();
-                let end = start + 1 + r[start + 1..].find(' ').unwrap();
-                r.replace_range(start..end, " t=0.000000000");
-                implicit += 1;
-            }
+        if line.starts_with("dir ")
+            && line.contains(" t=0.000000000 ")
+            && let Some(r) = reference.get_mut(path)
+        {
+            let start = r.find(" t=").unwrap();
+            let end = start + 1 + r[start + 1..].find(' ').unwrap();
+            r.replace_range(start..end, " t=0.000000000");
+            implicit += 1;
         }
     }
     assert!(implicit <= 5, "{implicit} implicit directories");

@@ -57,7 +57,7 @@ impl<W: Write> Out<W> {
 
 /// Sets bits `[from, to)` of a bitmap.
 fn set_bits(b: &mut [u8], mut from: u64, to: u64) {
-    while from < to && from % 8 != 0 {
+    while from < to && !from.is_multiple_of(8) {
         b[(from / 8) as usize] |= 1 << (from % 8);
         from += 1;
     }

@@ -203,14 +203,14 @@ impl ImageSource for DockerArchive {
         };
         let config = self.read_member(&entry.config)?;
         let config_digest = Digest::of(&config);
-        if let Some(named) = digest_from_name(&entry.config) {
-            if named != config_digest {
-                return Err(Error::DigestMismatch {
-                    blob: entry.config.clone(),
-                    expected: named.to_string(),
-                    actual: config_digest.to_string(),
-                });
-            }
+        if let Some(named) = digest_from_name(&entry.config)
+            && named != config_digest
+        {
+            return Err(Error::DigestMismatch {
+                blob: entry.config.clone(),
+                expected: named.to_string(),
+                actual: config_digest.to_string(),
+            });
         }
         let diff_ids = diff_ids(&self.name(), &config)?;
         if diff_ids.len() != entry.layers.len() {
