@@ -57,14 +57,21 @@ async fn a_slow_node_is_not_waited_for_with_parity_but_is_without() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_hedge_budget_failures_are_replaced_by_follow_up_requests() {
-    let (faulty, nodes) = fleet(5);
+/// `n` nodes behind a 4+1 tier that never hedges: a get asks exactly the
+/// first `k` nodes, and more only when one of them fails.
+fn unhedged_fleet(n: usize) -> (Vec<Arc<FaultyTier>>, ErasureCodedTier) {
+    let (faulty, nodes) = fleet(n);
     let l2 = ErasureCodedTier::builder(nodes)
         .hedge_budget(HedgeBudget::new(0.0, 0.0))
         .late_hedge(None)
         .build()
         .unwrap();
+    (faulty, l2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_hedge_budget_failures_are_replaced_by_follow_up_requests() {
+    let (faulty, l2) = unhedged_fleet(5);
     let k = "follow".to_string();
     let v = value(2, 50_000);
     l2.put(&k, v.clone()).await.unwrap();
@@ -186,12 +193,7 @@ async fn a_well_framed_wrong_shard_among_the_first_k_does_not_lose_the_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_hedging_a_failed_rebuild_asks_the_parity_node() {
-    let (faulty, nodes) = fleet(5);
-    let l2 = ErasureCodedTier::builder(nodes)
-        .hedge_budget(HedgeBudget::new(0.0, 0.0))
-        .late_hedge(None)
-        .build()
-        .unwrap();
+    let (faulty, l2) = unhedged_fleet(5);
     let k = "forged-unhedged".to_string();
     let v = value(20, 60_000);
     l2.put(&k, v.clone()).await.unwrap();

@@ -165,6 +165,37 @@ async fn a_node_killed_mid_run_costs_no_read() {
     );
 }
 
+/// One stored shard of a key, as memcached holds it.
+struct Stored {
+    i: u64,
+    key: String,
+    idx: usize,
+    node: Arc<MemcachedNode>,
+    skey: String,
+    good: Bytes,
+}
+
+/// Shard `i % 5` of every key `key{i}`, read straight from its node.
+async fn stored_shards(f: &Fleet, l2: &ErasureCodedTier, keys: u64) -> Vec<Stored> {
+    let mut out = Vec::new();
+    for i in 0..keys {
+        let key = format!("key{i}");
+        let idx = (i % 5) as usize;
+        let node = f.nodes[l2.placement(&key)[idx]].clone();
+        let skey = ErasureCodedTier::shard_key(&key, idx);
+        let good = node.get_raw(&skey).await.unwrap().expect("shard stored");
+        out.push(Stored {
+            i,
+            key,
+            idx,
+            node,
+            skey,
+            good,
+        });
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_returning_wrong_bytes_is_detected_and_never_returned() {
     let Some(f) = fleet(5) else { return };
@@ -174,12 +205,15 @@ async fn a_node_returning_wrong_bytes_is_detected_and_never_returned() {
     // Overwrite one shard of every key directly in memcached: garbage, a
     // flipped byte in the payload, and a well-formed shard of another value
     // for the same key and position.
-    for i in 0..keys {
-        let key = format!("key{i}");
-        let idx = (i % 5) as usize;
-        let node = &f.nodes[l2.placement(&key)[idx]];
-        let skey = ErasureCodedTier::shard_key(&key, idx);
-        let good = node.get_raw(&skey).await.unwrap().expect("shard stored");
+    for Stored {
+        i,
+        key,
+        idx,
+        node,
+        skey,
+        good,
+    } in stored_shards(&f, &l2, keys).await
+    {
         let bad = match i % 3 {
             0 => value(1000 + i, good.len()),
             1 => {
@@ -225,12 +259,10 @@ async fn a_well_framed_shard_of_wrong_bytes_costs_no_read_with_4_of_5() {
     fill(&l2, keys).await;
     // One shard of every key replaced in memcached by one that passes every
     // per-shard check (frame checksum recomputed) but holds wrong bytes.
-    for i in 0..keys {
-        let key = format!("key{i}");
-        let idx = (i % 5) as usize;
-        let node = &f.nodes[l2.placement(&key)[idx]];
-        let skey = ErasureCodedTier::shard_key(&key, idx);
-        let good = node.get_raw(&skey).await.unwrap().expect("shard stored");
+    for Stored {
+        node, skey, good, ..
+    } in stored_shards(&f, &l2, keys).await
+    {
         let bad = cache_tiers::testing::forge_shard(&good).expect("a framed shard");
         node.set_raw(&skey, bad).await.unwrap();
     }

@@ -11,8 +11,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use common::fs::{Mount, e2fsck, have};
-use common::{E, TarBuilder, sha256_hex, tar};
+use common::fs::{Mount, e2fsck, have, xattrs};
+use common::{E, RawLayer, TarBuilder, sha256_hex, tar};
 use flattener::{FlattenOptions, ImageRef, flatten};
 
 // ---- harness ----
@@ -21,66 +21,20 @@ const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
-fn put_blob(dir: &Path, bytes: &[u8]) -> String {
-    let hex = sha256_hex(bytes);
-    let p = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&p).unwrap();
-    std::fs::write(p.join(&hex), bytes).unwrap();
-    format!("sha256:{hex}")
-}
-
 /// An OCI layout of one image whose layers are (blob, media type, the
 /// uncompressed tar the diff_id is computed from).
-fn layout_raw(dir: &Path, layers: &[(Vec<u8>, &str, Vec<u8>)]) -> ImageRef {
+fn layout_raw(dir: &Path, layers: &[RawLayer<'_>]) -> ImageRef {
     let layout = dir.join("layout");
-    std::fs::create_dir_all(&layout).unwrap();
-    std::fs::write(
-        layout.join("oci-layout"),
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    let diff_ids: Vec<String> = layers
-        .iter()
-        .map(|(_, _, t)| format!("sha256:{}", sha256_hex(t)))
-        .collect();
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux", "config": {},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids}
-    }))
-    .unwrap();
-    let cdig = put_blob(&layout, &config);
-    let ls: Vec<_> = layers
-        .iter()
-        .map(|(b, m, _)| serde_json::json!({"mediaType": m, "digest": put_blob(&layout, b), "size": b.len()}))
-        .collect();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdig, "size": config.len()},
-        "layers": ls
-    }))
-    .unwrap();
-    let mdig = put_blob(&layout, &manifest);
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": mdig, "size": manifest.len()}]});
-    std::fs::write(
-        layout.join("index.json"),
-        serde_json::to_vec(&index).unwrap(),
-    )
-    .unwrap();
+    common::raw_layout(&layout, layers);
     ImageRef::parse(&format!("oci:{}", layout.display())).unwrap()
 }
 
-fn plain(layers: &[Vec<u8>]) -> Vec<(Vec<u8>, &'static str, Vec<u8>)> {
+fn plain(layers: &[Vec<u8>]) -> Vec<RawLayer<'static>> {
     layers.iter().map(|t| (t.clone(), TAR, t.clone())).collect()
 }
 
 /// Flattens; on success the image must pass `e2fsck -fn`.
-fn flatten_image(
-    dir: &Path,
-    layers: &[(Vec<u8>, &str, Vec<u8>)],
-) -> Result<PathBuf, flattener::Error> {
+fn flatten_image(dir: &Path, layers: &[RawLayer<'_>]) -> Result<PathBuf, flattener::Error> {
     let img = layout_raw(dir, layers);
     let out = dir.join("out.ext4");
     flatten(&img, &FlattenOptions::default(), &out)?;
@@ -92,7 +46,7 @@ fn flatten_image(
 
 /// The error text (with its sources) of a flatten that must fail; no
 /// output file may be left.
-fn flatten_error(layers: &[(Vec<u8>, &str, Vec<u8>)]) -> String {
+fn flatten_error(layers: &[RawLayer<'_>]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let err = match flatten_image(dir.path(), layers) {
         Ok(_) => panic!("flattening succeeded but must fail"),
@@ -183,34 +137,11 @@ fn listing(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
-fn xattrs(path: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let mut names = vec![0u8; 65536];
-    // SAFETY: pointer and length describe a live buffer.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    let mut out = BTreeMap::new();
-    if n <= 0 {
-        return out;
-    }
-    names.truncate(n as usize);
-    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let cname = std::ffi::CString::new(name).unwrap();
-        let mut v = vec![0u8; 65536];
-        // SAFETY: as above.
-        let n =
-            unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
-        assert!(n >= 0, "getxattr {}", name.escape_ascii());
-        v.truncate(n as usize);
-        out.insert(name.to_vec(), v);
-    }
-    out
-}
-
 /// Flattens, checks with e2fsck, mounts, and compares with `want`: one
 /// line per path (`/` included), `path` then tokens that must all appear in
 /// the mounted path's line (if any is an xattr, the xattrs must be exactly
 /// those). Exactly the listed paths must exist.
-fn check_raw(layers: &[(Vec<u8>, &str, Vec<u8>)], want: &[&str]) {
+fn check_raw(layers: &[RawLayer<'_>], want: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let out = match flatten_image(dir.path(), layers) {
         Ok(o) => o,
@@ -260,6 +191,14 @@ fn check(layers: &[Vec<u8>], want: &[&str]) {
 
 fn error_of(layers: &[Vec<u8>]) -> String {
     flatten_error(&plain(layers))
+}
+
+/// Flattening `layers` fails with an error whose text names every needle.
+fn expect_error(layers: &[Vec<u8>], needles: &[&str]) {
+    let e = error_of(layers);
+    for n in needles {
+        assert!(e.contains(n), "error lacks {n:?}: {e}");
+    }
 }
 
 /// A tar of raw header+data records (no end blocks added).
@@ -375,17 +314,18 @@ fn whiteouts_apply_to_lower_layers_only() {
 
 #[test]
 fn hard_link_to_a_directory_is_an_error() {
-    let e = error_of(&[tar(&[E::dir("d"), E::hardlink("l", "d")])]);
-    assert!(
-        e.contains("hard link to a directory") && e.contains("\"l\""),
-        "{e}"
+    expect_error(
+        &[tar(&[E::dir("d"), E::hardlink("l", "d")])],
+        &["hard link to a directory", "\"l\""],
     );
 }
 
 #[test]
 fn bare_whiteout_prefix_is_an_error() {
-    let e = error_of(&[tar(&[E::dir("d"), E::whiteout("d/.wh.")])]);
-    assert!(e.contains("whiteout without a valid name"), "{e}");
+    expect_error(
+        &[tar(&[E::dir("d"), E::whiteout("d/.wh.")])],
+        &["whiteout without a valid name"],
+    );
 }
 
 // ---- names and paths ----
@@ -432,8 +372,10 @@ fn odd_paths_are_normalized_inside_the_root() {
 
 #[test]
 fn empty_name_file_is_an_error() {
-    let e = error_of(&[tar(&[E::file("", b"x")])]);
-    assert!(e.contains("cannot replace / with a non-directory"), "{e}");
+    expect_error(
+        &[tar(&[E::file("", b"x")])],
+        &["cannot replace / with a non-directory"],
+    );
 }
 
 // ---- symlinks ----
@@ -459,10 +401,9 @@ fn symlink_targets_around_the_inline_limit() {
             ),
         ],
     );
-    let e = error_of(&[tar(&[E::symlink("s4096", &t(4096))])]);
-    assert!(
-        e.contains("invalid symlink target of 4096 bytes") && e.contains("s4096"),
-        "{e}"
+    expect_error(
+        &[tar(&[E::symlink("s4096", &t(4096))])],
+        &["invalid symlink target of 4096 bytes", "s4096"],
     );
 }
 
@@ -522,8 +463,7 @@ fn big_ids_extreme_times_and_new_device_numbers() {
             "/fifo fifo m=1644",
         ],
     );
-    let e = error_of(&[tar(&[E::dev("big", b'3', 4096, 0)])]);
-    assert!(e.contains("big") && e.contains("device"), "{e}");
+    expect_error(&[tar(&[E::dev("big", b'3', 4096, 0)])], &["big", "device"]);
 }
 
 // ---- xattrs ----
@@ -585,14 +525,12 @@ fn xattrs_over_one_block_are_an_error() {
     for i in 0..5 {
         f = f.xattr(&format!("user.{i}"), &vec![1; 900]);
     }
-    let e = error_of(&[tar(&[f])]);
-    assert!(e.contains("fat2") && e.contains("xattrs need"), "{e}");
-    let e = error_of(&[tar(&[
-        E::file("acl", b"").xattr("system.posix_acl_access", b"\x02\0\0\0junk")
-    ])]);
-    assert!(
-        e.contains("acl") && e.contains("not a valid POSIX ACL"),
-        "{e}"
+    expect_error(&[tar(&[f])], &["fat2", "xattrs need"]);
+    expect_error(
+        &[tar(&[
+            E::file("acl", b"").xattr("system.posix_acl_access", b"\x02\0\0\0junk")
+        ])],
+        &["acl", "not a valid POSIX ACL"],
     );
 }
 
@@ -640,11 +578,7 @@ fn sparse_files_at_the_size_limits() {
 
     let mut t = TarBuilder::new();
     t.pax_sparse("1.0", "too-big", MAX_FILE + 1, &[(0, vec![1])]);
-    let e = error_of(&[t.finish()]);
-    assert!(
-        e.contains("too-big") && e.contains("exceeds ext4's limit"),
-        "{e}"
-    );
+    expect_error(&[t.finish()], &["too-big", "exceeds ext4's limit"]);
 }
 
 #[test]
@@ -654,10 +588,9 @@ fn more_hard_links_than_ext4_allows_is_an_error() {
     for i in 0..65_000 {
         t.add(&E::hardlink(&format!("l{i}"), "f"));
     }
-    let e = error_of(&[t.finish()]);
-    assert!(
-        e.contains("more than 65000 hard links") && e.contains("cannot represent \"/"),
-        "{e}"
+    expect_error(
+        &[t.finish()],
+        &["more than 65000 hard links", "cannot represent \"/"],
     );
 }
 
@@ -837,8 +770,7 @@ fn a_single_zero_block_followed_by_more_headers_is_an_error() {
     a.add(&E::file("a", b"a"));
     a.buf.extend_from_slice(&[0; 512]);
     a.add(&E::file("b", b"b"));
-    let e = error_of(&[a.finish()]);
-    assert!(e.contains("zero block"), "{e}");
+    expect_error(&[a.finish()], &["zero block"]);
     // A lone zero block at the very end is a clean end.
     let mut a = TarBuilder::new();
     a.add(&E::file("a", b"a"));
@@ -933,19 +865,16 @@ fn xattr_names_the_kernel_cannot_handle_are_errors() {
     let mut t = TarBuilder::new();
     t.pax(&[(b"SCHILY.xattr.user.a\0b".to_vec(), b"v".to_vec())]);
     t.add(&E::file("nul", b"n"));
-    let e = error_of(&[t.finish()]);
-    assert!(
-        e.contains("\"nul\"") && e.contains("contains a NUL byte"),
-        "{e}"
+    expect_error(&[t.finish()], &["\"nul\"", "contains a NUL byte"]);
+    expect_error(
+        &[tar(&[E::file("e", b"").xattr("user.", b"v")])],
+        &["\"/e\"", "empty suffix"],
     );
-    let e = error_of(&[tar(&[E::file("e", b"").xattr("user.", b"v")])]);
-    assert!(e.contains("\"/e\"") && e.contains("empty suffix"), "{e}");
     // XATTR_NAME_MAX (255) counts the prefix.
     let name = format!("user.{}", "k".repeat(251));
-    let e = error_of(&[tar(&[E::file("l", b"").xattr(&name, b"v")])]);
-    assert!(
-        e.contains("\"/l\"") && e.contains("256 bytes; Linux allows 255"),
-        "{e}"
+    expect_error(
+        &[tar(&[E::file("l", b"").xattr(&name, b"v")])],
+        &["\"/l\"", "256 bytes; Linux allows 255"],
     );
     let name = format!("user.{}", "k".repeat(250));
     check(
@@ -956,17 +885,18 @@ fn xattr_names_the_kernel_cannot_handle_are_errors() {
 
 #[test]
 fn symlink_loops_and_self_links_are_errors() {
-    let e = error_of(&[tar(&[
-        E::symlink("l1", "l2"),
-        E::symlink("l2", "/l1/"),
-        E::file("l2/x", b""),
-    ])]);
-    assert!(
-        e.contains("\"l2/x\"") && e.contains("too many levels of symbolic links"),
-        "{e}"
+    expect_error(
+        &[tar(&[
+            E::symlink("l1", "l2"),
+            E::symlink("l2", "/l1/"),
+            E::file("l2/x", b""),
+        ])],
+        &["\"l2/x\"", "too many levels of symbolic links"],
     );
-    let e = error_of(&[tar(&[E::hardlink("a", "a")])]);
-    assert!(e.contains("hard link to missing target"), "{e}");
+    expect_error(
+        &[tar(&[E::hardlink("a", "a")])],
+        &["hard link to missing target"],
+    );
 }
 
 #[test]
@@ -1364,14 +1294,11 @@ fn opaque_root_directory_recreate_and_repeated_layers() {
     );
 }
 
-#[test]
-fn docker_archive_with_gzip_and_plain_layers() {
-    let dir = tempfile::tempdir().unwrap();
-    let layers = vec![tar(&[E::file("a", b"a")]), tar(&[E::file("b", b"b")])];
-    let path = dir.path().join("img.tar");
-    common::docker_archive(&path, &layers, true);
+/// Flattens the docker-archive at `path` (files `/a` and `/b`), checks it
+/// with e2fsck and the mounted tree.
+fn archive_holds_a_and_b(path: &Path) {
     let img = ImageRef::parse(&format!("docker-archive:{}", path.display())).unwrap();
-    let out = dir.path().join("out.ext4");
+    let out = path.with_extension("ext4");
     flatten(&img, &FlattenOptions::default(), &out).unwrap();
     if !have("e2fsck") {
         return;
@@ -1380,6 +1307,15 @@ fn docker_archive_with_gzip_and_plain_layers() {
     let Some(m) = Mount::new(&out) else { return };
     let got = listing(m.path());
     assert_eq!(got.keys().collect::<Vec<_>>(), ["/", "/a", "/b"]);
+}
+
+#[test]
+fn docker_archive_with_gzip_and_plain_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = vec![tar(&[E::file("a", b"a")]), tar(&[E::file("b", b"b")])];
+    let path = dir.path().join("img.tar");
+    common::docker_archive(&path, &layers, true);
+    archive_holds_a_and_b(&path);
 }
 
 #[test]
@@ -1435,8 +1371,10 @@ fn xattr_block_and_inode_space_boundaries() {
     }
     let want: Vec<&str> = want.iter().map(String::as_str).collect();
     check(&[tar(&entries)], &want);
-    let e = error_of(&[tar(&[E::file("over", b"").xattr("user.v", &[7; 4041])])]);
-    assert!(e.contains("\"/over\"") && e.contains("xattrs need"), "{e}");
+    expect_error(
+        &[tar(&[E::file("over", b"").xattr("user.v", &[7; 4041])])],
+        &["\"/over\"", "xattrs need"],
+    );
 }
 
 #[test]
@@ -1502,16 +1440,7 @@ fn docker_archive_with_a_symlinked_duplicate_layer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("img.tar");
     std::fs::write(&path, t.finish()).unwrap();
-    let img = ImageRef::parse(&format!("docker-archive:{}", path.display())).unwrap();
-    let out = dir.path().join("out.ext4");
-    flatten(&img, &FlattenOptions::default(), &out).unwrap();
-    if !have("e2fsck") {
-        return;
-    }
-    e2fsck(&out).unwrap();
-    let Some(m) = Mount::new(&out) else { return };
-    let got = listing(m.path());
-    assert_eq!(got.keys().collect::<Vec<_>>(), ["/", "/a", "/b"]);
+    archive_holds_a_and_b(&path);
 }
 
 #[test]

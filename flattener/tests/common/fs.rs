@@ -103,7 +103,8 @@ impl Drop for Mount {
     }
 }
 
-fn xattrs(path: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+/// Every xattr of `path` (not following a symlink), by name.
+pub fn xattrs(path: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let c = CString::new(path.as_os_str().as_bytes()).expect("path");
     let mut names = vec![0u8; 65536];
     // SAFETY: pointer and length describe a live buffer.

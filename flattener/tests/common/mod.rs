@@ -424,17 +424,29 @@ pub fn config_for(tars: &[Vec<u8>]) -> Vec<u8> {
     .unwrap()
 }
 
+/// A layer as stored: (blob, media type, the uncompressed tar its diff_id
+/// is computed from). Lets tests write blobs that disagree with their media
+/// type or their diff_id.
+pub type RawLayer<'a> = (Vec<u8>, &'a str, Vec<u8>);
+
 /// Writes a manifest for these layers into the layout; returns its descriptor JSON.
 pub fn add_image(dir: &Path, layers: &[(Vec<u8>, Comp)], arch: &str) -> serde_json::Value {
-    let tars: Vec<Vec<u8>> = layers.iter().map(|(t, _)| t.clone()).collect();
+    let raw: Vec<RawLayer<'_>> = layers
+        .iter()
+        .map(|(t, c)| (compress(t, *c), media(*c), t.clone()))
+        .collect();
+    add_raw_image(dir, &raw, arch)
+}
+
+/// Like [`add_image`] with the blobs and media types as given.
+pub fn add_raw_image(dir: &Path, layers: &[RawLayer<'_>], arch: &str) -> serde_json::Value {
+    let tars: Vec<Vec<u8>> = layers.iter().map(|(_, _, t)| t.clone()).collect();
     let config = config_for(&tars);
     let cdig = put_blob(dir, &config);
-    let mut ls = Vec::new();
-    for (t, c) in layers {
-        let blob = compress(t, *c);
-        let d = put_blob(dir, &blob);
-        ls.push(serde_json::json!({"mediaType": media(*c), "digest": d, "size": blob.len()}));
-    }
+    let ls: Vec<_> = layers
+        .iter()
+        .map(|(b, m, _)| serde_json::json!({"mediaType": m, "digest": put_blob(dir, b), "size": b.len()}))
+        .collect();
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -448,6 +460,15 @@ pub fn add_image(dir: &Path, layers: &[(Vec<u8>, Comp)], arch: &str) -> serde_js
         "digest": mdig, "size": manifest.len(),
         "platform": {"architecture": arch, "os": "linux"}
     })
+}
+
+/// An OCI layout at `dir` holding one untagged image of `layers`.
+pub fn raw_layout(dir: &Path, layers: &[RawLayer<'_>]) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index =
+        serde_json::json!({"schemaVersion": 2, "manifests": [add_raw_image(dir, layers, "amd64")]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
 
 /// A layout with one image per (tag, layers).
