@@ -114,7 +114,8 @@ PY
 if [[ -n "${BIG:-}" ]]; then
   cargo build --release -q -p flattener --example make_big_image
   target/release/examples/make_big_image "$WORK/big" "$BIG" 2>/dev/null
-  stats=$( { /usr/bin/time -v target/release/examples/flatten "oci:$WORK/big:big" "$WORK/big.img" >/dev/null; } 2>&1 )
+  out_flag=(); [[ -n "${LODE_BIN:-}" ]] && out_flag=(-o)
+  stats=$( { /usr/bin/time -v "${LODE[@]}" "oci:$WORK/big:big" "${out_flag[@]}" "$WORK/big.img" >/dev/null; } 2>&1 )
   rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' <<<"$stats")
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' <<<"$stats")
   size=$(stat -c %s "$WORK/big.img")

@@ -107,7 +107,11 @@ pub async fn inspect(
                 others.extend(other.names().flatten().filter(|n| mine.contains(n)));
             }
             Err(e) => {
-                eprintln!("lode: warning: skipping manifest {}: {e:#}", m.name);
+                eprintln!(
+                    "lode: warning: skipping manifest {}: {}",
+                    m.name,
+                    crate::error_chain(&e)
+                );
                 unreadable.push(m.name);
             }
         }
@@ -125,7 +129,7 @@ pub async fn inspect(
                 .is_ok(),
         }),
         Err(e) => {
-            eprintln!("lode: warning: {e:#}");
+            eprintln!("lode: warning: {}", crate::error_chain(&e));
             None
         }
     };

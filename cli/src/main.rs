@@ -273,10 +273,47 @@ enum SaltAction {
 fn main() {
     let cli = Cli::parse();
     logging::init(cli.verbose);
+    raise_open_file_limit();
     if let Err(e) = run(cli) {
-        eprintln!("lode: error: {e:#}");
+        eprintln!("lode: error: {}", error_chain(&e));
         std::process::exit(1);
     }
+}
+
+/// Raises the soft open-file limit to the hard one (as Go programs do at
+/// start): flattening keeps a spool file open per layer, and a mount keeps
+/// cache files and connections open; a soft limit of 1024 is common.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::debug!("could not raise the open-file limit");
+            }
+        }
+    }
+}
+
+/// The error and its causes on one line, each cause once: library errors
+/// often show their source in their own message too.
+pub(crate) fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

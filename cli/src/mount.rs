@@ -113,7 +113,10 @@ pub async fn start_prefetch(
         Ok(Some(p)) => p,
         Ok(None) => return Ok(None),
         Err(e) => {
-            eprintln!("lode: warning: not using the stored profile: {e:#}");
+            eprintln!(
+                "lode: warning: not using the stored profile: {}",
+                crate::error_chain(&e)
+            );
             return Ok(None);
         }
     };
@@ -290,7 +293,7 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
             Ok(())
         }
         (Err(e), Some(r)) => {
-            r.fail(&format!("{e:#}"));
+            r.fail(&crate::error_chain(&e));
             Err(e)
         }
         (Err(e), None) => Err(e),

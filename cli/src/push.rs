@@ -463,7 +463,7 @@ async fn push_leased(req: PushRequest<'_>, lease: &crate::gc::Lease) -> Result<P
                 .await
             {
                 // Harmless: a mount refuses a profile of another manifest.
-                tracing::warn!(error = %format!("{e:#}"), "could not delete the stale profile");
+                tracing::warn!(error = %crate::error_chain(&e), "could not delete the stale profile");
             }
             None
         }

@@ -78,6 +78,19 @@ pub enum Error {
         #[source]
         source: LayerError,
     },
+    /// The image has more layers than this process may open files: every
+    /// layer is spooled to a temporary file that stays open until the image
+    /// is written.
+    #[error(
+        "the image has {layers} layers and flattening keeps one spool file open per layer, \
+         but this process may open only {limit} files: raise the limit (ulimit -n)"
+    )]
+    TooManyLayers {
+        /// Layers of the image.
+        layers: usize,
+        /// The soft `RLIMIT_NOFILE` of the process.
+        limit: u64,
+    },
     /// The ext4 writer failed.
     #[error("writing the ext4 image: {0}")]
     Write(#[source] crate::ext4::WriteError),

@@ -226,6 +226,29 @@ fn threads(opts: &FlattenOptions<'_>) -> usize {
     }
 }
 
+/// Files a flatten keeps open besides one spool per layer: the layer blobs
+/// being read, the output, its temp file, stdio and the caller's own.
+const OPEN_FILES_BESIDES_SPOOLS: u64 = 64;
+
+/// Fails early, with a clear error, when `layers` spool files would not fit
+/// under the process's open-file limit (often 1024): otherwise a deep image
+/// fails halfway with EMFILE on whichever file comes next.
+fn check_open_files(layers: usize) -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Ok(()); // unknown: let the flatten try
+    }
+    let limit = lim.rlim_cur;
+    if limit != libc::RLIM_INFINITY && layers as u64 + OPEN_FILES_BESIDES_SPOOLS > limit {
+        return Err(Error::TooManyLayers { layers, limit });
+    }
+    Ok(())
+}
+
 /// Reads every layer of `source` and applies them into a tree. File
 /// contents go to anonymous temporary files in `spool_dir`.
 pub fn build_tree(
@@ -234,6 +257,7 @@ pub fn build_tree(
     spool_dir: &Path,
 ) -> Result<Flattened> {
     let image = source.resolve(&opts.platform)?;
+    check_open_files(image.layers.len())?;
     let total: u64 = image.layers.iter().filter_map(|l| l.size).sum();
     let n = image.layers.len();
     let report = |phase: Phase, read: u64| {
