@@ -547,12 +547,11 @@ fn flatten(
     platform: Option<&str>,
     layout_profile: Option<&std::path::Path>,
 ) -> Result<()> {
-    use flattener::{FlattenOptions, ImageRef};
+    use flattener::ImageRef;
     let hot = layout_profile
         .map(push::hot_list_from_profile)
         .transpose()?;
     let image_ref = ImageRef::parse(image).with_context(|| format!("image {image:?}"))?;
-    let platform = push::parse_platform(platform)?;
     let pb = push::bar(
         std::io::stderr().is_terminal(),
         "layers [{bar:30}] {bytes}/{total_bytes}",
@@ -562,9 +561,7 @@ fn flatten(
         progress_bar.set_length(p.bytes_total);
         progress_bar.set_position(p.bytes_read);
     };
-    let mut opts = FlattenOptions::default()
-        .with_platform(platform)
-        .with_progress(&progress);
+    let mut opts = push::flatten_options(platform)?.with_progress(&progress);
     if let Some(hot) = &hot {
         opts = opts.with_hot(hot);
     }

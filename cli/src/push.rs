@@ -245,14 +245,18 @@ pub fn bar(show: bool, template: &str) -> ProgressBar {
     pb
 }
 
-/// The platform to pick from a multi-platform index (default linux/amd64).
-pub fn parse_platform(platform: Option<&str>) -> Result<Platform> {
-    match platform {
-        Some(p) => {
-            Platform::parse(p).with_context(|| format!("platform {p:?} must look like linux/amd64"))
-        }
-        None => Ok(Platform::default()),
-    }
+/// The `--platform` flag: the image must be built for it, and it is what a
+/// multi-platform index is picked by (without the flag: linux/amd64 from an
+/// index, a single image whatever its platform).
+pub fn flatten_options<'a>(platform: Option<&str>) -> Result<FlattenOptions<'a>> {
+    let opts = FlattenOptions::default();
+    Ok(match platform {
+        Some(p) => opts.with_platform(
+            Platform::parse(p)
+                .with_context(|| format!("platform {p:?} must look like linux/amd64"))?,
+        ),
+        None => opts,
+    })
 }
 
 /// Pushes one image; see the module docs.
@@ -269,7 +273,7 @@ pub async fn push(req: PushRequest<'_>) -> Result<PushSummary> {
 async fn push_leased(req: PushRequest<'_>, lease: &crate::gc::Lease) -> Result<PushSummary> {
     let started = Instant::now();
     let image_ref = ImageRef::parse(req.image).with_context(|| format!("image {:?}", req.image))?;
-    let platform = parse_platform(req.platform)?;
+    let base_opts = flatten_options(req.platform)?;
 
     let read_bar = bar(
         req.progress,
@@ -291,9 +295,7 @@ async fn push_leased(req: PushRequest<'_>, lease: &crate::gc::Lease) -> Result<P
                 flatten_bar.set_length(p.bytes_total);
                 flatten_bar.set_position(p.bytes_read);
             };
-            let mut opts = FlattenOptions::default()
-                .with_platform(platform)
-                .with_progress(&progress);
+            let mut opts = base_opts.with_progress(&progress);
             opts.spool_dir = spool_dir;
             if let Some(hot) = &hot {
                 opts = opts.with_hot(hot);

@@ -20,16 +20,16 @@ impl ImageSource for GzLayer {
         "bench".into()
     }
     fn resolve(&self, _: &Platform) -> flattener::Result<ResolvedImage> {
-        Ok(ResolvedImage {
-            layers: vec![LayerDescriptor {
+        Ok(ResolvedImage::new(
+            vec![LayerDescriptor {
                 name: "layer".into(),
                 digest: Some(Digest::of(&self.blob)),
                 size: Some(self.blob.len() as u64),
                 compression: None,
                 diff_id: self.diff_id.clone(),
             }],
-            config_digest: Digest::of(b"{}"),
-        })
+            Digest::of(b"{}"),
+        ))
     }
     fn open_layer(&self, _: &LayerDescriptor) -> flattener::Result<Box<dyn Read + Send + '_>> {
         Ok(Box::new(&self.blob[..]))

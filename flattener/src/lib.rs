@@ -114,6 +114,13 @@ pub enum Phase {
 pub struct FlattenOptions<'a> {
     /// Platform picked from a multi-platform index (default `linux/amd64`).
     pub platform: Platform,
+    /// Whether the image must be built for [`platform`](Self::platform)
+    /// even when the source holds a single image (set by
+    /// [`with_platform`](Self::with_platform)): an image whose config names
+    /// another os or architecture is then an error, as with `docker pull
+    /// --platform`. Without it a single image is taken whatever its
+    /// platform.
+    pub platform_required: bool,
     /// Called now and then from worker threads.
     pub progress: Option<&'a (dyn Fn(Progress) + Sync)>,
     /// Layers read at once (0 = number of CPUs). The output never depends on it.
@@ -136,6 +143,7 @@ impl Default for FlattenOptions<'_> {
     fn default() -> Self {
         Self {
             platform: Platform::default(),
+            platform_required: false,
             progress: None,
             threads: 0,
             spool_dir: None,
@@ -158,9 +166,10 @@ impl<'a> FlattenOptions<'a> {
         self
     }
 
-    /// These options with this platform.
+    /// These options with this platform, which the image must be built for.
     pub fn with_platform(mut self, p: Platform) -> Self {
         self.platform = p;
+        self.platform_required = true;
         self
     }
 
@@ -257,6 +266,15 @@ pub fn build_tree(
     spool_dir: &Path,
 ) -> Result<Flattened> {
     let image = source.resolve(&opts.platform)?;
+    if opts.platform_required
+        && let Some(built) = &image.platform
+        && !opts.platform.runs(built)
+    {
+        return Err(Error::Image {
+            source_name: source.name(),
+            reason: format!("the image is built for {built}, not for {}", opts.platform),
+        });
+    }
     check_open_files(image.layers.len())?;
     let total: u64 = image.layers.iter().filter_map(|l| l.size).sum();
     let n = image.layers.len();

@@ -546,7 +546,11 @@ fn tags_and_platforms() {
     let f = build_tree(&*open(":two"), &FlattenOptions::default(), dir.path()).unwrap();
     assert!(dump(&f.tree, &f.spool).contains_key(&b"/2"[..]));
     let e = build_tree(&*open(""), &FlattenOptions::default(), dir.path()).unwrap_err();
-    assert!(e.to_string().contains("several images"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("several images; add :TAG (tags: one, two)"),
+        "{e}"
+    );
     let e = build_tree(&*open(":three"), &FlattenOptions::default(), dir.path()).unwrap_err();
     assert!(
         e.to_string()
@@ -574,6 +578,29 @@ fn tags_and_platforms() {
     let opts =
         FlattenOptions::default().with_platform(flattener::Platform::parse("linux/s390x").unwrap());
     assert!(build_tree(&*src, &opts, dir.path()).is_err());
+
+    // A single image is taken whatever its platform, unless one is asked
+    // for: then its config must say that platform (as `docker pull --platform`).
+    let single = dir.path().join("single");
+    let t = tar(&[E::file("a", b"")]);
+    common::raw_layout(
+        &single,
+        &[(t.clone(), "application/vnd.oci.image.layer.v1.tar", t)],
+    );
+    let src = ImageRef::parse(&format!("oci:{}", single.display()))
+        .unwrap()
+        .open(dir.path())
+        .unwrap();
+    assert!(build_tree(&*src, &FlattenOptions::default(), dir.path()).is_ok());
+    let amd =
+        FlattenOptions::default().with_platform(flattener::Platform::parse("linux/amd64").unwrap());
+    assert!(build_tree(&*src, &amd, dir.path()).is_ok());
+    let e = build_tree(&*src, &opts, dir.path()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("built for linux/amd64, not for linux/s390x"),
+        "{e}"
+    );
 }
 
 #[test]

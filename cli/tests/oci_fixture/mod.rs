@@ -287,13 +287,16 @@ pub fn busybox_image(dir: &Path) -> Option<String> {
 }
 
 /// Regular files at any depth under `dir` (the disk tier fans out into
-/// subdirectories); 0 when `dir` is missing.
+/// subdirectories), not counting unfinished writes in `tmp/`; 0 when `dir`
+/// is missing.
 pub fn files_in(dir: &Path) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return 0;
     };
     rd.filter_map(|e| e.ok())
         .map(|e| match e.file_type() {
+            // A disk cache's tmp/ holds writes not yet renamed into place.
+            Ok(t) if t.is_dir() && e.file_name() == "tmp" => 0,
             Ok(t) if t.is_dir() => files_in(&e.path()),
             Ok(t) if t.is_file() => 1,
             _ => 0,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::{
-    Digest, ImageSource, LayerDescriptor, MAX_DOCUMENT, Platform, ResolvedImage, diff_ids,
+    Digest, ImageSource, LayerDescriptor, MAX_DOCUMENT, Platform, ResolvedImage, read_config,
 };
 use crate::error::{Error, Result};
 use crate::tar::{EntryType, TarError, TarReader};
@@ -212,7 +212,7 @@ impl ImageSource for DockerArchive {
                 actual: config_digest.to_string(),
             });
         }
-        let diff_ids = diff_ids(&self.name(), &config)?;
+        let (diff_ids, config_platform) = read_config(&self.name(), &config)?;
         if diff_ids.len() != entry.layers.len() {
             return Err(self.err(format!(
                 "manifest.json lists {} layers but the config has {} diff_ids",
@@ -234,6 +234,7 @@ impl ImageSource for DockerArchive {
         Ok(ResolvedImage {
             layers,
             config_digest,
+            platform: config_platform,
         })
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{
     DescriptorJson, Digest, ImageSource, IndexOrManifest, LayerDescriptor, MAX_DOCUMENT, Platform,
-    REF_NAME, ResolvedImage, diff_ids, layer_compression,
+    REF_NAME, ResolvedImage, layer_compression, read_config,
 };
 use crate::error::{Error, Result};
 
@@ -161,9 +161,14 @@ impl ImageSource for OciLayout {
                     self.pick_platform(&manifests, platform)?.clone()
                 }
                 _ => {
-                    return Err(self.err(
-                        "index.json lists several images; add :TAG (org.opencontainers.image.ref.name)",
-                    ));
+                    let tags: Vec<&str> = manifests
+                        .iter()
+                        .filter_map(|d| d.annotations.get(REF_NAME).map(String::as_str))
+                        .collect();
+                    return Err(self.err(format!(
+                        "index.json lists several images; add :TAG (tags: {})",
+                        tags.join(", ")
+                    )));
                 }
             },
         };
@@ -182,7 +187,7 @@ impl ImageSource for OciLayout {
                 )));
             };
             let config_bytes = self.read_document(&config)?;
-            let diff_ids = diff_ids(&self.name(), &config_bytes)?;
+            let (diff_ids, config_platform) = read_config(&self.name(), &config_bytes)?;
             if diff_ids.len() != layers.len() {
                 return Err(self.err(format!(
                     "manifest has {} layers but config has {} diff_ids",
@@ -214,6 +219,7 @@ impl ImageSource for OciLayout {
             return Ok(ResolvedImage {
                 layers: out,
                 config_digest: self.parse_digest(&config.digest)?,
+                platform: config_platform,
             });
         }
         Err(self.err("image indexes nested too deeply"))

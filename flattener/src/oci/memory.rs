@@ -47,6 +47,7 @@ impl ImageSource for MemorySource {
                 })
                 .collect(),
             config_digest: Digest::of(&config),
+            platform: None,
         })
     }
 

@@ -106,6 +106,20 @@ impl Platform {
     }
 }
 
+impl Platform {
+    /// Whether an image built for `built` runs on this platform: same os and
+    /// architecture, and the same variant when both name one (configs often
+    /// leave the variant out).
+    pub fn runs(&self, built: &Platform) -> bool {
+        self.os == built.os
+            && self.architecture == built.architecture
+            && match (&self.variant, &built.variant) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
 impl Default for Platform {
     fn default() -> Self {
         Self {
@@ -153,13 +167,35 @@ pub struct LayerDescriptor {
     pub diff_id: Digest,
 }
 
-/// The layers of the selected image, bottom first.
+/// The layers of the selected image, bottom first. Other crates build one
+/// with [`ResolvedImage::new`] (fields may be added).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ResolvedImage {
     /// Layers, bottom first.
     pub layers: Vec<LayerDescriptor>,
     /// Digest of the image config.
     pub config_digest: Digest,
+    /// The platform the config says the image is built for (`None` if it
+    /// names no os or architecture).
+    pub platform: Option<Platform>,
+}
+
+impl ResolvedImage {
+    /// An image of these layers and config, with no platform named.
+    pub fn new(layers: Vec<LayerDescriptor>, config_digest: Digest) -> Self {
+        Self {
+            layers,
+            config_digest,
+            platform: None,
+        }
+    }
+
+    /// This image, built for `platform` (from its config).
+    pub fn with_platform(mut self, platform: Platform) -> Self {
+        self.platform = Some(platform);
+        self
+    }
 }
 
 /// A place images come from. Implementations must be usable from several
@@ -293,6 +329,12 @@ pub(crate) struct IndexOrManifest {
 #[derive(Deserialize, Debug)]
 pub(crate) struct ConfigJson {
     pub(crate) rootfs: RootFsJson,
+    #[serde(default)]
+    pub(crate) os: String,
+    #[serde(default)]
+    pub(crate) architecture: String,
+    #[serde(default)]
+    pub(crate) variant: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -322,7 +364,11 @@ pub(crate) fn layer_compression(media_type: &str) -> Option<Compression> {
 }
 
 /// Parses a config and pairs its diff_ids with the layers.
-pub(crate) fn diff_ids(source_name: &str, config: &[u8]) -> Result<Vec<Digest>> {
+/// The diff_ids and the platform of an image config.
+pub(crate) fn read_config(
+    source_name: &str,
+    config: &[u8],
+) -> Result<(Vec<Digest>, Option<Platform>)> {
     let c: ConfigJson = serde_json::from_slice(config).map_err(|e| Error::Json {
         source_name: source_name.to_owned(),
         what: "image config".into(),
@@ -337,7 +383,8 @@ pub(crate) fn diff_ids(source_name: &str, config: &[u8]) -> Result<Vec<Digest>> 
             ),
         });
     }
-    c.rootfs
+    let diff_ids = c
+        .rootfs
         .diff_ids
         .iter()
         .map(|d| {
@@ -346,7 +393,13 @@ pub(crate) fn diff_ids(source_name: &str, config: &[u8]) -> Result<Vec<Digest>> 
                 reason: format!("config diff_id {d:?} is not a sha256 digest"),
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    let platform = (!c.os.is_empty() && !c.architecture.is_empty()).then(|| Platform {
+        os: c.os,
+        architecture: c.architecture,
+        variant: c.variant.filter(|v| !v.is_empty()),
+    });
+    Ok((diff_ids, platform))
 }
 
 #[cfg(test)]

@@ -410,14 +410,19 @@ fn put_blob(dir: &Path, bytes: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
-/// Config JSON for these layer tars.
+/// Config JSON for these layer tars (linux/amd64).
 pub fn config_for(tars: &[Vec<u8>]) -> Vec<u8> {
+    config_for_arch(tars, "amd64")
+}
+
+/// Config JSON for these layer tars, built for linux/`arch`.
+pub fn config_for_arch(tars: &[Vec<u8>], arch: &str) -> Vec<u8> {
     let diff_ids: Vec<String> = tars
         .iter()
         .map(|t| format!("sha256:{}", sha256_hex(t)))
         .collect();
     serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
+        "architecture": arch, "os": "linux",
         "config": {},
         "rootfs": {"type": "layers", "diff_ids": diff_ids}
     }))
@@ -441,7 +446,7 @@ pub fn add_image(dir: &Path, layers: &[(Vec<u8>, Comp)], arch: &str) -> serde_js
 /// Like [`add_image`] with the blobs and media types as given.
 pub fn add_raw_image(dir: &Path, layers: &[RawLayer<'_>], arch: &str) -> serde_json::Value {
     let tars: Vec<Vec<u8>> = layers.iter().map(|(_, _, t)| t.clone()).collect();
-    let config = config_for(&tars);
+    let config = config_for_arch(&tars, arch);
     let cdig = put_blob(dir, &config);
     let ls: Vec<_> = layers
         .iter()
