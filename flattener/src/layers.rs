@@ -46,7 +46,9 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, LayerError};
-use crate::oci::{Compression, Digest, ImageSource, LayerDescriptor};
+use crate::oci::{
+    Compression, Digest, DigestAlgorithm, DigestHasher, ImageSource, LayerDescriptor,
+};
 use crate::tar::{EntryType, TarError, TarReader};
 use crate::tree::{DataExtent, FileData, FileId, Metadata, Node, NodeId, NodeKind, Tree};
 
@@ -167,7 +169,7 @@ pub(crate) struct Counter<'a> {
 /// Reads compressed bytes, hashing and counting them.
 struct HashingReader<'a, R> {
     inner: R,
-    hasher: Sha256,
+    hasher: DigestHasher,
     count: u64,
     counter: &'a Counter<'a>,
 }
@@ -190,7 +192,7 @@ struct ChannelReader {
     free: SyncSender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
-    hasher: Sha256,
+    hasher: DigestHasher,
     failed: bool,
 }
 
@@ -347,7 +349,12 @@ pub(crate) fn read_layer(
         CHUNK,
         HashingReader {
             inner: raw,
-            hasher: Sha256::new(),
+            // The blob is checked under its digest's algorithm.
+            hasher: DigestHasher::new(
+                desc.digest
+                    .as_ref()
+                    .map_or(DigestAlgorithm::Sha256, Digest::algorithm),
+            ),
             count: 0,
             counter,
         },
@@ -381,21 +388,21 @@ pub(crate) fn read_layer(
             }
             drop(tx);
             let h = input.into_inner();
-            (result, Digest::from_hasher(h.hasher), h.count)
+            (result, h.hasher.finish(), h.count)
         });
         let mut chan = ChannelReader {
             rx,
             free: free_tx,
             cur: Vec::new(),
             pos: 0,
-            hasher: Sha256::new(),
+            hasher: DigestHasher::new(desc.diff_id.algorithm()),
             failed: false,
         };
         let parsed = parse_tar(&mut chan, index, spool_file);
         // Hash the rest of the stream (end-of-archive padding), so the
         // diff_id covers every byte.
         let _ = io::copy(&mut chan, &mut io::sink());
-        let diff = Digest::from_hasher(chan.hasher);
+        let diff = chan.hasher.finish();
         drop(chan.rx);
         let (decoded, digest, size) = decoder.join().unwrap_or_else(|_| {
             (

@@ -676,3 +676,91 @@ fn old_style_directory_with_trailing_slash() {
     let l = listing(vec![tar(&[e, E::file("olddir/f", b"x")])]);
     assert!(kind(&l, "/olddir").starts_with("dir"), "{l:?}");
 }
+
+/// An OCI layout whose blobs, diff_ids and descriptors all use sha512 (the
+/// other algorithm the image spec registers), with gzip layers.
+fn sha512_layout(dir: &std::path::Path, tars: &[Vec<u8>]) {
+    use sha2::{Digest as _, Sha512};
+    let put = |bytes: &[u8]| {
+        let hex = hex::encode(Sha512::digest(bytes));
+        let blobs = dir.join("blobs/sha512");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::write(blobs.join(&hex), bytes).unwrap();
+        format!("sha512:{hex}")
+    };
+    let diff_ids: Vec<String> = tars
+        .iter()
+        .map(|t| format!("sha512:{}", hex::encode(Sha512::digest(t))))
+        .collect();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}
+    }))
+    .unwrap();
+    let layers: Vec<_> = tars
+        .iter()
+        .map(|t| {
+            let blob = common::compress(t, Comp::Gzip);
+            serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": put(&blob), "size": blob.len()})
+        })
+        .collect();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": put(&config), "size": config.len()},
+        "layers": layers
+    }))
+    .unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": put(&manifest), "size": manifest.len()}]});
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn sha512_layouts_are_read_and_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let tars = vec![
+        tar(&[E::dir("etc"), E::file("etc/a", b"base")]),
+        tar(&[E::file("etc/b", b"top"), E::whiteout("etc/.wh.a")]),
+    ];
+    let layout = dir.path().join("sha512");
+    sha512_layout(&layout, &tars);
+    let open = |l: &std::path::Path| {
+        ImageRef::parse(&format!("oci:{}", l.display()))
+            .unwrap()
+            .open(dir.path())
+            .unwrap()
+    };
+    let f = build_tree(&*open(&layout), &FlattenOptions::default(), dir.path()).unwrap();
+    assert!(f.diff_ids.iter().all(|d| d.as_str().starts_with("sha512:")));
+
+    // The same tree as the sha256 layout of the same layers.
+    let plain = dir.path().join("sha256");
+    oci_layout(
+        &plain,
+        &[("t", tars.iter().map(|t| (t.clone(), Comp::Gzip)).collect())],
+    );
+    let g = build_tree(&*open(&plain), &FlattenOptions::default(), dir.path()).unwrap();
+    assert_eq!(dump(&f.tree, &f.spool), dump(&g.tree, &g.spool));
+
+    // A changed byte in a sha512 layer blob is caught by its digest.
+    let blobs: Vec<_> = std::fs::read_dir(layout.join("blobs/sha512"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let gz = blobs
+        .iter()
+        .find(|p| std::fs::read(p).unwrap().starts_with(&[0x1f, 0x8b]))
+        .unwrap();
+    let mut bytes = std::fs::read(gz).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(gz, bytes).unwrap();
+    let e = build_tree(&*open(&layout), &FlattenOptions::default(), dir.path()).unwrap_err();
+    assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("sha512:"), "{e}");
+}

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::{
-    Digest, ImageSource, LayerDescriptor, MAX_DOCUMENT, Platform, ResolvedImage, read_config,
+    Digest, DigestAlgorithm, ImageSource, LayerDescriptor, MAX_DOCUMENT, Platform, ResolvedImage,
+    read_config,
 };
 use crate::error::{Error, Result};
 use crate::tar::{EntryType, TarError, TarReader};
@@ -167,8 +168,10 @@ impl DockerArchive {
 /// A digest named by a member path such as `blobs/sha256/<hex>` or `<hex>.json`.
 fn digest_from_name(name: &str) -> Option<Digest> {
     let n = normalize(name.as_bytes());
-    if let Some(hex) = n.strip_prefix("blobs/sha256/") {
-        return Digest::parse(&format!("sha256:{hex}"));
+    for alg in ["sha256", "sha512"] {
+        if let Some(hex) = n.strip_prefix(&format!("blobs/{alg}/")) {
+            return Digest::parse(&format!("{alg}:{hex}"));
+        }
     }
     let hex = n.strip_suffix(".json")?;
     Digest::parse(&format!("sha256:{hex}"))
@@ -202,8 +205,14 @@ impl ImageSource for DockerArchive {
             },
         };
         let config = self.read_member(&entry.config)?;
-        let config_digest = Digest::of(&config);
-        if let Some(named) = digest_from_name(&entry.config)
+        let named = digest_from_name(&entry.config);
+        let config_digest = Digest::compute(
+            named
+                .as_ref()
+                .map_or(DigestAlgorithm::Sha256, Digest::algorithm),
+            &config,
+        );
+        if let Some(named) = named
             && named != config_digest
         {
             return Err(Error::DigestMismatch {

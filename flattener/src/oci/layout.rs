@@ -42,7 +42,10 @@ impl OciLayout {
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.dir.join("blobs").join("sha256").join(digest.hex())
+        self.dir
+            .join("blobs")
+            .join(digest.algorithm().name())
+            .join(digest.hex())
     }
 
     fn parse_digest(&self, s: &str) -> Result<Digest> {
@@ -76,7 +79,7 @@ impl OciLayout {
                 actual: format!("{} bytes", bytes.len()),
             });
         }
-        let actual = Digest::of(&bytes);
+        let actual = Digest::compute(digest.algorithm(), &bytes);
         if actual != digest {
             return Err(Error::DigestMismatch {
                 blob: digest.to_string(),

@@ -15,7 +15,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
+use sha2::{Digest as _, Sha256, Sha512};
 
 pub use docker_archive::DockerArchive;
 pub use layout::OciLayout;
@@ -26,38 +26,117 @@ use crate::error::{Error, Result};
 /// Largest index, manifest or config we read (they are small JSON documents).
 pub(crate) const MAX_DOCUMENT: u64 = 16 << 20;
 
-/// A `sha256:` digest, validated (lowercase hex, 64 digits).
+/// A content digest, validated: `sha256:` with 64 or `sha512:` with 128
+/// lowercase hex digits (the algorithms the OCI image spec registers).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Digest(String);
 
+/// A digest algorithm the OCI image spec registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DigestAlgorithm {
+    /// SHA-256, what nearly every image uses.
+    Sha256,
+    /// SHA-512.
+    Sha512,
+}
+
+impl DigestAlgorithm {
+    /// The name before the colon, also the `blobs/` subdirectory.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sha256 => "sha256",
+            Self::Sha512 => "sha512",
+        }
+    }
+
+    fn hex_len(self) -> usize {
+        match self {
+            Self::Sha256 => 64,
+            Self::Sha512 => 128,
+        }
+    }
+}
+
 impl Digest {
-    /// Parses `sha256:<64 hex>`; other algorithms are not supported.
+    /// Parses `sha256:<64 hex>` or `sha512:<128 hex>`; other algorithms and
+    /// anything else (upper case, path characters) are refused.
     pub fn parse(s: &str) -> Option<Self> {
-        let hex = s.strip_prefix("sha256:")?;
-        (hex.len() == 64
+        let (alg, hex) = s.split_once(':')?;
+        let alg = match alg {
+            "sha256" => DigestAlgorithm::Sha256,
+            "sha512" => DigestAlgorithm::Sha512,
+            _ => return None,
+        };
+        (hex.len() == alg.hex_len()
             && hex
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
         .then(|| Self(s.to_owned()))
     }
 
-    /// The digest of `bytes`.
+    /// The SHA-256 digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
-        Self::from_hasher(Sha256::new_with_prefix(bytes))
+        Self::compute(DigestAlgorithm::Sha256, bytes)
+    }
+
+    /// The digest of `bytes` under `alg`.
+    pub fn compute(alg: DigestAlgorithm, bytes: &[u8]) -> Self {
+        let mut h = DigestHasher::new(alg);
+        h.update(bytes);
+        h.finish()
     }
 
     pub(crate) fn from_hasher(h: Sha256) -> Self {
-        Self(format!("sha256:{}", hex::encode(h.finalize())))
+        DigestHasher::Sha256(h).finish()
+    }
+
+    /// The algorithm.
+    pub fn algorithm(&self) -> DigestAlgorithm {
+        if self.0.starts_with("sha512:") {
+            DigestAlgorithm::Sha512
+        } else {
+            DigestAlgorithm::Sha256
+        }
     }
 
     /// The hex part.
     pub fn hex(&self) -> &str {
-        &self.0["sha256:".len()..]
+        &self.0[self.algorithm().name().len() + 1..]
     }
 
     /// The whole `sha256:...` string.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Hashes a stream under one [`DigestAlgorithm`].
+#[derive(Clone)]
+pub(crate) enum DigestHasher {
+    Sha256(Sha256),
+    Sha512(Sha512),
+}
+
+impl DigestHasher {
+    pub(crate) fn new(alg: DigestAlgorithm) -> Self {
+        match alg {
+            DigestAlgorithm::Sha256 => Self::Sha256(Sha256::new()),
+            DigestAlgorithm::Sha512 => Self::Sha512(Sha512::new()),
+        }
+    }
+
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Sha256(h) => h.update(bytes),
+            Self::Sha512(h) => h.update(bytes),
+        }
+    }
+
+    pub(crate) fn finish(self) -> Digest {
+        match self {
+            Self::Sha256(h) => Digest(format!("sha256:{}", hex::encode(h.finalize()))),
+            Self::Sha512(h) => Digest(format!("sha512:{}", hex::encode(h.finalize()))),
+        }
     }
 }
 
@@ -363,7 +442,6 @@ pub(crate) fn layer_compression(media_type: &str) -> Option<Compression> {
     }
 }
 
-/// Parses a config and pairs its diff_ids with the layers.
 /// The diff_ids and the platform of an image config.
 pub(crate) fn read_config(
     source_name: &str,
@@ -390,7 +468,7 @@ pub(crate) fn read_config(
         .map(|d| {
             Digest::parse(d).ok_or_else(|| Error::Image {
                 source_name: source_name.to_owned(),
-                reason: format!("config diff_id {d:?} is not a sha256 digest"),
+                reason: format!("config diff_id {d:?} is not a sha256 or sha512 digest"),
             })
         })
         .collect::<Result<_>>()?;
@@ -454,5 +532,18 @@ mod tests {
         assert!(Digest::parse("sha256:../../etc/passwd").is_none());
         assert!(Digest::parse(&d.to_string()).is_some());
         assert!(Digest::parse("sha512:00").is_none());
+        assert!(Digest::parse("md5:d41d8cd98f00b204e9800998ecf8427e").is_none());
+        assert!(Digest::parse(&d.to_string().to_uppercase()).is_none());
+
+        let d = Digest::compute(DigestAlgorithm::Sha512, b"");
+        assert_eq!(
+            d.hex(),
+            "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce\
+             47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e"
+        );
+        assert_eq!(d.algorithm(), DigestAlgorithm::Sha512);
+        assert_eq!(Digest::parse(d.as_str()), Some(d.clone()));
+        // 64 hex digits are too few for sha512.
+        assert!(Digest::parse(&format!("sha512:{}", &d.hex()[..64])).is_none());
     }
 }
