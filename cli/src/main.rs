@@ -80,6 +80,11 @@ enum Command {
         /// in the order they were read; layer chunks stay the same, so dedup holds
         #[arg(long, value_name = "FILE")]
         layout_profile: Option<PathBuf>,
+        /// Where file contents wait while the image is flattened (about the
+        /// image's size): $TMPDIR if set, else /var/tmp, which stays on disk
+        /// where /tmp is a RAM-backed tmpfs
+        #[arg(long, value_name = "DIR", env = "LODE_SPOOL_DIR")]
+        spool_dir: Option<PathBuf>,
         /// Print the summary as JSON
         #[arg(long)]
         json: bool,
@@ -349,6 +354,7 @@ fn run(cli: Cli) -> Result<()> {
             concurrency,
             json,
             layout_profile,
+            spool_dir,
         } => {
             let hot = layout_profile
                 .as_deref()
@@ -368,7 +374,7 @@ fn run(cli: Cli) -> Result<()> {
                 salt,
                 provider: provider(&cli.crypto)?,
                 upload_concurrency: concurrency.max(1),
-                spool_dir: None,
+                spool_dir: Some(push::spool_dir(spool_dir)?),
                 progress: std::io::stderr().is_terminal() && !json,
                 hot,
             };

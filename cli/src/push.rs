@@ -259,6 +259,32 @@ pub fn flatten_options<'a>(platform: Option<&str>) -> Result<FlattenOptions<'a>>
     })
 }
 
+/// The spool directory of a push: `dir` if given, else `$TMPDIR`, else
+/// `/var/tmp` (on disk even where `/tmp` is a tmpfs, as on Debian 13, which
+/// would hold a whole image's file contents in RAM). It must exist.
+pub fn spool_dir(dir: Option<std::path::PathBuf>) -> Result<std::path::PathBuf> {
+    let dir = dir
+        .or_else(|| {
+            std::env::var_os("TMPDIR")
+                .filter(|v| !v.is_empty())
+                .map(std::path::PathBuf::from)
+        })
+        .unwrap_or_else(|| {
+            let var_tmp = std::path::PathBuf::from("/var/tmp");
+            if var_tmp.is_dir() {
+                var_tmp
+            } else {
+                std::env::temp_dir()
+            }
+        });
+    anyhow::ensure!(
+        dir.is_dir(),
+        "spool directory {} does not exist (--spool-dir, LODE_SPOOL_DIR or TMPDIR)",
+        dir.display()
+    );
+    Ok(dir)
+}
+
 /// Pushes one image; see the module docs.
 pub async fn push(req: PushRequest<'_>) -> Result<PushSummary> {
     check_image_name(req.name)?;
