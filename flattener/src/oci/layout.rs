@@ -110,6 +110,15 @@ impl OciLayout {
     }
 }
 
+/// The tags of an index's manifests, for messages.
+fn tags(manifests: &[DescriptorJson]) -> String {
+    manifests
+        .iter()
+        .filter_map(|d| d.annotations.get(REF_NAME).map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl ImageSource for OciLayout {
     fn name(&self) -> String {
         match &self.tag {
@@ -140,13 +149,9 @@ impl ImageSource for OciLayout {
                     .collect();
                 match tagged.len() {
                     0 => {
-                        let tags: Vec<&str> = manifests
-                            .iter()
-                            .filter_map(|d| d.annotations.get(REF_NAME).map(String::as_str))
-                            .collect();
                         return Err(self.err(format!(
                             "no manifest tagged {tag:?} (tags: {})",
-                            tags.join(", ")
+                            tags(&manifests)
                         )));
                     }
                     1 => tagged[0].clone(),
@@ -164,13 +169,9 @@ impl ImageSource for OciLayout {
                     self.pick_platform(&manifests, platform)?.clone()
                 }
                 _ => {
-                    let tags: Vec<&str> = manifests
-                        .iter()
-                        .filter_map(|d| d.annotations.get(REF_NAME).map(String::as_str))
-                        .collect();
                     return Err(self.err(format!(
                         "index.json lists several images; add :TAG (tags: {})",
-                        tags.join(", ")
+                        tags(&manifests)
                     )));
                 }
             },

@@ -408,12 +408,9 @@ pub(crate) struct IndexOrManifest {
 #[derive(Deserialize, Debug)]
 pub(crate) struct ConfigJson {
     pub(crate) rootfs: RootFsJson,
-    #[serde(default)]
-    pub(crate) os: String,
-    #[serde(default)]
-    pub(crate) architecture: String,
-    #[serde(default)]
-    pub(crate) variant: Option<String>,
+    /// `os`, `architecture` and `variant`, as in a descriptor's platform.
+    #[serde(flatten)]
+    pub(crate) platform: PlatformJson,
 }
 
 #[derive(Deserialize, Debug)]
@@ -472,10 +469,11 @@ pub(crate) fn read_config(
             })
         })
         .collect::<Result<_>>()?;
-    let platform = (!c.os.is_empty() && !c.architecture.is_empty()).then(|| Platform {
-        os: c.os,
-        architecture: c.architecture,
-        variant: c.variant.filter(|v| !v.is_empty()),
+    let p = c.platform;
+    let platform = (!p.os.is_empty() && !p.architecture.is_empty()).then(|| Platform {
+        os: p.os,
+        architecture: p.architecture,
+        variant: p.variant.filter(|v| !v.is_empty()),
     });
     Ok((diff_ids, platform))
 }
