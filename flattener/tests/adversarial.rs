@@ -409,14 +409,20 @@ fn symlink_targets_around_the_inline_limit() {
 
 // ---- owners, times, devices ----
 
-#[test]
-fn big_ids_extreme_times_and_new_device_numbers() {
+/// A tar holding `/ids`, owned by `uid`:`gid` as PAX records give them.
+fn file_with_pax_ids(uid: &str, gid: &str) -> TarBuilder {
     let mut t = TarBuilder::new();
     t.pax(&[
-        (b"uid".to_vec(), b"4294967294".to_vec()),
-        (b"gid".to_vec(), b"65536".to_vec()),
+        (b"uid".to_vec(), uid.as_bytes().to_vec()),
+        (b"gid".to_vec(), gid.as_bytes().to_vec()),
     ]);
     t.add(&E::file("ids", b"ids"));
+    t
+}
+
+#[test]
+fn big_ids_extreme_times_and_new_device_numbers() {
+    let mut t = file_with_pax_ids("4294967294", "65536");
     // Base-256 uid and gid in the header.
     let mut h = common::header(b"b256", b'0', 0, &E::file("b256", b""), true);
     h[108..116].copy_from_slice(&[0x80, 0, 0, 0, 0, 0x01, 0x00, 0x01]);
@@ -1380,12 +1386,7 @@ fn xattr_block_and_inode_space_boundaries() {
 #[test]
 fn id_minus_one_is_root() {
     // chown(2) reads 2^32-1 as "unchanged": unpackers leave root.
-    let mut t = TarBuilder::new();
-    t.pax(&[
-        (b"uid".to_vec(), b"4294967295".to_vec()),
-        (b"gid".to_vec(), b"4294967295".to_vec()),
-    ]);
-    t.add(&E::file("ids", b"ids"));
+    let mut t = file_with_pax_ids("4294967295", "4294967295");
     check(&[t.finish()], &["/ dir", "/ids o=0:0"]);
 }
 
