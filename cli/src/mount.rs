@@ -245,7 +245,8 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
                 "kernel readahead from {PROFILES}/{} (the image asks for it)",
                 req.name
             ),
-            ReadaheadSource::Default => tracing::info!(
+            // Nothing was chosen: not worth a line unless asked (-v).
+            ReadaheadSource::Default => tracing::debug!(
                 kernel_readahead_kb = readahead_kb,
                 "kernel readahead: the default (no flag, no hint in a stored profile)"
             ),
