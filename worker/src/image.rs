@@ -1166,21 +1166,22 @@ mod tests {
     }
 
     fn seal_into(data: &[u8], source: &MemorySource) -> ChunkTable {
-        let chunks = data
-            .chunks(CS as usize)
-            .map(|c| {
-                if c.iter().all(|&b| b == 0) {
-                    return None;
+        let chunks = chunk_core::Chunker::new(CS as usize)
+            .expect("chunk size")
+            .split(data)
+            .map(|c| match c.data {
+                chunk_core::ChunkData::Hole { .. } => None,
+                chunk_core::ChunkData::Data(c) => {
+                    let sealed = chunk_core::seal(
+                        &chunk_core::RustCrypto,
+                        &chunk_core::Salt::new(1, [7; 32]),
+                        c,
+                    )
+                    .expect("seal");
+                    let r = sealed.chunk_ref();
+                    source.insert(r.name, Bytes::from(sealed.ciphertext));
+                    Some(r)
                 }
-                let sealed = chunk_core::seal(
-                    &chunk_core::RustCrypto,
-                    &chunk_core::Salt::new(1, [7; 32]),
-                    c,
-                )
-                .expect("seal");
-                let (r, ct) = (sealed.chunk_ref(), sealed.ciphertext);
-                source.insert(r.name, Bytes::from(ct));
-                Some(r)
             })
             .collect();
         ChunkTable {

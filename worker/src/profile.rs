@@ -906,12 +906,8 @@ mod tests {
         };
         let (files, unmapped) = map.attribute(&log);
         assert_eq!(unmapped, 1 + 2);
-        let got: Vec<(&[u8], u64, BlockRanges)> = files
-            .iter()
-            .map(|f| (f.path.as_slice(), f.at_ms, f.blocks.clone()))
-            .collect();
         assert_eq!(
-            got,
+            entries(&files),
             vec![
                 (&b"/a"[..], 3, vec![(0, 1), (2, 2), (5, 1)]),
                 (&b"/b"[..], 3, vec![(0, 3)]),
@@ -926,6 +922,14 @@ mod tests {
                 (b"/b".to_vec(), vec![(0, 3)])
             ]
         );
+    }
+
+    /// (path, first access, blocks) of each profile entry.
+    fn entries(files: &[FileAccess]) -> Vec<(&[u8], u64, BlockRanges)> {
+        files
+            .iter()
+            .map(|f| (f.path.as_slice(), f.at_ms, f.blocks.clone()))
+            .collect()
     }
 
     #[test]
@@ -963,12 +967,8 @@ mod tests {
             truncated: false,
         };
         let (files, unmapped) = map.attribute_with_inodes(&log, Some(&tables));
-        let got: Vec<(&[u8], u64, BlockRanges)> = files
-            .iter()
-            .map(|f| (f.path.as_slice(), f.at_ms, f.blocks.clone()))
-            .collect();
         assert_eq!(
-            got,
+            entries(&files),
             vec![
                 (&b"/a"[..], 5, vec![(0, 2)]),
                 (&b"/b"[..], 5, vec![]),

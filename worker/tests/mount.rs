@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{CHUNK, build_ext4_with, seal, skip};
+use common::{CHUNK, build_ext4_with, runtime, seal, sealed_source, skip};
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -22,8 +22,8 @@ use bytes::Bytes;
 use chunk_core::{ChunkKey, ChunkName};
 use sha2::{Digest, Sha256};
 use worker::{
-    ChunkSource, ChunkTable, Fetched, LazyImage, LazyImageOptions, MemorySource, MountOptions,
-    SourceError, TierId,
+    ChunkSource, ChunkTable, Fetched, LazyImage, LazyImageOptions, MountOptions, SourceError,
+    TierId,
 };
 
 /// Whether this machine can run mount tests; prints why not.
@@ -104,17 +104,9 @@ fn mount_reads_files_through_ext4_and_unmount_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();
     let files = test_files();
     let data = build_ext4_with(tmp.path(), &files, |_| ());
-    let (table, stored) = seal(&data);
+    let (table, source) = sealed_source(&data);
     let holes = table.chunks.iter().filter(|c| c.is_none()).count();
-    let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
-    for (n, ct) in stored {
-        source.insert(n, Bytes::from(ct));
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let image = LazyImage::with_runtime(
         table,
         source.clone(),
@@ -204,11 +196,7 @@ fn file_only_mount_serves_the_exact_image() {
     let tmp = tempfile::tempdir().unwrap();
     let files = test_files();
     let data = build_ext4_with(tmp.path(), &files, |_| ());
-    let (table, stored) = seal(&data);
-    let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
-    for (n, ct) in stored {
-        source.insert(n, Bytes::from(ct));
-    }
+    let (table, source) = sealed_source(&data);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let image = LazyImage::with_runtime(
         table,

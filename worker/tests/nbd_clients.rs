@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{CHUNK, skip};
+use common::{CHUNK, sealed_source, skip};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -124,27 +124,12 @@ struct Fixture {
 fn fixture() -> Fixture {
     logs::install();
     let data = test_bytes();
-    let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
-    let mut names = Vec::new();
-    let chunks = data
-        .chunks(CHUNK as usize)
-        .map(|c| {
-            if c.iter().all(|&b| b == 0) {
-                names.push(None);
-                return None;
-            }
-            let sealed = chunk_core::seal(&RustCrypto, &Salt::new(1, [7; 32]), c).expect("seal");
-            let r = sealed.chunk_ref();
-            source.insert(r.name, Bytes::from(sealed.ciphertext));
-            names.push(Some(r.name));
-            Some(r)
-        })
+    let (table, source) = sealed_source(&data);
+    let names: Vec<Option<ChunkName>> = table
+        .chunks
+        .iter()
+        .map(|c| c.as_ref().map(|r| r.name))
         .collect();
-    let table = ChunkTable {
-        image_size: data.len() as u64,
-        chunk_size: CHUNK,
-        chunks,
-    };
     assert_eq!(names.iter().filter(|n| n.is_none()).count(), 2, "holes");
     // No plaintext cache: every read goes to the source, so faults show.
     let opts = LazyImageOptions::default()

@@ -9,19 +9,15 @@
 
 mod common;
 
-use common::{CHUNK, build_ext4_with, seal, skip};
+use common::{CHUNK, build_ext4_with, runtime, sealed_source, skip};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use worker::profile::{BlockMap, Profile};
-use worker::{
-    BLOCK_SIZE, LazyImage, LazyImageOptions, MemorySource, MountOptions, ProfileTarget, TierId,
-};
+use worker::{BLOCK_SIZE, LazyImage, LazyImageOptions, MountOptions, ProfileTarget};
 
 fn unavailable(need_fuse: bool) -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -209,16 +205,8 @@ fn recording_mount_writes_a_profile_naming_the_files_read() {
         .map(|i| format!("/pad/p{i:03}"))
         .find(|p| !key_blocks.contains(&debugfs_imap_block(&img, p)))
         .expect("a pad file in an inode-table block of its own");
-    let (table, stored) = seal(&data);
-    let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
-    for (n, ct) in stored {
-        source.insert(n, Bytes::from(ct));
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (table, source) = sealed_source(&data);
+    let rt = runtime();
     let image = LazyImage::with_runtime(
         table,
         source,

@@ -45,6 +45,17 @@ fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+/// (table offset, group) sorted by offset, to find the group of a block.
+fn by_offset(tables: &[u64]) -> Vec<(u64, u32)> {
+    let mut v: Vec<(u64, u32)> = tables
+        .iter()
+        .enumerate()
+        .map(|(g, &at)| (at, g as u32))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
 impl InodeTables {
     /// Parses the superblock and group descriptors of an ext4 image of
     /// `image_size` bytes; `read(offset, buf)` must fill `buf` from the
@@ -144,12 +155,7 @@ impl InodeTables {
                 })?;
             tables.push(at);
         }
-        let mut by_offset: Vec<(u64, u32)> = tables
-            .iter()
-            .enumerate()
-            .map(|(g, &at)| (at, g as u32))
-            .collect();
-        by_offset.sort_unstable();
+        let by_offset = by_offset(&tables);
         if let Some(w) = by_offset.windows(2).find(|w| w[0].0 + table_len > w[1].0) {
             return Err(format!(
                 "inode tables of groups {} and {} overlap",
@@ -188,12 +194,7 @@ impl InodeTables {
     /// Tables at the given byte offsets, unchecked (for tests).
     #[cfg(test)]
     pub(super) fn synthetic(inodes_per_group: u32, inode_size: u32, tables: Vec<u64>) -> Self {
-        let mut by_offset: Vec<(u64, u32)> = tables
-            .iter()
-            .enumerate()
-            .map(|(g, &at)| (at, g as u32))
-            .collect();
-        by_offset.sort_unstable();
+        let by_offset = by_offset(&tables);
         Self {
             inodes_per_group,
             inode_size,

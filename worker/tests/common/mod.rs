@@ -6,8 +6,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use chunk_core::ChunkName;
-use worker::ChunkTable;
+use worker::{ChunkTable, MemorySource, TierId};
 
 /// Chunk size of the test images.
 pub const CHUNK: u32 = 512 * 1024;
@@ -26,21 +29,22 @@ pub fn skip(why: &str) -> bool {
 /// the (name, ciphertext) pairs a store would hold.
 pub fn seal(data: &[u8]) -> (ChunkTable, Vec<(ChunkName, Vec<u8>)>) {
     let mut stored = Vec::new();
-    let chunks = data
-        .chunks(CHUNK as usize)
-        .map(|c| {
-            if c.iter().all(|&b| b == 0) {
-                return None;
+    let chunks = chunk_core::Chunker::new(CHUNK as usize)
+        .expect("chunk size")
+        .split(data)
+        .map(|c| match c.data {
+            chunk_core::ChunkData::Hole { .. } => None,
+            chunk_core::ChunkData::Data(c) => {
+                let sealed = chunk_core::seal(
+                    &chunk_core::RustCrypto,
+                    &chunk_core::Salt::new(1, [7; 32]),
+                    c,
+                )
+                .expect("seal");
+                let (r, ct) = (sealed.chunk_ref(), sealed.ciphertext);
+                stored.push((r.name, ct));
+                Some(r)
             }
-            let sealed = chunk_core::seal(
-                &chunk_core::RustCrypto,
-                &chunk_core::Salt::new(1, [7; 32]),
-                c,
-            )
-            .expect("seal");
-            let (r, ct) = (sealed.chunk_ref(), sealed.ciphertext);
-            stored.push((r.name, ct));
-            Some(r)
         })
         .collect();
     let table = ChunkTable {
@@ -49,6 +53,25 @@ pub fn seal(data: &[u8]) -> (ChunkTable, Vec<(ChunkName, Vec<u8>)>) {
         chunks,
     };
     (table, stored)
+}
+
+/// [`seal`]s `data` into an in-memory store ("store", untrusted).
+pub fn sealed_source(data: &[u8]) -> (ChunkTable, Arc<MemorySource>) {
+    let (table, stored) = seal(data);
+    let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
+    for (n, ct) in stored {
+        source.insert(n, Bytes::from(ct));
+    }
+    (table, source)
+}
+
+/// A runtime with two worker threads, for images served to FUSE or NBD.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Writes `files` (relative path → content) under `dir/root`, lets `extra`
