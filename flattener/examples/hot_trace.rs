@@ -18,10 +18,12 @@
 //! lookups of the paths under them; an entry would place them whole). Record the trace with the mount option `inode_readahead_blks=0`
 //! so that each inode-table block read is one the start needed.
 
+#[path = "../tests/fiemap/mod.rs"]
+mod fiemap;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use flattener::{FlattenOptions, HotEntry, HotList, ImageRef, build_tree, write_flattened_with};
@@ -149,39 +151,6 @@ fn inode_tables(image: &str) -> Result<InodeTables, Box<dyn std::error::Error>> 
     })
 }
 
-/// (logical block -> physical block) of `path` (FIEMAP).
-fn fiemap(path: &Path) -> std::io::Result<BTreeMap<u64, u64>> {
-    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
-    const COUNT: usize = 256;
-    let f = File::open(path)?;
-    let mut map = BTreeMap::new();
-    let mut start = 0u64;
-    loop {
-        let mut buf = vec![0u64; (32 + 56 * COUNT) / 8];
-        buf[0] = start;
-        buf[1] = u64::MAX - start;
-        buf[3] = COUNT as u64;
-        // SAFETY: the buffer is a struct fiemap with room for COUNT extents.
-        let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP, buf.as_mut_ptr()) };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mapped = (buf[2] >> 32) as usize;
-        let mut last = mapped == 0;
-        for i in 0..mapped {
-            let e = &buf[4 + 7 * i..4 + 7 * (i + 1)];
-            for k in 0..e[2] / BLOCK {
-                map.insert(e[0] / BLOCK + k, e[1] / BLOCK + k);
-            }
-            start = e[0] + e[2];
-            last = (e[5] as u32) & 1 != 0;
-        }
-        if last {
-            return Ok(map);
-        }
-    }
-}
-
 /// Maps every read block that belongs to a file or directory to (path,
 /// logical block), every read inode-table block to its inodes' paths, and
 /// lists them in order of first access.
@@ -211,7 +180,7 @@ fn hot_list(
         if !(md.is_dir() || md.is_file()) {
             continue;
         }
-        for (l, b) in fiemap(&p)? {
+        for (l, b) in fiemap::fiemap(&p)? {
             owner.insert(b, (id, l));
         }
         if md.is_dir() {

@@ -3,17 +3,17 @@
 //! mounted tree and FIEMAP) and byte comparisons with the plain layout.
 
 mod ext4_support;
+mod fiemap;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::io::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ext4_support::{Builder, Mount, check_image, have, meta, test_opts};
 use flattener::ext4::{DeletedData, Ext4Options, HotEntry, HotList, ImageSummary};
 use flattener::tree::{NodeKind, Tree};
 use proptest::prelude::*;
+use tempfile::TempDir;
 
 const CHUNK: u64 = 512 * 1024;
 const BLOCK: u64 = 4096;
@@ -154,38 +154,9 @@ fn regions<'a>(image: &'a [u8], s: &ImageSummary) -> Vec<&'a [u8]> {
         .collect()
 }
 
-/// (logical block -> physical block) of `path` as the kernel maps it (FIEMAP).
+/// (logical block -> physical block) of `path` as the kernel maps it.
 fn fiemap(path: &Path) -> BTreeMap<u64, u64> {
-    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
-    const EXTENT_LAST: u32 = 1;
-    const COUNT: usize = 64;
-    let f = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut map = BTreeMap::new();
-    let mut start = 0u64;
-    loop {
-        // struct fiemap (32 bytes) + COUNT struct fiemap_extent (56 bytes).
-        let mut buf = vec![0u64; (32 + 56 * COUNT) / 8];
-        buf[0] = start;
-        buf[1] = u64::MAX - start;
-        buf[3] = COUNT as u64; // fm_extent_count (low half of word 3)
-        // SAFETY: the buffer is a struct fiemap with room for COUNT extents.
-        let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP, buf.as_mut_ptr()) };
-        assert_eq!(r, 0, "FIEMAP {}", path.display());
-        let mapped = (buf[2] >> 32) as usize;
-        let mut last = false;
-        for i in 0..mapped {
-            let e = &buf[4 + 7 * i..4 + 7 * (i + 1)];
-            let (logical, physical, len) = (e[0], e[1], e[2]);
-            for k in 0..len / BLOCK {
-                map.insert(logical / BLOCK + k, physical / BLOCK + k);
-            }
-            start = logical + len;
-            last = (e[5] as u32) & EXTENT_LAST != 0;
-        }
-        if mapped == 0 || last {
-            return map;
-        }
-    }
+    fiemap::fiemap(path).unwrap_or_else(|e| panic!("FIEMAP {}: {e}", path.display()))
 }
 
 /// Whether debugfs says block `blk` is marked in use in the block bitmap.
@@ -218,6 +189,15 @@ fn extent_tree_blocks(image: &Path, path: &str) -> Vec<u64> {
         .collect()
 }
 
+/// `b` written without and with `list`, each checked by [`check_image`]
+/// (e2fsck, kernel mount): (temp dir, image path, summary), plain first.
+fn check_plain_and_hot(b: &Builder, list: &HotList) -> [(TempDir, PathBuf, ImageSummary); 2] {
+    [
+        check_image(b, &test_opts()),
+        check_image(b, &hot_opts(list)),
+    ]
+}
+
 #[test]
 fn hot_region_holds_the_listed_blocks_in_access_order() {
     if !have("debugfs", "reading extent trees and bitmaps") {
@@ -225,8 +205,7 @@ fn hot_region_holds_the_listed_blocks_in_access_order() {
     }
     let b = sample();
     let list = sample_list();
-    let (_pd, plain_path, plain) = check_image(&b, &test_opts());
-    let (_hd, hot_path, hot) = check_image(&b, &hot_opts(&list));
+    let [(_pd, plain_path, plain), (_hd, hot_path, hot)] = check_plain_and_hot(&b, &list);
 
     let region = hot.hot_region.expect("a hot region");
     assert_eq!(plain.hot_region, None);
@@ -449,8 +428,7 @@ fn hot_inodes_are_numbered_first_in_list_order() {
     }
     let b = sample();
     let list = sample_list();
-    let (_pd, plain_path, plain) = check_image(&b, &test_opts());
-    let (_hd, hot_path, hot) = check_image(&b, &hot_opts(&list));
+    let [(_pd, plain_path, plain), (_hd, hot_path, hot)] = check_plain_and_hot(&b, &list);
     let region = hot.hot_region.unwrap();
     assert_eq!(hot.inodes, plain.inodes);
     // usr, usr/lib, usr/big (= big-link), usr/small, usr/sparse, lib (the
@@ -562,8 +540,7 @@ fn hot_inodes_move_between_groups() {
     for i in (14_001..15_000).step_by(3) {
         list.entries.push(entry(&format!("/c/n{i:05}"), &[]));
     }
-    let (_pd, plain_path, plain) = check_image(&b, &test_opts());
-    let (_hd, hot_path, hot) = check_image(&b, &hot_opts(&list));
+    let [(_pd, plain_path, plain), (_hd, hot_path, hot)] = check_plain_and_hot(&b, &list);
     let r = hot.hot_region.unwrap();
     // The listed directories are placed whole (empty: one block each).
     // Inodes: c, z, z/data, n14998 and 334 directories of c.
