@@ -112,15 +112,12 @@ pub enum Phase {
 /// Options of a flatten.
 #[non_exhaustive]
 pub struct FlattenOptions<'a> {
-    /// Platform picked from a multi-platform index (default `linux/amd64`).
-    pub platform: Platform,
-    /// Whether the image must be built for [`platform`](Self::platform)
-    /// even when the source holds a single image (set by
-    /// [`with_platform`](Self::with_platform)): an image whose config names
-    /// another os or architecture is then an error, as with `docker pull
-    /// --platform`. Without it a single image is taken whatever its
-    /// platform.
-    pub platform_required: bool,
+    /// The platform the image must be built for: it picks from a
+    /// multi-platform index, and a single image whose config names another
+    /// os or architecture is an error (as with `docker pull --platform`).
+    /// `None` (the default): `linux/amd64` from an index, a single image
+    /// whatever its platform.
+    pub platform: Option<Platform>,
     /// Called now and then from worker threads.
     pub progress: Option<&'a (dyn Fn(Progress) + Sync)>,
     /// Layers read at once (0 = number of CPUs). The output never depends on it.
@@ -142,8 +139,7 @@ pub struct FlattenOptions<'a> {
 impl Default for FlattenOptions<'_> {
     fn default() -> Self {
         Self {
-            platform: Platform::default(),
-            platform_required: false,
+            platform: None,
             progress: None,
             threads: 0,
             spool_dir: None,
@@ -168,8 +164,7 @@ impl<'a> FlattenOptions<'a> {
 
     /// These options with this platform, which the image must be built for.
     pub fn with_platform(mut self, p: Platform) -> Self {
-        self.platform = p;
-        self.platform_required = true;
+        self.platform = Some(p);
         self
     }
 
@@ -265,14 +260,13 @@ pub fn build_tree(
     opts: &FlattenOptions<'_>,
     spool_dir: &Path,
 ) -> Result<Flattened> {
-    let image = source.resolve(&opts.platform)?;
-    if opts.platform_required
-        && let Some(built) = &image.platform
-        && !opts.platform.runs(built)
+    let image = source.resolve(&opts.platform.clone().unwrap_or_default())?;
+    if let (Some(wanted), Some(built)) = (&opts.platform, &image.platform)
+        && !wanted.runs(built)
     {
         return Err(Error::Image {
             source_name: source.name(),
-            reason: format!("the image is built for {built}, not for {}", opts.platform),
+            reason: format!("the image is built for {built}, not for {wanted}"),
         });
     }
     check_open_files(image.layers.len())?;
