@@ -43,7 +43,7 @@ command -v openssl >/dev/null || { echo "openssl CLI not found (apt-get install 
 pin=()
 if command -v taskset >/dev/null && taskset -c "$cpu" true 2>/dev/null; then pin=(taskset -c "$cpu"); fi
 
-cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p chunk-core \
+cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p lode-chunk-core \
   --no-default-features --features "$features" --example seal_throughput
 target_dir=$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')

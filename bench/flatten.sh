@@ -21,7 +21,7 @@ if [[ -n "${LODE_BIN:-}" ]]; then
   LODE=("$LODE_BIN" flatten)
   lode_run() { "${LODE[@]}" "oci:$LAYOUT:$IMAGE" -o "$1"; }
 else
-  cargo build --release -q -p flattener --example flatten
+  cargo build --release -q -p lode-flattener --example flatten
   LODE=(target/release/examples/flatten)
   lode_run() { "${LODE[@]}" "oci:$LAYOUT:$IMAGE" "$1"; }
 fi
@@ -112,7 +112,7 @@ print(f"| lode peak RSS | {rss/1024:.0f} MiB | |")
 PY
 
 if [[ -n "${BIG:-}" ]]; then
-  cargo build --release -q -p flattener --example make_big_image
+  cargo build --release -q -p lode-flattener --example make_big_image
   target/release/examples/make_big_image "$WORK/big" "$BIG" 2>/dev/null
   out_flag=(); [[ -n "${LODE_BIN:-}" ]] && out_flag=(-o)
   stats=$( { /usr/bin/time -v "${LODE[@]}" "oci:$WORK/big:big" "${out_flag[@]}" "$WORK/big.img" >/dev/null; } 2>&1 )

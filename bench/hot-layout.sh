@@ -30,7 +30,7 @@ for t in losetup chroot mount; do
   command -v "$t" >/dev/null || { echo "skipped: $t missing"; exit 0; }
 done
 
-cargo build --release -q -p flattener --example hot_trace
+cargo build --release -q -p lode-flattener --example hot_trace
 X=target/release/examples/hot_trace
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/lode-hot.XXXXXX")
 INST=$TRACING/instances/lode-hot-$$

@@ -4,4 +4,4 @@
 # LODE_BENCH_SAMPLES=N sets samples per L2 row (default 1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo bench -p cache-tiers --bench tiers "$@"
+exec cargo bench -p lode-cache-tiers --bench tiers "$@"

@@ -42,8 +42,8 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo test --workspace --all-features"
 cargo test --workspace --all-features
 
-step "cargo test -p chunk-core --no-default-features --features aws-lc-rs (second crypto backend alone)"
-cargo test -p chunk-core --no-default-features --features aws-lc-rs
+step "cargo test -p lode-chunk-core --no-default-features --features aws-lc-rs (second crypto backend alone)"
+cargo test -p lode-chunk-core --no-default-features --features aws-lc-rs
 
 step "cargo doc --workspace --no-deps (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps

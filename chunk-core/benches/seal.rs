@@ -1,7 +1,7 @@
 //! Seal and open 512 KiB chunks, per backend, on one thread and on all
 //! threads (`seal_batch`, and rayon for open).
 //!
-//! `cargo bench -p chunk-core --all-features --bench seal`; medians land in
+//! `cargo bench -p lode-chunk-core --all-features --bench seal`; medians land in
 //! `target/criterion/<group>/<bench>/<backend>/new/estimates.json`.
 //!
 //! The one-thread group measures the thread's CPU time

@@ -2,7 +2,7 @@
 //! (a pusher on one, a worker on the other) must never break silently.
 //!
 //! Compiled only when both `rustcrypto` and `aws-lc-rs` are enabled
-//! (`cargo test -p chunk-core --all-features`).
+//! (`cargo test -p lode-chunk-core --all-features`).
 
 #![cfg(all(feature = "rustcrypto", feature = "aws-lc-rs"))]
 #![allow(missing_docs)]

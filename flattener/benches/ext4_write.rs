@@ -1,6 +1,6 @@
 //! Throughput of the ext4 writer against a plain copy of the same file data
 //! through the same spool and buffer size (the floor: the writer cannot beat
-//! copying its data). Run: `cargo bench -p flattener --bench ext4_write`.
+//! copying its data). Run: `cargo bench -p lode-flattener --bench ext4_write`.
 
 use std::collections::BTreeMap;
 use std::io::{self, Seek, SeekFrom, Write};

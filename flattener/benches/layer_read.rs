@@ -1,7 +1,7 @@
 //! Throughput of reading one gzip layer into a tree (decompress, verify both
 //! digests, parse, spool, apply) against plain gzip decompression of the
 //! same blob in the same process (the floor).
-//! Run: `cargo bench -p flattener --bench layer_read`.
+//! Run: `cargo bench -p lode-flattener --bench layer_read`.
 
 use std::io::{Read, Write};
 

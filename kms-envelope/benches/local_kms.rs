@@ -1,6 +1,6 @@
 //! Wrapping and unwrapping a data key with `LocalKms`.
 //!
-//! `cargo bench -p kms-envelope --bench local_kms`
+//! `cargo bench -p lode-kms-envelope --bench local_kms`
 
 use std::hint::black_box;
 

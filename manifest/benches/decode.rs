@@ -1,7 +1,7 @@
 //! Decoding and opening the manifest of a 10 GiB image: 20,480 chunks of
 //! 512 KiB. Baselines in the same process: copying and hashing the same bytes.
 //!
-//! `cargo bench -p manifest --bench decode`
+//! `cargo bench -p lode-manifest --bench decode`
 
 use std::hint::black_box;
 

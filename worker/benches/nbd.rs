@@ -8,7 +8,7 @@
 //! not decryption. Needs `nbdcopy` (libnbd-bin) and `qemu-nbd`
 //! (qemu-utils); parts whose tools are missing are skipped.
 //!
-//! `cargo bench -p worker --bench nbd`
+//! `cargo bench -p lode-worker --bench nbd`
 #![allow(missing_docs)] // criterion_group! generates an undocumented fn
 
 use std::process::{Child, Command, Stdio};

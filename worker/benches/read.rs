@@ -7,7 +7,7 @@
 //! - `baseline/open_chunk`: `chunk_core::open` of one 512 KiB chunk, the
 //!   crypto floor of a cold read; compare cold throughput against it.
 //!
-//! Run: `cargo bench -p worker --bench read`.
+//! Run: `cargo bench -p lode-worker --bench read`.
 
 use std::sync::Arc;
 
