@@ -1,0 +1,238 @@
+//! Opening an image for serving: manifest + key service + cache tiers →
+//! [`worker::LazyImage`], and starting the prefetch of its stored profile.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cache_tiers::{
+    Delayed, DiskTier, ErasureCodedTier, FillPolicy, MemcachedConfig, MemcachedNode, Node, Tier,
+    Tiered,
+};
+use kms_envelope::{Kms, LocalKms};
+use worker::{LazyImage, LazyImageOptions, TieredSource};
+
+use crate::error::{Error, Result};
+use crate::layout::{PROFILES, Store};
+use crate::url::KmsUrl;
+
+/// Opens the key service named by `url` (the master key id is [`KmsUrl::key_id`]).
+pub fn open_kms(url: &KmsUrl) -> Result<Arc<dyn Kms>> {
+    let err = |e: kms_envelope::Error| Error::Kms {
+        spec: url.to_string(),
+        source: e.into(),
+    };
+    match url {
+        KmsUrl::Local { path, .. } => Ok(Arc::new(LocalKms::open(path).map_err(err)?)),
+        #[cfg(feature = "aws")]
+        KmsUrl::Aws { .. } => Ok(Arc::new(kms_envelope::AwsKms::from_env().map_err(err)?)),
+        #[cfg(not(feature = "aws"))]
+        KmsUrl::Aws { .. } => Err(Error::InvalidKmsSpec {
+            spec: url.to_string(),
+            reason: "this build has no AWS support (feature `aws`)".into(),
+        }),
+    }
+}
+
+/// The shared L2 cache: erasure-coded over memcached nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct L2Config {
+    /// `host:port` of each memcached node.
+    pub nodes: Vec<String>,
+    /// Data shards (k).
+    pub data: usize,
+    /// Parity shards (n - k).
+    pub parity: usize,
+}
+
+impl L2Config {
+    /// `data`+`parity` shards over `nodes` (at least `data + parity` of them).
+    pub fn new(nodes: Vec<String>, data: usize, parity: usize) -> Self {
+        Self {
+            nodes,
+            data,
+            parity,
+        }
+    }
+}
+
+/// The cache tiers in front of the store.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TierConfig {
+    /// L1 disk cache directory (none: no L1 on disk).
+    pub cache_dir: Option<PathBuf>,
+    /// L1 disk cache size in bytes.
+    pub cache_size: u64,
+    /// Optional L2.
+    pub l2: Option<L2Config>,
+    /// Added delay of every chunk GET from the store (benchmarks and fault tests).
+    pub store_latency: Option<Duration>,
+}
+
+impl TierConfig {
+    /// No L1 disk, no L2: reads go to the store (and the image's memory cache).
+    pub fn store_only() -> Self {
+        Self::default()
+    }
+
+    /// With an L1 disk cache in `dir` of `size` bytes.
+    pub fn cache_dir(mut self, dir: Option<PathBuf>, size: u64) -> Self {
+        self.cache_dir = dir;
+        self.cache_size = size;
+        self
+    }
+
+    /// With an L2.
+    pub fn l2(mut self, l2: Option<L2Config>) -> Self {
+        self.l2 = l2;
+        self
+    }
+
+    /// With an added store latency.
+    pub fn store_latency(mut self, delay: Option<Duration>) -> Self {
+        self.store_latency = delay;
+        self
+    }
+}
+
+/// An image opened for serving, with what it was opened from.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Opened {
+    /// The lazily served image.
+    pub image: LazyImage,
+    /// Its sealed manifest (public part readable).
+    pub sealed: manifest::SealedManifest,
+    /// The store it came from.
+    pub store: Store,
+}
+
+impl Opened {
+    /// Hex public digest of the manifest (what profiles are bound to).
+    pub fn digest(&self) -> String {
+        hex::encode(self.sealed.public_digest())
+    }
+}
+
+/// Opens the image `name` of `store` lazily over L1 disk (when configured),
+/// the optional L2 and the store, its keys unwrapped by `kms`.
+pub async fn open_image(
+    store: &Store,
+    name: &str,
+    kms: &dyn Kms,
+    tiers: &TierConfig,
+    opts: LazyImageOptions,
+) -> Result<Opened> {
+    let sealed = store.get_manifest(name).await?;
+    let tiers_err = |what: String| move |e: cache_tiers::Error| Error::Tiers {
+        what,
+        source: e.into(),
+    };
+    let mut builder = Tiered::<String, Bytes>::builder();
+    // The worker fills upper tiers itself, only with verified chunks.
+    builder = builder.fill_policy(FillPolicy::None);
+    let mut trusted = 0;
+    if let Some(dir) = &tiers.cache_dir {
+        let disk = DiskTier::open(dir, tiers.cache_size)
+            .await
+            .map_err(tiers_err(format!("opening the L1 cache in {}", dir.display())))?;
+        builder = builder.tier(disk);
+        trusted = 1;
+    }
+    if let Some(l2) = &tiers.l2 {
+        let nodes: Vec<Node> = l2
+            .nodes
+            .iter()
+            .map(|addr| {
+                Arc::new(MemcachedNode::new(addr.clone(), MemcachedConfig::default())) as Node
+            })
+            .collect();
+        let tier = ErasureCodedTier::builder(nodes)
+            .data_shards(l2.data)
+            .parity_shards(l2.parity)
+            .build()
+            .map_err(tiers_err("configuring the L2 cache".into()))?;
+        builder = builder.tier(tier);
+    }
+    let l3: Arc<dyn Tier<String, Bytes>> = store.chunks().clone();
+    builder = match tiers.store_latency {
+        Some(delay) if !delay.is_zero() => builder.tier(Delayed::new(l3, delay)),
+        _ => builder.tier_arc(l3),
+    };
+    let tiered = builder
+        .build()
+        .map_err(tiers_err("building the cache tiers".into()))?;
+    let source = Arc::new(TieredSource::new(tiered, trusted));
+    let image = LazyImage::open(&sealed, name, kms, source, opts)
+        .await
+        .map_err(|e| Error::OpenImage {
+            name: name.to_string(),
+            source: e.into(),
+        })?;
+    Ok(Opened {
+        image,
+        sealed,
+        store: store.clone(),
+    })
+}
+
+/// Whether and how to prefetch a stored profile at open.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Prefetch {
+    /// Prefetch when `profiles/NAME` exists and fits the manifest.
+    pub enabled: bool,
+    /// Chunk fetches in flight at once.
+    pub concurrency: usize,
+}
+
+impl Prefetch {
+    /// Prefetch (or not) with this many fetches in flight (at least 1).
+    pub fn new(enabled: bool, concurrency: usize) -> Self {
+        Self {
+            enabled,
+            concurrency: concurrency.max(1),
+        }
+    }
+}
+
+/// Loads the stored profile of `name` when there is one that fits the
+/// manifest (a warning is logged otherwise), and starts prefetching its
+/// chunks in the background unless prefetch is off. Returns the profile's
+/// kernel readahead hint (KiB), if any.
+pub async fn start_prefetch(opened: &Opened, name: &str, prefetch: Prefetch) -> Option<u32> {
+    let profile = match opened.store.get_profile(name).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "not using the stored profile"
+            );
+            return None;
+        }
+    };
+    if let Err(why) = profile.check_image(
+        &opened.digest(),
+        opened.sealed.image_size(),
+        opened.sealed.chunk_size(),
+    ) {
+        tracing::warn!("not prefetching: {PROFILES}/{name} does not fit this image: {why}");
+        return None;
+    }
+    if !prefetch.enabled {
+        return profile.kernel_readahead_kb;
+    }
+    let chunks = profile.chunk_indexes();
+    tracing::info!(
+        "prefetching {} chunks of {name} from {PROFILES}/{name} ({} at once)",
+        chunks.len(),
+        prefetch.concurrency.max(1)
+    );
+    // The report also lands in the stats; the task runs on by itself.
+    drop(opened.image.prefetch(chunks, prefetch.concurrency.max(1)));
+    profile.kernel_readahead_kb
+}
