@@ -2,9 +2,11 @@
 //! through clap), then an optional TOML file, in that order of precedence.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
+use lode_store::{KmsUrl, L2Config, StoreUrl, TierConfig};
 use serde::Deserialize;
 
 /// Settings shared by every command that touches a store.
@@ -80,21 +82,34 @@ impl Settings {
     }
 
     /// The store URL, or an error saying how to give one.
-    pub fn store(&self) -> Result<StoreSpec> {
+    pub fn store_url(&self) -> Result<StoreUrl> {
         let url = self
             .store
             .as_deref()
             .context("no store given: use --store URL or LODE_STORE")?;
-        StoreSpec::parse(url)
+        Ok(StoreUrl::parse(url)?)
+    }
+
+    /// Opens the (existing) store.
+    pub fn store(&self) -> Result<lode_store::Store> {
+        Ok(lode_store::Store::open(&self.store_url()?)?)
     }
 
     /// The KMS spec, or an error saying how to give one.
-    pub fn kms(&self) -> Result<KmsSpec> {
+    pub fn kms(&self) -> Result<KmsUrl> {
         let spec = self
             .kms
             .as_deref()
             .context("no key service given: use --kms SPEC or LODE_KMS")?;
-        KmsSpec::parse(spec)
+        Ok(KmsUrl::parse(spec)?)
+    }
+
+    /// The cache tiers of a worker, with `cache_dir` as its L1 disk.
+    pub fn tiers(&self, cache_dir: Option<&Path>) -> Result<TierConfig> {
+        Ok(TierConfig::store_only()
+            .cache_dir(cache_dir.map(Path::to_path_buf), self.cache_size()?)
+            .l2(self.l2()?)
+            .store_latency(self.store_latency()?))
     }
 
     /// The salt file, or an error saying how to give one.
@@ -106,7 +121,7 @@ impl Settings {
     pub fn store_latency(&self) -> Result<Option<std::time::Duration>> {
         self.store_latency
             .as_deref()
-            .map(|s| crate::gc::parse_duration(s).context("--store-latency / LODE_STORE_LATENCY"))
+            .map(|s| parse_duration(s).context("--store-latency / LODE_STORE_LATENCY"))
             .transpose()
     }
 
@@ -116,7 +131,7 @@ impl Settings {
     }
 
     /// The L2 spec, when one is configured.
-    pub fn l2(&self) -> Result<Option<L2Spec>> {
+    pub fn l2(&self) -> Result<Option<L2Config>> {
         let Some(url) = self.l2.as_deref() else {
             return Ok(None);
         };
@@ -146,11 +161,7 @@ impl Settings {
             data + parity,
             nodes.len()
         );
-        Ok(Some(L2Spec {
-            nodes,
-            data,
-            parity,
-        }))
+        Ok(Some(L2Config::new(nodes, data, parity)))
     }
 }
 
@@ -162,98 +173,6 @@ fn default_config_path() -> Option<PathBuf> {
     user.into_iter()
         .chain([PathBuf::from("/etc/lode/config.toml")])
         .find(|p| p.is_file())
-}
-
-/// Where chunks and manifests live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreSpec {
-    /// A local directory.
-    File(PathBuf),
-    /// An S3 bucket (endpoint and credentials from the standard AWS variables).
-    S3 {
-        /// Bucket name.
-        bucket: String,
-        /// Key prefix inside the bucket, without leading or trailing `/`.
-        prefix: String,
-    },
-    /// A process-local store, for tests.
-    Memory,
-}
-
-impl StoreSpec {
-    /// Parses `file:///abs`, `s3://bucket/prefix` or `memory://`.
-    pub fn parse(url: &str) -> Result<Self> {
-        if let Some(path) = url.strip_prefix("file://") {
-            ensure!(
-                path.starts_with('/'),
-                "store {url:?}: a file store needs an absolute path, as in file:///var/lib/lode"
-            );
-            return Ok(Self::File(PathBuf::from(path)));
-        }
-        if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            ensure!(!bucket.is_empty(), "store {url:?}: no bucket name");
-            return Ok(Self::S3 {
-                bucket: bucket.to_string(),
-                prefix: prefix.trim_matches('/').to_string(),
-            });
-        }
-        if url == "memory://" || url == "memory:" {
-            return Ok(Self::Memory);
-        }
-        bail!(
-            "store {url:?} is not supported: use file:///abs/path, s3://bucket/prefix or memory://"
-        )
-    }
-}
-
-/// Which key service wraps manifest data keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KmsSpec {
-    /// A local keyring file and the key name in it.
-    Local {
-        /// Keyring path.
-        path: PathBuf,
-        /// Master key name.
-        key: String,
-    },
-    /// AWS KMS with this key id or ARN.
-    Aws {
-        /// Key id, alias or ARN.
-        key_id: String,
-    },
-}
-
-impl KmsSpec {
-    /// Parses `local:/path[#key]` or `aws:KEY`.
-    pub fn parse(spec: &str) -> Result<Self> {
-        if let Some(rest) = spec.strip_prefix("local:") {
-            let (path, key) = rest.split_once('#').unwrap_or((rest, "default"));
-            ensure!(!path.is_empty(), "KMS {spec:?}: no keyring path");
-            return Ok(Self::Local {
-                path: PathBuf::from(path),
-                key: key.to_string(),
-            });
-        }
-        if let Some(key) = spec.strip_prefix("aws:") {
-            ensure!(!key.is_empty(), "KMS {spec:?}: no key id");
-            return Ok(Self::Aws {
-                key_id: key.to_string(),
-            });
-        }
-        bail!("KMS {spec:?} is not supported: use local:/path/to/keyring or aws:KEY_ID")
-    }
-}
-
-/// The shared L2 cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct L2Spec {
-    /// `host:port` of each memcached node.
-    pub nodes: Vec<String>,
-    /// Data shards (k).
-    pub data: usize,
-    /// Parity shards (n - k).
-    pub parity: usize,
 }
 
 /// Parses `123`, `64KiB`, `512MiB`, `4GiB`, `1T`, `10GB` (binary units either way).
@@ -276,38 +195,37 @@ pub fn parse_size(text: &str) -> Result<u64> {
         .with_context(|| format!("size {text:?} is too large"))
 }
 
+/// Parses `24h`, `30m`, `90s`, `2d`, `20ms` or `0s` (a plain number means seconds).
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    if digits.is_empty() {
+        bail!("duration {s:?} must look like 24h, 30m, 90s, 2d, 20ms or 0s");
+    }
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("duration {s:?} is too large"))?;
+    let mult_ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => bail!("duration {s:?}: unit must be ms, s, m, h or d"),
+    };
+    let ms = n
+        .checked_mul(mult_ms)
+        .with_context(|| format!("duration {s:?} is too large"))?;
+    Ok(Duration::from_millis(ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_specs() {
-        assert_eq!(
-            StoreSpec::parse("file:///tmp/s").unwrap(),
-            StoreSpec::File("/tmp/s".into())
-        );
-        assert_eq!(
-            StoreSpec::parse("s3://b/p/q/").unwrap(),
-            StoreSpec::S3 {
-                bucket: "b".into(),
-                prefix: "p/q".into()
-            }
-        );
-        assert!(StoreSpec::parse("file://rel").is_err());
-        assert!(StoreSpec::parse("http://x").is_err());
-        assert_eq!(
-            KmsSpec::parse("local:/k/ring").unwrap(),
-            KmsSpec::Local {
-                path: "/k/ring".into(),
-                key: "default".into()
-            }
-        );
-        assert_eq!(
-            KmsSpec::parse("aws:alias/x").unwrap(),
-            KmsSpec::Aws {
-                key_id: "alias/x".into()
-            }
-        );
+    fn parses_sizes() {
         assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
         assert_eq!(parse_size("512k").unwrap(), 512 << 10);
         assert!(parse_size("5 parsecs").is_err());
@@ -326,10 +244,10 @@ mod tests {
         }
         .resolve()
         .unwrap();
-        assert_eq!(s.store().unwrap(), StoreSpec::Memory);
+        assert_eq!(s.store_url().unwrap(), StoreUrl::Memory);
         assert_eq!(
             s.kms().unwrap(),
-            KmsSpec::Local {
+            KmsUrl::Local {
                 path: "/k".into(),
                 key: "default".into()
             }
@@ -340,5 +258,18 @@ mod tests {
             s.store_latency().unwrap(),
             Some(std::time::Duration::from_millis(20))
         );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("15").unwrap(), Duration::from_secs(15));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert_eq!(parse_duration("20ms").unwrap(), Duration::from_millis(20));
+        for bad in ["", "h", "5w", "-1s", "1.5h", "99999999999999999999d", "5us"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -16,6 +16,7 @@ const LODE_CRATES: &[&str] = &[
     "flattener",
     "manifest",
     "kms_envelope",
+    "lode_store",
 ];
 
 /// The filter directive used when `LODE_LOG` is not set.

@@ -1,22 +1,17 @@
 //! `lode`: load container images on demand.
 //!
-//! A thin binary: it parses flags, wires the libraries (`flattener`,
-//! `chunk-core`, `manifest`, `kms-envelope`, `cache-tiers`, `worker`) and
-//! shows progress. See the repository README for the walk-through.
+//! A thin binary: it parses flags and settings, drives `lode-store` (push,
+//! gc, open) and `worker` (mount, NBD), shows progress and prints what they
+//! return. See the repository README for the walk-through.
 
 // A binary: `pub` marks what modules share; nothing is exported.
 #![allow(unreachable_pub)]
 
 mod config;
-mod gc;
-mod inspect;
-mod keys;
 mod logging;
 mod mount;
-mod profile;
-mod push;
-mod salts;
-mod store;
+mod print;
+mod progress;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -24,8 +19,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::config::Settings;
-use crate::store::Store;
+use lode_store::layout::PROFILES;
+use lode_store::{GcOptions, Push, salts};
+
+use crate::config::{Settings, parse_duration};
 
 #[derive(Parser)]
 #[command(
@@ -212,11 +209,8 @@ struct PrefetchArgs {
 }
 
 impl PrefetchArgs {
-    fn settings(&self) -> mount::Prefetch {
-        mount::Prefetch {
-            enabled: !self.no_prefetch,
-            concurrency: self.prefetch_concurrency.max(1),
-        }
+    fn settings(&self) -> lode_store::Prefetch {
+        lode_store::Prefetch::new(!self.no_prefetch, self.prefetch_concurrency)
     }
 }
 
@@ -280,7 +274,7 @@ fn main() {
     logging::init(cli.verbose);
     raise_open_file_limit();
     if let Err(e) = run(cli) {
-        eprintln!("lode: error: {}", error_chain(&e));
+        eprintln!("lode: error: {e:#}");
         std::process::exit(1);
     }
 }
@@ -302,23 +296,6 @@ fn raise_open_file_limit() {
             }
         }
     }
-}
-
-/// The error and its causes on one line, each cause once: library errors
-/// often show their source in their own message too.
-pub(crate) fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -358,31 +335,34 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let hot = layout_profile
                 .as_deref()
-                .map(push::hot_list_from_profile)
+                .map(lode_store::profile::hot_list_from_profile)
                 .transpose()?;
-            let store_url = settings.store.clone().unwrap_or_default();
-            let store = Store::open(&settings.store()?, &store_url)?;
-            let (kms, key_id) = keys::open_kms(&settings.kms()?)?;
+            let store = lode_store::Store::open_or_create(&settings.store_url()?)?;
+            let kms_url = settings.kms()?;
+            let kms = lode_store::open_kms(&kms_url)?;
             let salt = salts::current_salt(settings.salts()?)?;
-            let req = push::PushRequest {
-                image: &image,
-                name: &name,
-                platform: platform.as_deref(),
-                store: &store,
+            let bars = std::sync::Arc::new(progress::PushBars::new(
+                std::io::stderr().is_terminal() && !json,
+            ));
+            let push = Push::new(
+                &store,
+                &image,
+                &name,
                 kms,
-                key_id: &key_id,
+                kms_url.key_id(),
                 salt,
-                provider: provider(&cli.crypto)?,
-                upload_concurrency: concurrency.max(1),
-                spool_dir: Some(push::spool_dir(spool_dir)?),
-                progress: std::io::stderr().is_terminal() && !json,
-                hot,
-            };
-            let summary = runtime()?.block_on(push::push(req))?;
+                provider(&cli.crypto)?,
+            )
+            .platform(platform.as_deref())?
+            .upload_concurrency(concurrency)
+            .spool_dir(lode_store::push::spool_dir(spool_dir)?)
+            .hot(hot)
+            .progress(bars);
+            let summary = runtime()?.block_on(push.run())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
-                push::print_summary(&summary);
+                print::push_summary(&summary);
             }
             Ok(())
         }
@@ -411,7 +391,7 @@ fn run(cli: Cli) -> Result<()> {
                 readahead_chunks,
                 kernel_readahead_kb,
                 record_profile,
-                profile_window: gc::parse_duration(&profile_window).context("--profile-window")?,
+                profile_window: parse_duration(&profile_window).context("--profile-window")?,
                 prefetch: prefetch.settings(),
                 crypto: provider(&cli.crypto)?,
             },
@@ -436,40 +416,39 @@ fn run(cli: Cli) -> Result<()> {
             provider(&cli.crypto)?,
         )),
         Command::Profile { action } => {
-            let store_url = settings.store.clone().unwrap_or_default();
-            let store = Store::open(&settings.store()?, &store_url)?;
+            let store = settings.store()?;
             let rt = runtime()?;
             match action {
                 ProfileAction::Save { name, file } => {
-                    let stored = rt.block_on(profile::save(&store, &name, &file))?;
+                    let stored =
+                        rt.block_on(lode_store::profile::save_profile(&store, &name, &file))?;
                     println!(
-                        "saved {}/{name}: {} chunks (manifest {})",
-                        store::PROFILES,
+                        "saved {PROFILES}/{name}: {} chunks (manifest {})",
                         stored.chunks.len(),
-                        &stored.manifest_digest[..12]
+                        stored.manifest_digest.get(..12).unwrap_or_default()
                     );
                 }
                 ProfileAction::Show { name, json } => {
                     let Some(p) = rt.block_on(store.get_profile(&name))? else {
-                        anyhow::bail!("no profile for {name:?} in {}", store.url);
+                        anyhow::bail!("no profile for {name:?} in {}", store.url());
                     };
-                    let summary = rt.block_on(profile::summary(&store, &name, &p));
+                    let summary =
+                        rt.block_on(lode_store::profile::profile_summary(&store, &name, &p));
                     if json {
                         println!("{}", serde_json::to_string_pretty(&summary)?);
                     } else {
-                        profile::print_summary(&name, &summary);
+                        print::profile_summary(&name, &summary);
                     }
                 }
                 ProfileAction::Rm { name } => {
-                    rt.block_on(profile::rm(&store, &name))?;
-                    println!("removed {}/{name}", store::PROFILES);
+                    rt.block_on(store.delete_profile(&name))?;
+                    println!("removed {PROFILES}/{name}");
                 }
             }
             Ok(())
         }
         Command::Ls { json } => {
-            let store_url = settings.store.clone().unwrap_or_default();
-            let store = Store::open(&settings.store()?, &store_url)?;
+            let store = settings.store()?;
             let list = runtime()?.block_on(store.list_manifests())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
@@ -512,35 +491,37 @@ fn run(cli: Cli) -> Result<()> {
             wait,
             json,
         } => {
-            let store_url = settings.store.clone().unwrap_or_default();
-            let store = Store::open(&settings.store()?, &store_url)?;
-            let opts = gc::GcOptions {
-                grace: gc::parse_duration(&grace).context("--grace")?,
-                delete,
-                wait: gc::parse_duration(&wait).context("--wait")?,
+            let store = settings.store()?;
+            let grace = parse_duration(&grace).context("--grace")?;
+            let opts = if delete {
+                GcOptions::delete(grace, parse_duration(&wait).context("--wait")?)
+            } else {
+                GcOptions::dry_run(grace)
             };
-            let report = runtime()?.block_on(gc::gc(&store, &opts))?;
+            let report = runtime()?.block_on(lode_store::gc(&store, &opts))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                gc::print_report(&report);
+                print::gc_report(&report);
             }
             Ok(())
         }
         Command::Inspect { name, keys, json } => {
-            let store_url = settings.store.clone().unwrap_or_default();
-            let store = Store::open(&settings.store()?, &store_url)?;
+            let store = settings.store()?;
             let rt = runtime()?;
-            let (mut report, sealed) = rt.block_on(inspect::inspect(&store, &name))?;
+            let (mut report, sealed) = rt.block_on(lode_store::inspect::inspect(&store, &name))?;
             if keys {
-                let (kms, _) = keys::open_kms(&settings.kms()?)?;
-                report.keys =
-                    Some(rt.block_on(inspect::check_keys(&sealed, &name, kms.as_ref()))?);
+                let kms = lode_store::open_kms(&settings.kms()?)?;
+                report.keys = Some(rt.block_on(lode_store::inspect::check_keys(
+                    &sealed,
+                    &name,
+                    kms.as_ref(),
+                ))?);
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                inspect::print_report(&report);
+                print::inspect_report(&report);
             }
             Ok(())
         }
@@ -555,10 +536,10 @@ fn flatten(
 ) -> Result<()> {
     use flattener::ImageRef;
     let hot = layout_profile
-        .map(push::hot_list_from_profile)
+        .map(lode_store::profile::hot_list_from_profile)
         .transpose()?;
     let image_ref = ImageRef::parse(image).with_context(|| format!("image {image:?}"))?;
-    let pb = push::bar(
+    let pb = progress::bar(
         std::io::stderr().is_terminal(),
         "layers [{bar:30}] {bytes}/{total_bytes}",
     );
@@ -567,7 +548,10 @@ fn flatten(
         progress_bar.set_length(p.bytes_total);
         progress_bar.set_position(p.bytes_read);
     };
-    let mut opts = push::flatten_options(platform)?.with_progress(&progress);
+    let mut opts = flattener::FlattenOptions::default().with_progress(&progress);
+    if let Some(p) = platform {
+        opts = opts.with_platform(lode_store::push::parse_platform(p)?);
+    }
     if let Some(hot) = &hot {
         opts = opts.with_hot(hot);
     }

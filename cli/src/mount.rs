@@ -1,149 +1,31 @@
 //! `lode mount`, `lode umount`, `lode pull`: the worker side.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
-use cache_tiers::{
-    Delayed, DiskTier, ErasureCodedTier, FillPolicy, MemcachedConfig, MemcachedNode, Node, Tier,
-    Tiered,
-};
-use worker::{LazyImage, LazyImageOptions, TieredSource};
+use lode_store::layout::PROFILES;
+use lode_store::{Opened, Prefetch, open_image, open_kms, start_prefetch};
+use worker::LazyImageOptions;
 
 use crate::config::Settings;
-use crate::store::{PROFILES, Store};
 
-/// An image opened for serving, with what it was opened from.
-pub struct Opened {
-    /// The lazily served image.
-    pub image: LazyImage,
-    /// Its sealed manifest (public part readable).
-    pub sealed: manifest::SealedManifest,
-    /// The store it came from.
-    pub store: Store,
-}
-
-impl Opened {
-    /// Hex public digest of the manifest (what profiles are bound to).
-    pub fn digest(&self) -> String {
-        hex::encode(self.sealed.public_digest())
-    }
-}
-
-/// Whether and how to prefetch a stored profile at open.
-#[derive(Debug, Clone, Copy)]
-pub struct Prefetch {
-    /// Prefetch when `profiles/NAME` exists and fits the manifest.
-    pub enabled: bool,
-    /// Chunk fetches in flight at once.
-    pub concurrency: usize,
-}
-
-/// Opens the image `name` lazily over L1 disk (when a cache dir is given),
-/// optional L2 memcached, and the store (slowed by `--store-latency`).
-pub async fn open_image(
+/// Opens `name` from the configured store, key service and tiers.
+async fn open(
     settings: &Settings,
     name: &str,
     cache_dir: Option<&Path>,
     opts: LazyImageOptions,
 ) -> Result<Opened> {
-    let store_url = settings.store.clone().unwrap_or_default();
-    let store = Store::open(&settings.store()?, &store_url)?;
-    let sealed = store.get_manifest(name).await?;
-    let (kms, _) = crate::keys::open_kms(&settings.kms()?)?;
-    let mut builder = Tiered::<String, Bytes>::builder();
-    // The worker fills upper tiers itself, only with verified chunks.
-    builder = builder.fill_policy(FillPolicy::None);
-    let mut trusted = 0;
-    if let Some(dir) = cache_dir {
-        let disk = DiskTier::open(dir, settings.cache_size()?)
-            .await
-            .with_context(|| format!("opening the L1 cache in {}", dir.display()))?;
-        builder = builder.tier(disk);
-        trusted = 1;
-    }
-    if let Some(l2) = settings.l2()? {
-        let nodes: Vec<Node> = l2
-            .nodes
-            .iter()
-            .map(|addr| {
-                Arc::new(MemcachedNode::new(addr.clone(), MemcachedConfig::default())) as Node
-            })
-            .collect();
-        let tier = ErasureCodedTier::builder(nodes)
-            .data_shards(l2.data)
-            .parity_shards(l2.parity)
-            .build()
-            .context("configuring the L2 cache")?;
-        builder = builder.tier(tier);
-    }
-    let l3: Arc<dyn Tier<String, Bytes>> = store.chunks.clone();
-    builder = match settings.store_latency()? {
-        Some(delay) if !delay.is_zero() => builder.tier(Delayed::new(l3, delay)),
-        _ => builder.tier_arc(l3),
-    };
-    let tiered = builder.build().context("building the cache tiers")?;
-    let source = Arc::new(TieredSource::new(tiered, trusted));
-    let image = LazyImage::open(&sealed, name, kms.as_ref(), source, opts)
-        .await
-        .with_context(|| format!("opening image {name} (does this KMS hold its key?)"))?;
-    Ok(Opened {
-        image,
-        sealed,
-        store,
-    })
+    let store = settings.store()?;
+    let kms = open_kms(&settings.kms()?)?;
+    let tiers = settings.tiers(cache_dir)?;
+    Ok(open_image(&store, name, kms.as_ref(), &tiers, opts).await?)
 }
 
 /// Kernel readahead of the loop device when neither the flag nor the
 /// image's profile says otherwise (KiB).
 pub use worker::DEFAULT_KERNEL_READAHEAD_KB;
-
-/// Loads the stored profile of `name` when there is one that fits the
-/// manifest (warnings on stderr otherwise), and starts prefetching its
-/// chunks in the background unless prefetch is off. Returns the profile's
-/// kernel readahead hint, if any (see [`kernel_readahead`]).
-pub async fn start_prefetch(
-    opened: &Opened,
-    name: &str,
-    prefetch: Prefetch,
-) -> Result<Option<u32>> {
-    let profile = match opened.store.get_profile(name).await {
-        Ok(Some(p)) => p,
-        Ok(None) => return Ok(None),
-        Err(e) => {
-            eprintln!(
-                "lode: warning: not using the stored profile: {}",
-                crate::error_chain(&e)
-            );
-            return Ok(None);
-        }
-    };
-    let digest = opened.digest();
-    if let Err(why) = profile.check_image(
-        &digest,
-        opened.sealed.image_size(),
-        opened.sealed.chunk_size(),
-    ) {
-        eprintln!(
-            "lode: warning: not prefetching: {PROFILES}/{name} does not fit this image: {why}"
-        );
-        return Ok(None);
-    }
-    if !prefetch.enabled {
-        return Ok(profile.kernel_readahead_kb);
-    }
-    let chunks = profile.chunk_indexes();
-    eprintln!(
-        "lode: prefetching {} chunks of {name} from {PROFILES}/{name} ({} at once)",
-        chunks.len(),
-        prefetch.concurrency.max(1)
-    );
-    // The report also lands in the stats; the task runs on by itself.
-    drop(opened.image.prefetch(chunks, prefetch.concurrency.max(1)));
-    Ok(profile.kernel_readahead_kb)
-}
 
 /// Why a kernel readahead was chosen (logged).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,14 +108,14 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
         if req.record_profile.is_some() {
             image_opts = image_opts.record(req.profile_window);
         }
-        let opened = rt.block_on(open_image(
+        let opened = rt.block_on(open(
             settings,
             &req.name,
             req.cache_dir.as_deref(),
             image_opts,
         ))?;
         // Before mounting: the kernel's first reads join the prefetch.
-        let hint = rt.block_on(start_prefetch(&opened, &req.name, req.prefetch))?;
+        let hint = rt.block_on(start_prefetch(&opened, &req.name, req.prefetch));
         let (readahead_kb, why) = kernel_readahead(req.kernel_readahead_kb, hint);
         match why {
             ReadaheadSource::Flag => tracing::info!(
@@ -294,7 +176,7 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
             Ok(())
         }
         (Err(e), Some(r)) => {
-            r.fail(&crate::error_chain(&e));
+            r.fail(&format!("{e:#}"));
             Err(e)
         }
         (Err(e), None) => Err(e),
@@ -322,7 +204,7 @@ pub async fn pull(
     cache_dir: Option<&Path>,
     crypto: &'static dyn chunk_core::CryptoProvider,
 ) -> Result<()> {
-    let image = open_image(
+    let image = open(
         settings,
         name,
         cache_dir,
@@ -363,7 +245,7 @@ pub async fn serve_nbd(
     let addr: ListenAddr = listen
         .parse()
         .with_context(|| format!("listen address {listen:?}"))?;
-    let opened = open_image(
+    let opened = open(
         settings,
         name,
         settings.cache_dir.as_deref(),
@@ -372,7 +254,7 @@ pub async fn serve_nbd(
             .crypto(crypto),
     )
     .await?;
-    if let Some(kb) = start_prefetch(&opened, name, prefetch).await? {
+    if let Some(kb) = start_prefetch(&opened, name, prefetch).await {
         // The NBD client owns its block device and its readahead.
         tracing::info!(
             kernel_readahead_kb = kb,

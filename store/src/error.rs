@@ -244,6 +244,16 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
+    /// A prefetch profile that does not fit the image it is saved for.
+    #[error("refusing profile {} for image {name}: {why}", file.display())]
+    ProfileRefused {
+        /// The profile file.
+        file: PathBuf,
+        /// The image.
+        name: String,
+        /// Why it does not fit.
+        why: String,
+    },
     /// A prefetch profile could not be read or decoded.
     #[error("profile {what}")]
     ProfileRead {

@@ -193,4 +193,3 @@ pub async fn check_keys(
         chunk_keys: n,
     })
 }
-

@@ -5,7 +5,7 @@
 //! | `chunks/NAME` | a sealed chunk; `NAME` is the SHA-256 of its bytes (64 hex digits) |
 //! | `manifests/IMAGE` | the sealed manifest of `IMAGE`, replaced whole by a push |
 //! | `profiles/IMAGE` | the prefetch profile of `IMAGE` (chunk indexes only) |
-//! | `locks/push-ID`, `locks/gc-ID` | leases (see [`crate::gc`]) |
+//! | `locks/push-ID`, `locks/gc-ID` | leases (see [`crate::gc`](mod@crate::gc)) |
 //!
 //! All under an optional prefix (`s3://bucket/prefix`).
 
@@ -75,12 +75,12 @@ impl Store {
     /// [`Error::NoStore`] (a typo never creates an empty store); see
     /// [`Store::open_or_create`].
     pub fn open(url: &StoreUrl) -> Result<Self> {
-        if let StoreUrl::File(dir) = url {
-            if !dir.is_dir() {
-                return Err(Error::NoStore {
-                    store: url.to_string(),
-                });
-            }
+        if let StoreUrl::File(dir) = url
+            && !dir.is_dir()
+        {
+            return Err(Error::NoStore {
+                store: url.to_string(),
+            });
         }
         Self::open_or_create(url)
     }
@@ -227,7 +227,11 @@ impl Store {
         Ok(metas
             .into_iter()
             .filter_map(|m| {
-                let name = m.location.as_ref().strip_prefix(strip.as_str())?.to_string();
+                let name = m
+                    .location
+                    .as_ref()
+                    .strip_prefix(strip.as_str())?
+                    .to_string();
                 Some(StoredObject {
                     name,
                     size: m.size,
@@ -269,7 +273,13 @@ impl Store {
             .put(&path, PutPayload::from_bytes(body))
             .await
             .map_err(err)?;
-        Ok(self.raw.head(&path).await.map_err(err)?.last_modified.into())
+        Ok(self
+            .raw
+            .head(&path)
+            .await
+            .map_err(err)?
+            .last_modified
+            .into())
     }
 
     /// The stored prefetch profile of `name`, if any (validated).

@@ -1,6 +1,6 @@
 //! Leases: small objects `locks/push-ID` and `locks/gc-ID` that their owner
 //! rewrites every [`HEARTBEAT`] and deletes when done, so a push and a gc
-//! never race (see [`crate::gc`] for the argument). A lease not rewritten for
+//! never race (see [`crate::gc`](mod@crate::gc) for the argument). A lease not rewritten for
 //! [`LEASE_STALE`], by the store's clock, belongs to a dead process.
 
 use std::sync::Arc;
@@ -79,7 +79,10 @@ impl Lease {
     /// Rewrites the lease; returns the store's time of the write.
     pub(crate) async fn renew(&self) -> Result<SystemTime> {
         let started = Instant::now();
-        let now = self.store.put_under(LOCKS, &self.name, Self::body()).await?;
+        let now = self
+            .store
+            .put_under(LOCKS, &self.name, Self::body())
+            .await?;
         *self.renewed.lock().await = started;
         Ok(now)
     }

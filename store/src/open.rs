@@ -127,9 +127,11 @@ pub async fn open_image(
     opts: LazyImageOptions,
 ) -> Result<Opened> {
     let sealed = store.get_manifest(name).await?;
-    let tiers_err = |what: String| move |e: cache_tiers::Error| Error::Tiers {
-        what,
-        source: e.into(),
+    let tiers_err = |what: String| {
+        move |e: cache_tiers::Error| Error::Tiers {
+            what,
+            source: e.into(),
+        }
     };
     let mut builder = Tiered::<String, Bytes>::builder();
     // The worker fills upper tiers itself, only with verified chunks.
@@ -138,7 +140,10 @@ pub async fn open_image(
     if let Some(dir) = &tiers.cache_dir {
         let disk = DiskTier::open(dir, tiers.cache_size)
             .await
-            .map_err(tiers_err(format!("opening the L1 cache in {}", dir.display())))?;
+            .map_err(tiers_err(format!(
+                "opening the L1 cache in {}",
+                dir.display()
+            )))?;
         builder = builder.tier(disk);
         trusted = 1;
     }

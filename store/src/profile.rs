@@ -76,15 +76,17 @@ pub async fn save_profile(store: &Store, name: &str, file: &Path) -> Result<Prof
     let sealed = store.get_manifest(name).await?;
     let digest = hex::encode(sealed.public_digest());
     if let Err(why) = profile.check_image(&digest, sealed.image_size(), sealed.chunk_size()) {
-        return Err(Error::Profile {
-            what: file.display().to_string(),
-            problem: format!("refused for image {name}: {why}"),
+        return Err(Error::ProfileRefused {
+            file: file.to_path_buf(),
+            name: name.to_string(),
+            why: why.to_string(),
         });
     }
     if profile.chunks.is_empty() {
-        return Err(Error::Profile {
-            what: file.display().to_string(),
-            problem: "refused: it lists no chunks (was anything read during the window?)".into(),
+        return Err(Error::ProfileRefused {
+            file: file.to_path_buf(),
+            name: name.to_string(),
+            why: "it lists no chunks (was anything read during the window?)".into(),
         });
     }
     let stored = profile.chunks_only();

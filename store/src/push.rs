@@ -431,6 +431,30 @@ impl<'a> Push<'a> {
     }
 }
 
+/// The spool directory of a push: `dir` if given, else `$TMPDIR`, else
+/// `/var/tmp` (on disk even where `/tmp` is a tmpfs, as on Debian 13, which
+/// would hold a whole image's file contents in RAM). It must exist.
+pub fn spool_dir(dir: Option<PathBuf>) -> Result<PathBuf> {
+    let dir = dir
+        .or_else(|| {
+            std::env::var_os("TMPDIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| {
+            let var_tmp = PathBuf::from("/var/tmp");
+            if var_tmp.is_dir() {
+                var_tmp
+            } else {
+                std::env::temp_dir()
+            }
+        });
+    if !dir.is_dir() {
+        return Err(Error::SpoolDir { path: dir });
+    }
+    Ok(dir)
+}
+
 /// Parses `os/arch[/variant]`.
 pub fn parse_platform(p: &str) -> Result<Platform> {
     Platform::parse(p).ok_or_else(|| Error::Platform {
@@ -470,8 +494,9 @@ fn seal_stage(
             .into_par_iter()
             .map(|c| match c.data {
                 OwnedChunkData::Hole { .. } => Ok(Sealed::Hole(c.index)),
-                OwnedChunkData::Data(plain) => chunk_core::seal_owned(provider, salt, plain)
-                    .map(|s| Sealed::Data(c.index, s)),
+                OwnedChunkData::Data(plain) => {
+                    chunk_core::seal_owned(provider, salt, plain).map(|s| Sealed::Data(c.index, s))
+                }
             })
             .collect::<Result<_, _>>()
             .map_err(|e| Error::Seal { source: e.into() })?;

@@ -169,7 +169,11 @@ mod tests {
     fn a_broken_salt_file_is_named_and_its_secret_not_quoted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("salts");
-        write_private(&path, b"current = 1\n[[salt]]\nid = 1\nsecret = \"zz-secret\"\n").unwrap();
+        write_private(
+            &path,
+            b"current = 1\n[[salt]]\nid = 1\nsecret = \"zz-secret\"\n",
+        )
+        .unwrap();
         let err = current_salt(&path).unwrap_err().to_string();
         assert!(err.contains("not 64 hex digits"), "{err}");
         assert!(!err.contains("zz-secret"), "{err}");

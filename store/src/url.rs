@@ -51,9 +51,7 @@ impl StoreUrl {
         if url == "memory://" || url == "memory:" {
             return Ok(Self::Memory);
         }
-        Err(bad(
-            "use file:///abs/path, s3://bucket/prefix or memory://",
-        ))
+        Err(bad("use file:///abs/path, s3://bucket/prefix or memory://"))
     }
 }
 
