@@ -238,13 +238,15 @@ fn is_transient_generic(store: &str, source: &(dyn std::error::Error + 'static))
             return true;
         }
         if let Some(h) = e.downcast_ref::<object_store::client::HttpError>() {
+            // No status was seen (checked above), so the request never got
+            // an answer: a transport failure. Every operation of this tier
+            // is idempotent (names are content hashes), so each is retried,
+            // including kinds object_store leaves `Unknown`, such as hyper's
+            // `Canceled` "connection was not ready" when a pooled connection
+            // closed between checkout and use. Only an answer that could not
+            // be decoded is final.
             use object_store::client::HttpErrorKind as K;
-            if matches!(
-                h.kind(),
-                K::Connect | K::Request | K::Timeout | K::Interrupted
-            ) {
-                return true;
-            }
+            return !matches!(h.kind(), K::Decode);
         }
         if !local && let Some(io) = e.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind as K;
@@ -633,6 +635,16 @@ mod tests {
         assert!(is_transient(&http(HttpErrorKind::Timeout)));
         assert!(is_transient(&http(HttpErrorKind::Interrupted)));
         assert!(!is_transient(&http(HttpErrorKind::Decode)));
+        // A pooled connection closed before use: hyper reports `Canceled`
+        // ("connection was not ready"), which object_store calls Unknown.
+        assert!(is_transient(&generic(
+            "S3",
+            HttpError::new(
+                HttpErrorKind::Unknown,
+                IoError::other("operation was canceled: connection was not ready")
+            )
+        )));
+        assert!(is_transient(&http(HttpErrorKind::Request)));
         assert!(is_transient(&generic(
             "S3",
             IoError::other("Server returned non-2xx status code: 503 Service Unavailable")

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use lode_store::layout::PROFILES;
-use lode_store::{Opened, Prefetch, open_image, open_kms, start_prefetch};
+use lode_store::{Opened, Prefetch, PrefetchStart, open_image, open_kms, start_prefetch};
 use worker::LazyImageOptions;
 
 use crate::config::Settings;
@@ -115,7 +115,10 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
             image_opts,
         ))?;
         // Before mounting: the kernel's first reads join the prefetch.
-        let hint = rt.block_on(start_prefetch(&opened, &req.name, req.prefetch));
+        let hint = report_prefetch(
+            &req.name,
+            rt.block_on(start_prefetch(&opened, &req.name, req.prefetch)),
+        );
         let (readahead_kb, why) = kernel_readahead(req.kernel_readahead_kb, hint);
         match why {
             ReadaheadSource::Flag => tracing::info!(
@@ -233,6 +236,29 @@ pub async fn pull(
     Ok(())
 }
 
+/// Tells the user what [`start_prefetch`] did (a stale or unreadable
+/// profile is a warning, never a failure) and returns the profile's kernel
+/// readahead hint.
+fn report_prefetch(name: &str, start: PrefetchStart) -> Option<u32> {
+    match &start {
+        PrefetchStart::Unreadable(e) => {
+            eprintln!("lode: warning: not using the stored profile: {}", crate::print::chain(e));
+        }
+        PrefetchStart::Unfit { profile, why } => {
+            eprintln!("lode: warning: not prefetching: {profile} does not fit this image: {why}");
+        }
+        PrefetchStart::Started {
+            chunks,
+            concurrency,
+            ..
+        } => tracing::info!(
+            "prefetching {chunks} chunks of {name} from {PROFILES}/{name} ({concurrency} at once)"
+        ),
+        _ => {}
+    }
+    start.kernel_readahead_kb()
+}
+
 /// Serves the image `name` over NBD until Ctrl-C or SIGTERM.
 pub async fn serve_nbd(
     settings: &Settings,
@@ -254,7 +280,7 @@ pub async fn serve_nbd(
             .crypto(crypto),
     )
     .await?;
-    if let Some(kb) = start_prefetch(&opened, name, prefetch).await {
+    if let Some(kb) = report_prefetch(name, start_prefetch(&opened, name, prefetch).await) {
         // The NBD client owns its block device and its readahead.
         tracing::info!(
             kernel_readahead_kb = kb,

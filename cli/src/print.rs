@@ -209,3 +209,16 @@ pub fn profile_summary(name: &str, s: &ProfileSummary) {
     let more = if s.order.len() > 32 { " ..." } else { "" };
     println!("  order         {}{more}", head.join(" "));
 }
+
+/// An error and its sources, `: `-separated (each library error prints
+/// its source or returns it from `source()`, never both, so nothing repeats).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

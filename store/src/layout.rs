@@ -198,15 +198,23 @@ impl Store {
 
     /// All manifests, sorted by name (objects whose name is not an image name are skipped).
     pub async fn list_manifests(&self) -> Result<Vec<ListedManifest>> {
-        let mut out: Vec<ListedManifest> = self
-            .list_under(MANIFESTS)
-            .await?
+        let prefix = ObjPath::from(format!("{}{MANIFESTS}", self.root));
+        let metas: Vec<_> = self
+            .raw
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store("listing", format!("{MANIFESTS}/"), &self.url, e))?;
+        let mut out: Vec<ListedManifest> = metas
             .into_iter()
-            .filter(|m| check_image_name(&m.name).is_ok())
-            .map(|m| ListedManifest {
-                name: m.name,
-                manifest_bytes: m.size,
-                last_modified: rfc3339(m.last_modified),
+            .filter_map(|m| {
+                let name = m.location.filename()?.to_string();
+                check_image_name(&name).ok()?;
+                Some(ListedManifest {
+                    name,
+                    manifest_bytes: m.size,
+                    last_modified: m.last_modified.to_rfc3339(),
+                })
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -307,7 +315,20 @@ impl Store {
     /// Deletes `profiles/NAME`; [`Error::ProfileNotFound`] when there is none.
     pub async fn delete_profile(&self, name: &str) -> Result<()> {
         check_image_name(name)?;
-        if self.get_under(PROFILES, name).await?.is_none() {
+        let path = self.path(PROFILES, name);
+        let missing = match self.raw.head(&path).await {
+            Ok(_) => false,
+            Err(object_store::Error::NotFound { .. }) => true,
+            Err(e) => {
+                return Err(Error::store(
+                    "checking",
+                    format!("{PROFILES}/{name}"),
+                    &self.url,
+                    e,
+                ));
+            }
+        };
+        if missing {
             return Err(Error::ProfileNotFound {
                 name: name.to_string(),
                 store: self.url.clone(),
@@ -317,41 +338,9 @@ impl Store {
     }
 }
 
-/// `t` as RFC 3339 in UTC, to the second.
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+00:00",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        let at = |s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
-        assert_eq!(rfc3339(at(0)), "1970-01-01T00:00:00+00:00");
-        assert_eq!(rfc3339(at(951_782_400)), "2000-02-29T00:00:00+00:00");
-        assert_eq!(rfc3339(at(1_796_301_296)), "2026-12-03T12:34:56+00:00");
-    }
 
     #[tokio::test]
     async fn missing_file_store_is_an_error_unless_created() {

@@ -85,7 +85,9 @@ pub use gc::{GcMode, GcOptions, GcReport, gc};
 pub use layout::{ListedManifest, Store, StoredObject};
 pub use lease::{Lease, LeaseKind, push_lease};
 pub use name::check_image_name;
-pub use open::{L2Config, Opened, Prefetch, TierConfig, open_image, open_kms, start_prefetch};
+pub use open::{
+    L2Config, Opened, Prefetch, PrefetchStart, TierConfig, open_image, open_kms, start_prefetch,
+};
 pub use push::{ChunkCounts, NoProgress, Push, PushProgress, PushSummary};
 pub use url::{KmsUrl, StoreUrl};
 

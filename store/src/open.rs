@@ -204,40 +204,86 @@ impl Prefetch {
     }
 }
 
+/// What [`start_prefetch`] found and did. The caller decides how to tell
+/// the user: the two refusals are warnings worth printing.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PrefetchStart {
+    /// No `profiles/NAME` is stored.
+    NoProfile,
+    /// The stored profile could not be read or parsed.
+    Unreadable(Error),
+    /// The stored profile belongs to another manifest or image geometry.
+    Unfit {
+        /// Where it is stored (`profiles/NAME`).
+        profile: String,
+        /// Why it does not fit.
+        why: worker::ProfileMismatch,
+    },
+    /// The profile fits; prefetch is off, only its hints apply.
+    Disabled {
+        /// The profile's kernel readahead hint (KiB).
+        kernel_readahead_kb: Option<u32>,
+    },
+    /// Prefetching runs in the background.
+    Started {
+        /// Chunks being prefetched.
+        chunks: usize,
+        /// Fetches in flight at once.
+        concurrency: usize,
+        /// The profile's kernel readahead hint (KiB).
+        kernel_readahead_kb: Option<u32>,
+    },
+}
+
+impl PrefetchStart {
+    /// The stored profile's kernel readahead hint (KiB), when it fits.
+    pub fn kernel_readahead_kb(&self) -> Option<u32> {
+        match self {
+            Self::Disabled {
+                kernel_readahead_kb,
+            }
+            | Self::Started {
+                kernel_readahead_kb,
+                ..
+            } => *kernel_readahead_kb,
+            _ => None,
+        }
+    }
+}
+
 /// Loads the stored profile of `name` when there is one that fits the
-/// manifest (a warning is logged otherwise), and starts prefetching its
-/// chunks in the background unless prefetch is off. Returns the profile's
-/// kernel readahead hint (KiB), if any.
-pub async fn start_prefetch(opened: &Opened, name: &str, prefetch: Prefetch) -> Option<u32> {
+/// manifest, and starts prefetching its chunks in the background unless
+/// prefetch is off. Nothing here fails the open: a missing, unreadable or
+/// stale profile is reported in the returned [`PrefetchStart`].
+pub async fn start_prefetch(opened: &Opened, name: &str, prefetch: Prefetch) -> PrefetchStart {
     let profile = match opened.store.get_profile(name).await {
         Ok(Some(p)) => p,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::warn!(
-                error = &e as &dyn std::error::Error,
-                "not using the stored profile"
-            );
-            return None;
-        }
+        Ok(None) => return PrefetchStart::NoProfile,
+        Err(e) => return PrefetchStart::Unreadable(e),
     };
     if let Err(why) = profile.check_image(
         &opened.digest(),
         opened.sealed.image_size(),
         opened.sealed.chunk_size(),
     ) {
-        tracing::warn!("not prefetching: {PROFILES}/{name} does not fit this image: {why}");
-        return None;
+        return PrefetchStart::Unfit {
+            profile: format!("{PROFILES}/{name}"),
+            why,
+        };
     }
     if !prefetch.enabled {
-        return profile.kernel_readahead_kb;
+        return PrefetchStart::Disabled {
+            kernel_readahead_kb: profile.kernel_readahead_kb,
+        };
     }
     let chunks = profile.chunk_indexes();
-    tracing::info!(
-        "prefetching {} chunks of {name} from {PROFILES}/{name} ({} at once)",
-        chunks.len(),
-        prefetch.concurrency.max(1)
-    );
+    let n = chunks.len();
     // The report also lands in the stats; the task runs on by itself.
-    drop(opened.image.prefetch(chunks, prefetch.concurrency.max(1)));
-    profile.kernel_readahead_kb
+    drop(opened.image.prefetch(chunks, prefetch.concurrency));
+    PrefetchStart::Started {
+        chunks: n,
+        concurrency: prefetch.concurrency,
+        kernel_readahead_kb: profile.kernel_readahead_kb,
+    }
 }

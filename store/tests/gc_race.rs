@@ -350,6 +350,19 @@ impl Fixture {
     }
 }
 
+/// `gc --delete --grace 0s --wait 0s`.
+async fn gc_delete(f: &Fixture) -> lode_store::Result<lode_store::GcReport> {
+    lode_store::gc(
+        &f.gc_store,
+        &GcOptions::delete(Duration::ZERO, Duration::ZERO),
+    )
+    .await
+}
+
+async fn gc_now(f: &Fixture) -> lode_store::GcReport {
+    gc_delete(f).await.unwrap()
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -374,12 +387,7 @@ fn a_gc_that_meets_a_live_push_deletes_nothing() {
         at_first_check.reached().await;
 
         let started = Instant::now();
-        let report = lode_store::gc(
-            &f.gc_store,
-            &GcOptions::delete(Duration::ZERO, Duration::ZERO),
-        )
-        .await
-        .unwrap();
+        let report = gc_now(&f).await;
         assert!(report.deferred, "{report:?}");
         assert_eq!(report.deleted, 0);
         assert_eq!(report.pushes_in_progress.len(), 1, "{report:?}");
@@ -399,12 +407,7 @@ fn a_gc_that_meets_a_live_push_deletes_nothing() {
         f.assert_complete("app").await;
 
         // With nothing running, a gc collects only what no manifest names.
-        let report = lode_store::gc(
-            &f.gc_store,
-            &GcOptions::delete(Duration::ZERO, Duration::ZERO),
-        )
-        .await
-        .unwrap();
+        let report = gc_now(&f).await;
         assert!(!report.deferred);
         assert!(report.deleted > 0, "seed's own top layer is collectable");
         assert_eq!(report.missing_chunks, 0);
@@ -426,10 +429,7 @@ fn a_push_that_meets_a_deleting_gc_checks_chunks_only_after_it() {
             let f = f.clone();
             let rt = tokio::runtime::Handle::current();
             move || {
-                rt.block_on(lode_store::gc(
-                    &f.gc_store,
-                    &GcOptions::delete(Duration::ZERO, Duration::ZERO),
-                ))
+                rt.block_on(gc_delete(&f))
             }
         });
         at_first_delete.reached().await;
@@ -490,12 +490,7 @@ fn chunks_of_a_push_not_yet_named_by_its_manifest_survive_gc() {
         });
         before_manifest.reached().await;
         // gc runs now: the push's lease is live, so nothing goes.
-        let report = lode_store::gc(
-            &f.gc_store,
-            &GcOptions::delete(Duration::ZERO, Duration::ZERO),
-        )
-        .await
-        .unwrap();
+        let report = gc_now(&f).await;
         assert!(report.deferred, "{report:?}");
         before_manifest.open();
         push.await.unwrap().unwrap();

@@ -128,12 +128,18 @@ pub enum Error {
     /// `unmount` found no lode mount at this path.
     #[error("no lode mount at {}", .0.display())]
     NotMounted(PathBuf),
-    /// A prefetch profile is malformed or does not fit the image.
-    #[error("prefetch profile {what}: {reason}")]
+    /// A prefetch profile is malformed.
+    #[error("prefetch profile {what}: {problem}")]
     Profile {
         /// Which profile (a file path, `profiles/NAME`).
         what: String,
-        /// What is wrong with it.
+        /// What is wrong with it (printed here, not a `source()`).
+        problem: ProfileProblem,
+    },
+    /// The image's ext4 inode tables could not be read (profile recording).
+    #[error("reading the image's ext4 inode tables: {reason}")]
+    InodeTables {
+        /// What was wrong.
         reason: String,
     },
     /// The daemon exited or failed before it was ready.
@@ -149,6 +155,106 @@ impl Error {
             source,
         }
     }
+}
+
+/// What [`Profile::validate`](crate::profile::Profile::validate) found wrong
+/// with a profile.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProfileProblem {
+    /// Not JSON of a profile's shape.
+    #[error("not a valid profile: {0}")]
+    Json(Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// A format version this build does not read.
+    #[error("version {found} is not supported (this lode reads version {supported})")]
+    Version {
+        /// The profile's version.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// `chunk_size` is 0.
+    #[error("chunk_size is 0")]
+    ZeroChunkSize,
+    /// `manifest_digest` is not 64 lowercase hex digits.
+    #[error("manifest_digest {0:?} is not 64 lowercase hex digits")]
+    Digest(String),
+    /// A chunk index past the image's end.
+    #[error("chunk index {index} is outside the image ({chunks} chunks)")]
+    ChunkOutside {
+        /// The index.
+        index: u64,
+        /// Chunks in the image.
+        chunks: u64,
+    },
+    /// A chunk index listed twice.
+    #[error("chunk index {index} is listed twice")]
+    ChunkTwice {
+        /// The index.
+        index: u64,
+    },
+    /// Access times out of order.
+    #[error("chunk {index} at {at_ms} ms comes after one at {after_ms} ms")]
+    TimeOrder {
+        /// The chunk listed out of order.
+        index: u64,
+        /// Its time.
+        at_ms: u64,
+        /// The time of the one before it.
+        after_ms: u64,
+    },
+    /// A kernel readahead hint above the maximum.
+    #[error("kernel_readahead_kb {kb} is larger than {max}")]
+    Readahead {
+        /// The hint.
+        kb: u32,
+        /// The maximum.
+        max: u32,
+    },
+    /// A file path that does not start with `/`.
+    #[error("file path {0:?} is not absolute")]
+    RelativePath(String),
+    /// A file's block range that is empty or past the image's end.
+    #[error("file {path:?}: block range [{first}, {count}] is empty or too large")]
+    BlockRange {
+        /// The file.
+        path: String,
+        /// First 4 KiB block.
+        first: u64,
+        /// Block count.
+        count: u64,
+    },
+}
+
+/// Why a valid profile does not fit an image
+/// ([`Profile::check_image`](crate::profile::Profile::check_image)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProfileMismatch {
+    /// Recorded on another manifest of the image (it was pushed again).
+    #[error(
+        "it was recorded on manifest {recorded} of {image:?}, but the manifest is now {now} \
+         (the image was pushed again): record a new profile"
+    )]
+    Manifest {
+        /// The image name the profile names.
+        image: String,
+        /// Short digest of the manifest it was recorded on.
+        recorded: String,
+        /// Short digest of the current manifest.
+        now: String,
+    },
+    /// Another image size or chunk size.
+    #[error(
+        "it describes an image of {} bytes in chunks of {}, the manifest one of {} in chunks of {}",
+        recorded.0, recorded.1, now.0, now.1
+    )]
+    Geometry {
+        /// (image size, chunk size) of the profile.
+        recorded: (u64, u32),
+        /// (image size, chunk size) of the manifest.
+        now: (u64, u32),
+    },
 }
 
 /// Shorthand for results of this crate.

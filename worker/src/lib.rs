@@ -87,7 +87,7 @@ mod tiered;
 
 #[cfg(feature = "fuse")]
 pub use daemon::{Daemon, DaemonOptions, Readiness, spawn_daemon};
-pub use error::{ChunkError, Error, Result, SourceError};
+pub use error::{ChunkError, Error, ProfileMismatch, ProfileProblem, Result, SourceError};
 pub use image::{
     BLOCK_SIZE, BlockLog, BlockRun, ChunkAccess, ChunkTable, LazyImage, LazyImageOptions,
     MaterializeReport, PrefetchReport, Verify,

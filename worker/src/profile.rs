@@ -74,7 +74,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::LazyImage;
-use crate::error::{Error, Result};
+use crate::error::{Error, ProfileMismatch, ProfileProblem, Result};
 use crate::image::{BLOCK_SIZE, BlockLog, ChunkAccess};
 
 mod inode_table;
@@ -196,11 +196,11 @@ impl Profile {
     pub fn from_json(bytes: &[u8], what: &str) -> Result<Self> {
         let p: Self = serde_json::from_slice(bytes).map_err(|e| Error::Profile {
             what: what.to_owned(),
-            reason: format!("not a valid profile: {e}"),
+            problem: ProfileProblem::Json(e.into()),
         })?;
-        p.validate().map_err(|reason| Error::Profile {
+        p.validate().map_err(|problem| Error::Profile {
             what: what.to_owned(),
-            reason,
+            problem,
         })?;
         Ok(p)
     }
@@ -230,15 +230,15 @@ impl Profile {
     /// indexes inside the image and each listed once, times in order, file
     /// paths absolute, block ranges non-empty and inside the image, a
     /// kernel readahead hint of at most [`MAX_KERNEL_READAHEAD_KB`].
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), ProfileProblem> {
         if self.version != PROFILE_VERSION {
-            return Err(format!(
-                "version {} is not supported (this lode reads version {PROFILE_VERSION})",
-                self.version
-            ));
+            return Err(ProfileProblem::Version {
+                found: self.version,
+                supported: PROFILE_VERSION,
+            });
         }
         if self.chunk_size == 0 {
-            return Err("chunk_size is 0".into());
+            return Err(ProfileProblem::ZeroChunkSize);
         }
         if self.manifest_digest.len() != 64
             || !self
@@ -246,50 +246,51 @@ impl Profile {
                 .bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         {
-            return Err(format!(
-                "manifest_digest {:?} is not 64 lowercase hex digits",
-                self.manifest_digest
-            ));
+            return Err(ProfileProblem::Digest(self.manifest_digest.clone()));
         }
         let n = self.image_size.div_ceil(u64::from(self.chunk_size));
         let mut seen = HashSet::new();
         let mut last_ms = 0;
         for c in &self.chunks {
             if c.index >= n {
-                return Err(format!(
-                    "chunk index {} is outside the image ({n} chunks)",
-                    c.index
-                ));
+                return Err(ProfileProblem::ChunkOutside {
+                    index: c.index,
+                    chunks: n,
+                });
             }
             if !seen.insert(c.index) {
-                return Err(format!("chunk index {} is listed twice", c.index));
+                return Err(ProfileProblem::ChunkTwice { index: c.index });
             }
             if c.at_ms < last_ms {
-                return Err(format!(
-                    "chunk {} at {} ms comes after one at {last_ms} ms",
-                    c.index, c.at_ms
-                ));
+                return Err(ProfileProblem::TimeOrder {
+                    index: c.index,
+                    at_ms: c.at_ms,
+                    after_ms: last_ms,
+                });
             }
             last_ms = c.at_ms;
         }
         if let Some(kb) = self.kernel_readahead_kb
             && kb > MAX_KERNEL_READAHEAD_KB
         {
-            return Err(format!(
-                "kernel_readahead_kb {kb} is larger than {MAX_KERNEL_READAHEAD_KB}"
-            ));
+            return Err(ProfileProblem::Readahead {
+                kb,
+                max: MAX_KERNEL_READAHEAD_KB,
+            });
         }
         let blocks = self.image_size.div_ceil(BLOCK_SIZE);
         for f in &self.files {
-            let shown = String::from_utf8_lossy(&f.path);
+            let shown = || String::from_utf8_lossy(&f.path).into_owned();
             if f.path.first() != Some(&b'/') {
-                return Err(format!("file path {shown:?} is not absolute"));
+                return Err(ProfileProblem::RelativePath(shown()));
             }
             for &(first, count) in &f.blocks {
                 if count == 0 || first.checked_add(count).is_none_or(|end| end > blocks) {
-                    return Err(format!(
-                        "file {shown:?}: block range [{first}, {count}] is empty or too large"
-                    ));
+                    return Err(ProfileProblem::BlockRange {
+                        path: shown(),
+                        first,
+                        count,
+                    });
                 }
             }
         }
@@ -303,21 +304,19 @@ impl Profile {
         manifest_digest: &str,
         image_size: u64,
         chunk_size: u32,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), ProfileMismatch> {
         if self.manifest_digest != manifest_digest {
-            return Err(format!(
-                "it was recorded on manifest {} of {:?}, but the manifest is now {} \
-                 (the image was pushed again): record a new profile",
-                short(&self.manifest_digest),
-                self.image,
-                short(manifest_digest)
-            ));
+            return Err(ProfileMismatch::Manifest {
+                image: self.image.clone(),
+                recorded: short(&self.manifest_digest).to_owned(),
+                now: short(manifest_digest).to_owned(),
+            });
         }
         if self.image_size != image_size || self.chunk_size != chunk_size {
-            return Err(format!(
-                "it describes an image of {} bytes in chunks of {}, the manifest one of {image_size} in chunks of {chunk_size}",
-                self.image_size, self.chunk_size
-            ));
+            return Err(ProfileMismatch::Geometry {
+                recorded: (self.image_size, self.chunk_size),
+                now: (image_size, chunk_size),
+            });
         }
         Ok(())
     }
@@ -1053,6 +1052,7 @@ mod tests {
         let e = p
             .check_image(&"cd".repeat(32), 10 * 8192, 8192)
             .unwrap_err();
+        let e = e.to_string();
         assert!(
             e.contains("abababababab") && e.contains("cdcdcdcdcdcd"),
             "{e}"

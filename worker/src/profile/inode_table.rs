@@ -185,10 +185,7 @@ impl InodeTables {
                 Err(format!("short read at {offset}"))
             }
         })
-        .map_err(|reason| Error::Profile {
-            what: "image's ext4 inode tables".into(),
-            reason,
-        })
+        .map_err(|reason| Error::InodeTables { reason })
     }
 
     /// Tables at the given byte offsets, unchecked (for tests).
