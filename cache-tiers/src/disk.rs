@@ -150,7 +150,7 @@ impl DiskTier {
             .map_err(|source| Error::Task {
                 tier: "disk".into(),
                 key: String::new(),
-                source,
+                source: Box::new(source),
             })??;
         let mut index = Index {
             lru: LruCache::unbounded(),
@@ -378,7 +378,7 @@ impl<K: CacheKey> Tier<K, Bytes> for DiskTier {
             .map_err(|source| Error::Task {
                 tier: inner.name.clone(),
                 key: name.clone(),
-                source,
+                source: Box::new(source),
             })?
             .map_err(|e| io_err(&inner.name, &name, "read", e))?;
         match outcome {
@@ -442,7 +442,7 @@ impl<K: CacheKey> Tier<K, Bytes> for DiskTier {
         .map_err(|source| Error::Task {
             tier: inner.name.clone(),
             key: name.clone(),
-            source,
+            source: Box::new(source),
         })?
         .map_err(|e| io_err(&inner.name, &name, "write", e))?;
         {
@@ -474,7 +474,7 @@ impl<K: CacheKey> Tier<K, Bytes> for DiskTier {
             .map_err(|source| Error::Task {
                 tier: self.inner.name.clone(),
                 key: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         match r {
             Ok(()) => Ok(()),

@@ -600,7 +600,7 @@ impl ErasureCodedTier {
         Error::Coding {
             tier: self.name.clone(),
             key: key.storage_name().into_owned(),
-            source,
+            source: Box::new(source),
         }
     }
 }
@@ -646,7 +646,7 @@ impl<K: CacheKey> Tier<K, Bytes> for ErasureCodedTier {
                     },
                     Ok(None) => Reply::Missing,
                     Err(e) => {
-                        tracing::debug!(node = node.name(), shard = %skey, error = %e, "shard request failed");
+                        tracing::debug!(node = node.name(), shard = %skey, error = &e as &dyn std::error::Error, "shard request failed");
                         Reply::Failed
                     }
                 };
@@ -769,7 +769,7 @@ impl<K: CacheKey> Tier<K, Bytes> for ErasureCodedTier {
         let stored = results.iter().filter(|r| r.is_ok()).count();
         if stored < k {
             for e in results.into_iter().filter_map(|r| r.err()) {
-                tracing::warn!(tier = %self.name, error = %e, "shard put failed");
+                tracing::warn!(tier = %self.name, error = &e as &dyn std::error::Error, "shard put failed");
             }
             return Err(Error::NotEnoughShards {
                 tier: self.name.clone(),

@@ -3,7 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A foreign error, boxed so that this crate's API does not expose other
+/// crates' types (as object_store does).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Everything that can go wrong in a tier or a composition of tiers.
+///
+/// A variant's message never repeats its cause: the cause is returned from
+/// [`source()`](std::error::Error::source). Print the whole chain (e.g.
+/// `anyhow`'s `{:#}`, or tracing's `error = &e as &dyn Error`) to see it.
 ///
 /// Every variant names the tier and, where there is one, the key (in its
 /// [`CacheKey::storage_name`](crate::CacheKey::storage_name) form), so a log
@@ -12,7 +20,7 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum Error {
     /// A file-system operation failed.
-    #[error("tier {tier}: {op} of key {key:?} failed: {source}")]
+    #[error("tier {tier}: {op} of key {key:?} failed")]
     Io {
         /// Name of the tier.
         tier: String,
@@ -26,7 +34,7 @@ pub enum Error {
     },
     /// An object-store request failed for good (not found is a miss, not an error).
     #[cfg(feature = "object-store")]
-    #[error("tier {tier}: {op} of key {key:?} failed after {attempts} attempt(s): {source}")]
+    #[error("tier {tier}: {op} of key {key:?} failed after {attempts} attempt(s)")]
     ObjectStore {
         /// Name of the tier.
         tier: String,
@@ -36,13 +44,14 @@ pub enum Error {
         op: &'static str,
         /// How many attempts were made (retries of transient errors included).
         attempts: u32,
-        /// The last error (boxed: it is large).
+        /// The last error: an `object_store::Error`, boxed so that this
+        /// crate's API does not expose object_store's types.
         #[source]
-        source: Box<object_store::Error>,
+        source: BoxError,
     },
     /// A memcached request failed.
     #[cfg(feature = "memcached")]
-    #[error("memcached node {node}: {op} of key {key:?} failed: {source}")]
+    #[error("memcached node {node}: {op} of key {key:?} failed")]
     Memcached {
         /// Name of the node (its address unless named otherwise).
         node: String,
@@ -50,9 +59,9 @@ pub enum Error {
         key: String,
         /// `"connect"`, `"get"`, `"set"` or `"delete"`.
         op: &'static str,
-        /// The client's error (boxed: it is large).
+        /// The client's error, boxed (the client crate's type stays private).
         #[source]
-        source: Box<async_memcached::Error>,
+        source: BoxError,
     },
     /// A cache node is skipped for a while after it refused a connection.
     #[error("node {node} is down (retrying in {for_:?}); {key:?} not asked")]
@@ -76,7 +85,8 @@ pub enum Error {
         /// The limit that was exceeded.
         after: Duration,
     },
-    /// A value could not be stored because it is larger than a tier allows.
+    /// A value is larger than a tier allows: a put refused, or a get that
+    /// found a stored object over the tier's read limit (nothing of it read).
     #[error("tier {tier}: value of key {key:?} is {size} bytes, more than the limit of {limit}")]
     ValueTooLarge {
         /// Name of the tier.
@@ -119,7 +129,7 @@ pub enum Error {
     /// Removing a value failed on some of the nodes holding its shards
     /// (the shards there may stay until evicted).
     #[error(
-        "tier {tier}: remove of key {key:?}: {failed} of {asked} shard removal(s) failed; first: {source}"
+        "tier {tier}: remove of key {key:?}: {failed} of {asked} shard removal(s) failed (the first error is the source)"
     )]
     ShardRemove {
         /// Name of the tier.
@@ -135,15 +145,15 @@ pub enum Error {
         source: Box<Error>,
     },
     /// Erasure coding or decoding failed.
-    #[error("tier {tier}: erasure coding of key {key:?} failed: {source}")]
+    #[error("tier {tier}: erasure coding of key {key:?} failed")]
     Coding {
         /// Name of the tier.
         tier: String,
         /// The key.
         key: String,
-        /// The coder's error.
+        /// The coder's error, boxed.
         #[source]
-        source: reed_solomon_simd::Error,
+        source: BoxError,
     },
     /// A configuration value was rejected.
     #[error("invalid configuration: {reason}")]
@@ -152,18 +162,18 @@ pub enum Error {
         reason: String,
     },
     /// A background task panicked or was cancelled.
-    #[error("tier {tier}: background task for key {key:?} failed: {source}")]
+    #[error("tier {tier}: background task for key {key:?} failed")]
     Task {
         /// Name of the tier.
         tier: String,
         /// The key.
         key: String,
-        /// The join error.
+        /// The join error, boxed.
         #[source]
-        source: tokio::task::JoinError,
+        source: BoxError,
     },
     /// The coalesced fetch this call waited on failed; the leader's error is the source.
-    #[error("coalesced fetch of key {key:?} failed: {source}")]
+    #[error("coalesced fetch of key {key:?} failed")]
     Coalesced {
         /// The key.
         key: String,

@@ -131,7 +131,7 @@ pub use delayed::Delayed;
 #[cfg(feature = "disk")]
 pub use disk::DiskTier;
 pub use erasure::{ErasureCodedBuilder, ErasureCodedTier, HedgeBudget, Node, ShardStats};
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 pub use key::{CacheKey, Weight, default_storage_name};
 #[cfg(feature = "memcached")]
 pub use memcached::{MemcachedConfig, MemcachedNode};

@@ -212,6 +212,7 @@ pub struct ObjectStoreTier {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     retry: RetryPolicy,
+    max_object_size: Option<u64>,
 }
 
 /// Whether an object-store error is worth retrying: only transport and
@@ -284,7 +285,10 @@ impl std::error::Error for AttemptTimedOut {}
 fn is_missing_object(e: &Error) -> bool {
     match e {
         Error::ObjectStore { source, .. }
-            if matches!(**source, object_store::Error::NotFound { .. }) =>
+            if matches!(
+                source.downcast_ref::<object_store::Error>(),
+                Some(object_store::Error::NotFound { .. })
+            ) =>
         {
             !error_text(source.as_ref()).contains("NoSuchBucket")
         }
@@ -328,6 +332,7 @@ impl ObjectStoreTier {
             store,
             prefix: prefix.into(),
             retry: RetryPolicy::default(),
+            max_object_size: None,
         }
     }
 
@@ -429,6 +434,21 @@ impl ObjectStoreTier {
         self
     }
 
+    /// Refuses to read an object larger than `max` bytes: such a get fails
+    /// with [`Error::ValueTooLarge`] (naming the key) before any of its body
+    /// is read, so a hostile or broken store cannot make a reader buffer a
+    /// huge object under a small value's name. Without a limit, gets read
+    /// whatever is stored.
+    pub fn with_max_object_size(mut self, max: u64) -> Self {
+        self.max_object_size = Some(max);
+        self
+    }
+
+    /// The limit set by [`with_max_object_size`](Self::with_max_object_size).
+    pub fn max_object_size(&self) -> Option<u64> {
+        self.max_object_size
+    }
+
     /// The underlying store.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
@@ -459,7 +479,7 @@ impl ObjectStoreTier {
                 Ok(v) => return Ok(v),
                 Err(e) if is_transient(&e) && attempt < self.retry.max_attempts => {
                     let wait = self.retry.backoff(attempt);
-                    tracing::debug!(tier = %self.name, key, op = op_name, attempt, ?wait, error = %e, "transient object-store error; retrying");
+                    tracing::debug!(tier = %self.name, key, op = op_name, attempt, ?wait, error = &e as &dyn std::error::Error, "transient object-store error; retrying");
                     tokio::time::sleep(wait).await;
                 }
                 Err(source) => {
@@ -543,13 +563,29 @@ impl<K: CacheKey> Tier<K, Bytes> for ObjectStoreTier {
 
     async fn get(&self, key: &K) -> Result<Option<Bytes>> {
         let path = self.path_of(key);
+        let limit = self.max_object_size;
         let r = self
             .retrying(&key.storage_name(), "get", || async {
-                self.store.get(&path).await?.bytes().await
+                let res = self.store.get(&path).await?;
+                // The size is the object's metadata (a file's length, the
+                // response's Content-Length, which the HTTP client enforces
+                // on the body), known before any of the body is read.
+                if let Some(max) = limit
+                    && res.meta.size > max
+                {
+                    return Ok(Err(res.meta.size));
+                }
+                res.bytes().await.map(Ok)
             })
             .await;
         match r {
-            Ok(b) => Ok(Some(b)),
+            Ok(Ok(b)) => Ok(Some(b)),
+            Ok(Err(size)) => Err(Error::ValueTooLarge {
+                tier: self.name.clone(),
+                key: key.storage_name().into_owned(),
+                size: usize::try_from(size).unwrap_or(usize::MAX),
+                limit: usize::try_from(limit.unwrap_or(u64::MAX)).unwrap_or(usize::MAX),
+            }),
             Err(e) if is_missing_object(&e) => Ok(None),
             Err(e) => Err(e),
         }
@@ -571,9 +607,11 @@ impl<K: CacheKey> Tier<K, Bytes> for ObjectStoreTier {
             Ok(_) => Ok(()),
             Err(Error::ObjectStore { source, .. })
                 if matches!(
-                    *source,
-                    object_store::Error::AlreadyExists { .. }
-                        | object_store::Error::Precondition { .. }
+                    source.downcast_ref::<object_store::Error>(),
+                    Some(
+                        object_store::Error::AlreadyExists { .. }
+                            | object_store::Error::Precondition { .. }
+                    )
                 ) =>
             {
                 Ok(())
@@ -590,7 +628,10 @@ impl<K: CacheKey> Tier<K, Bytes> for ObjectStoreTier {
         match r {
             Ok(()) => Ok(()),
             Err(Error::ObjectStore { source, .. })
-                if matches!(*source, object_store::Error::NotFound { .. }) =>
+                if matches!(
+                    source.downcast_ref::<object_store::Error>(),
+                    Some(object_store::Error::NotFound { .. })
+                ) =>
             {
                 Ok(())
             }

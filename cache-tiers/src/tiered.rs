@@ -355,7 +355,11 @@ where
             }
             Err(e) => {
                 slot.counters.errors.fetch_add(1, Relaxed);
-                tracing::warn!(tier = slot.tier.name(), error = %e, "tier get failed; trying the next tier");
+                tracing::warn!(
+                    tier = slot.tier.name(),
+                    error = e as &dyn std::error::Error,
+                    "tier get failed; trying the next tier"
+                );
             }
         }
         r
@@ -410,7 +414,11 @@ where
                     }
                     Err(e) => {
                         slot.counters.fill_errors.fetch_add(1, Relaxed);
-                        tracing::warn!(tier = slot.tier.name(), error = %e, "filling tier failed");
+                        tracing::warn!(
+                            tier = slot.tier.name(),
+                            error = &e as &dyn std::error::Error,
+                            "filling tier failed"
+                        );
                     }
                 }
             }

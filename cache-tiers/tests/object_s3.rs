@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cache_tiers::testing::{MotoServer, TcpProxy};
+use cache_tiers::testing::{MotoServer, TcpProxy, error_chain};
 use cache_tiers::{Error, ObjectStoreTier, RetryPolicy, S3Config, Tier};
 
 fn tier_at(endpoint: String, bucket: &str, retry: RetryPolicy) -> ObjectStoreTier {
@@ -100,7 +100,7 @@ async fn server_errors_are_retried_and_client_errors_are_not() {
     let e = Tier::get(&t, &k).await.unwrap_err();
     assert_eq!(attempts_of(&e), 4, "503 is transient: {e}");
     assert!(
-        e.to_string().contains("503"),
+        error_chain(&e).contains("503"),
         "the server's 503 must be what failed: {e}"
     );
     proxy.set_http_503(false);
@@ -120,7 +120,7 @@ async fn server_errors_are_retried_and_client_errors_are_not() {
     println!("permanent error as reported: {e}");
     // A read from it is an error too, not a silent miss.
     let e = Tier::get(&wrong, &k).await.unwrap_err();
-    assert!(e.to_string().contains("NoSuchBucket"), "{e}");
+    assert!(error_chain(&e).contains("NoSuchBucket"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,4 +153,26 @@ async fn server_stopped_and_restarted() {
         .await
         .unwrap();
     assert_eq!(Tier::get(&t, &k).await.unwrap().unwrap(), "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_over_the_read_limit_is_refused_by_its_content_length() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    moto.create_bucket("lode");
+    let t = tier_at(moto.endpoint(), "lode", quick_retry(3)).with_max_object_size(1000);
+    let (fits, over) = ("c".repeat(64), "d".repeat(64));
+    Tier::put(&t, &fits, Bytes::from(vec![1u8; 1000]))
+        .await
+        .unwrap();
+    Tier::put(&t, &over, Bytes::from(vec![2u8; 1001]))
+        .await
+        .unwrap();
+    assert_eq!(Tier::get(&t, &fits).await.unwrap().unwrap().len(), 1000);
+    let e = Tier::get(&t, &over).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::ValueTooLarge { key, size: 1001, limit: 1000, .. } if *key == over),
+        "{e:?}"
+    );
 }

@@ -15,3 +15,16 @@ pub use crate::erasure::forge_shard;
 pub use faulty::FaultyTier;
 pub use proxy::TcpProxy;
 pub use servers::{MemcachedServer, MotoServer, free_port, require_tool};
+
+/// An error's message and those of its sources, `: `-separated (errors of
+/// this crate return their cause from `source()`, never print it).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
+}
