@@ -25,6 +25,12 @@ use crate::url::StoreUrl;
 
 /// Where sealed chunks live.
 pub const CHUNKS: &str = "chunks";
+
+/// The largest sealed chunk of any manifest (the largest chunk size plus the
+/// AEAD tag): no chunk read from the store buffers more than this, whatever
+/// object sits under a chunk's name. [`crate::open_image`] narrows it to the
+/// image's own chunk size.
+pub const MAX_SEALED_CHUNK: u64 = (chunk_core::MAX_CHUNK_SIZE + chunk_core::TAG_LEN) as u64;
 /// Where sealed manifests live.
 pub const MANIFESTS: &str = "manifests";
 /// Where prefetch profiles live: `profiles/NAME`, beside `manifests/NAME`.
@@ -116,7 +122,7 @@ impl Store {
         };
         let raw = chunks.store().clone();
         Ok(Self {
-            chunks: Arc::new(chunks.with_name("store")),
+            chunks: Arc::new(chunks.with_name("store").with_max_object_size(MAX_SEALED_CHUNK)),
             raw,
             root,
             url: name,
@@ -132,7 +138,9 @@ impl Store {
         } else {
             format!("{root}/")
         };
-        let chunks = ObjectStoreTier::new(raw.clone(), format!("{root}chunks/")).with_name("store");
+        let chunks = ObjectStoreTier::new(raw.clone(), format!("{root}chunks/"))
+            .with_name("store")
+            .with_max_object_size(MAX_SEALED_CHUNK);
         Self {
             chunks: Arc::new(chunks),
             raw,

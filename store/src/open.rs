@@ -162,7 +162,14 @@ pub async fn open_image(
             .map_err(tiers_err("configuring the L2 cache".into()))?;
         builder = builder.tier(tier);
     }
-    let l3: Arc<dyn Tier<String, Bytes>> = store.chunks().clone();
+    // A chunk GET reads at most one sealed chunk of this image.
+    let l3: Arc<dyn Tier<String, Bytes>> = Arc::new(
+        store
+            .chunks()
+            .as_ref()
+            .clone()
+            .with_max_object_size(u64::from(sealed.chunk_size()) + chunk_core::TAG_LEN as u64),
+    );
     builder = match tiers.store_latency {
         Some(delay) if !delay.is_zero() => builder.tier(Delayed::new(l3, delay)),
         _ => builder.tier_arc(l3),
