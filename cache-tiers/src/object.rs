@@ -530,6 +530,23 @@ impl ObjectStoreTier {
         Ok(missing.into_iter().map(|i| keys[i].clone()).collect())
     }
 
+    /// Stores `value` under `key` even when an object is already there
+    /// (a [`Tier::put`] keeps what is stored): for repairing an object
+    /// found damaged, e.g. of the wrong size.
+    pub async fn replace<K: CacheKey>(&self, key: &K, value: Bytes) -> Result<()> {
+        let path = self.path_of(key);
+        self.retrying(&key.storage_name(), "put", || {
+            let opts = PutOptions {
+                mode: PutMode::Overwrite,
+                ..Default::default()
+            };
+            self.store
+                .put_opts(&path, PutPayload::from_bytes(value.clone()), opts)
+        })
+        .await
+        .map(drop)
+    }
+
     /// Every object under the prefix (for garbage collection).
     pub async fn list(&self) -> Result<Vec<ObjectInfo>> {
         let prefix = self.prefix.trim_end_matches('/');

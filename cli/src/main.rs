@@ -166,6 +166,25 @@ enum Command {
         #[command(subcommand)]
         action: SaltAction,
     },
+    /// Check that every chunk the manifests name is stored intact (length
+    /// and SHA-256 name); exits 1 if any is bad
+    Verify {
+        /// Image names to check
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        names: Vec<String>,
+        /// Check every image in the store
+        #[arg(long)]
+        all: bool,
+        /// Delete bad chunk objects, so the next push uploads them again
+        #[arg(long)]
+        delete_bad: bool,
+        /// Chunk reads in flight at once
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Collect chunks that no manifest names (a dry run unless --delete)
     Gc {
         /// Delete the collectable chunks (default: only report them)
@@ -482,6 +501,41 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let id = salts::new_salt(&path)?;
             println!("salt {id} added to {} and made current", path.display());
+            Ok(())
+        }
+        Command::Verify {
+            names,
+            all,
+            delete_bad,
+            concurrency,
+            json,
+        } => {
+            let store = settings.store()?;
+            let opts = if all {
+                lode_store::VerifyOptions::all()
+            } else {
+                lode_store::VerifyOptions::images(names)
+            }
+            .delete_bad(delete_bad)
+            .concurrency(concurrency);
+            let report =
+                runtime()?.block_on(lode_store::verify(&store, provider(&cli.crypto)?, &opts))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print::verify_report(&report);
+            }
+            if !report.is_clean() {
+                let n = report.bad.len();
+                anyhow::bail!(
+                    "{n} bad chunk(s){}",
+                    if delete_bad {
+                        "; deleted what was stored: push the images named above again"
+                    } else {
+                        "; `lode verify --delete-bad` deletes them, then push the images again"
+                    }
+                );
+            }
             Ok(())
         }
         Command::Gc {

@@ -4,7 +4,7 @@
 use lode_store::gc::GcMode;
 use lode_store::inspect::InspectReport;
 use lode_store::profile::ProfileSummary;
-use lode_store::{GcReport, PushSummary};
+use lode_store::{GcReport, PushSummary, VerifyReport};
 
 fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64
@@ -22,6 +22,12 @@ pub fn push_summary(s: &PushSummary) {
         "  chunks    {} total: {} holes, {} new, {} already stored",
         s.chunks_total, s.holes, s.new, s.already_stored
     );
+    if s.repaired > 0 {
+        println!(
+            "  repaired  {} stored chunk(s) of the wrong size, uploaded again",
+            s.repaired
+        );
+    }
     match s.dedup_ratio {
         Some(r) => println!(
             "  uploaded  {:.1} MiB (dedup ratio {r:.2})",
@@ -208,6 +214,31 @@ pub fn profile_summary(name: &str, s: &ProfileSummary) {
     let head: Vec<String> = s.order.iter().take(32).map(u64::to_string).collect();
     let more = if s.order.len() > 32 { " ..." } else { "" };
     println!("  order         {}{more}", head.join(" "));
+}
+
+/// What `lode verify` found: each bad chunk, then a summary line.
+pub fn verify_report(r: &VerifyReport) {
+    for b in &r.bad {
+        println!(
+            "bad chunk {}: {} (used by {}){}",
+            b.chunk,
+            b.problem,
+            b.images.join(", "),
+            if b.deleted { "; deleted" } else { "" }
+        );
+    }
+    println!(
+        "verified {} chunks ({:.1} MiB read) of {} image(s) in {:.1} s: {}",
+        r.chunks,
+        mib(r.bytes_read),
+        r.images.len(),
+        r.seconds,
+        if r.bad.is_empty() {
+            "all good".to_string()
+        } else {
+            format!("{} bad", r.bad.len())
+        }
+    );
 }
 
 /// An error and its sources, `: `-separated (each library error prints

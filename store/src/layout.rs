@@ -122,7 +122,11 @@ impl Store {
         };
         let raw = chunks.store().clone();
         Ok(Self {
-            chunks: Arc::new(chunks.with_name("store").with_max_object_size(MAX_SEALED_CHUNK)),
+            chunks: Arc::new(
+                chunks
+                    .with_name("store")
+                    .with_max_object_size(MAX_SEALED_CHUNK),
+            ),
             raw,
             root,
             url: name,

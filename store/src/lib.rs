@@ -14,6 +14,9 @@
 //! - [`open_image`]: manifest + key service + cache tiers (L1 disk, L2
 //!   erasure-coded memcached, the store as L3) → a [`worker::LazyImage`]
 //!   that fetches only the chunks a read touches;
+//! - [`verify()`]: read every chunk the manifests name, report the bad
+//!   ones (missing, wrong size, wrong name) and the images using them, and
+//!   delete them so the next push uploads them again;
 //! - [`salts`]: the pusher's secret salt file; [`profile`]: prefetch
 //!   profiles; [`inspect()`](inspect::inspect): a manifest's public facts.
 //!
@@ -79,6 +82,7 @@ pub mod salts;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod url;
+pub mod verify;
 
 pub use error::{BoxError, Error, Result};
 pub use gc::{GcMode, GcOptions, GcReport, gc};
@@ -90,6 +94,7 @@ pub use open::{
 };
 pub use push::{ChunkCounts, NoProgress, Push, PushProgress, PushSummary};
 pub use url::{KmsUrl, StoreUrl};
+pub use verify::{BadChunk, ChunkProblem, VerifyOptions, VerifyReport, verify};
 
 // The crates underneath, so one dependency is enough.
 pub use {cache_tiers, chunk_core, flattener, kms_envelope, manifest, worker};

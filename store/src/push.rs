@@ -61,6 +61,9 @@ pub struct PushSummary {
     pub already_stored: u64,
     /// Ciphertext bytes uploaded.
     pub bytes_uploaded: u64,
+    /// Stored chunks of the wrong size that this push replaced (counted in
+    /// `new` too): `lode verify --delete-bad`'s job, done in passing.
+    pub repaired: u64,
     /// Data chunks per uploaded chunk (higher is better; `None` when nothing was new).
     pub dedup_ratio: Option<f64>,
     /// Salt id the chunks were sealed with.
@@ -291,6 +294,7 @@ impl<'a> Push<'a> {
 
         // Stage 4: upload what the store lacks, with bounded concurrency.
         let uploaded_bytes = Arc::new(AtomicU64::new(0));
+        let repaired = Arc::new(AtomicU64::new(0));
         let mut refs: Vec<Option<ChunkRef>> = Vec::new();
         let mut seen = HashSet::new();
         let mut counts = ChunkCounts::default();
@@ -309,7 +313,8 @@ impl<'a> Push<'a> {
                                 if seen.insert(chunk.name) {
                                     let store = self.store;
                                     let counter = uploaded_bytes.clone();
-                                    uploads.push(async move { upload(store, chunk, &counter).await });
+                                    let repaired = repaired.clone();
+                                    uploads.push(async move { upload(store, chunk, &counter, &repaired).await });
                                 } else {
                                     counts.already_stored += 1;
                                 }
@@ -422,6 +427,7 @@ impl<'a> Push<'a> {
             new: counts.new,
             already_stored: counts.already_stored,
             bytes_uploaded: uploaded_bytes.load(Ordering::Relaxed),
+            repaired: repaired.load(Ordering::Relaxed),
             dedup_ratio: (counts.new > 0).then(|| data_chunks as f64 / counts.new as f64),
             salt_id: self.salt.id(),
             seconds: started.elapsed().as_secs_f64(),
@@ -509,7 +515,13 @@ fn seal_stage(
 }
 
 /// Stores one chunk unless the store has it; true when it was uploaded.
-async fn upload(store: &Store, chunk: SealedChunk, uploaded: &AtomicU64) -> Result<bool> {
+/// A stored object of the wrong size is replaced (and counted in `repaired`).
+async fn upload(
+    store: &Store,
+    chunk: SealedChunk,
+    uploaded: &AtomicU64,
+    repaired: &AtomicU64,
+) -> Result<bool> {
     let key = chunk.name.to_hex();
     let err = |op, e: cache_tiers::Error| Error::Chunk {
         op,
@@ -518,13 +530,29 @@ async fn upload(store: &Store, chunk: SealedChunk, uploaded: &AtomicU64) -> Resu
         source: BoxError::from(e),
     };
     let tier = store.chunks();
-    if tier.exists(&key).await.map_err(|e| err("checking", e))? {
-        return Ok(false);
-    }
     let len = chunk.ciphertext.len() as u64;
-    Tier::put(tier.as_ref(), &key, Bytes::from(chunk.ciphertext))
-        .await
-        .map_err(|e| err("storing", e))?;
+    match tier.head(&key).await.map_err(|e| err("checking", e))? {
+        Some(size) if size == len => return Ok(false),
+        Some(size) => {
+            // A torn or tampered object under the chunk's name: its name
+            // promises these very bytes, so storing them again repairs it.
+            tracing::warn!(
+                chunk = %key,
+                stored_bytes = size,
+                expected_bytes = len,
+                "a stored chunk has the wrong size; uploading it again"
+            );
+            tier.replace(&key, Bytes::from(chunk.ciphertext))
+                .await
+                .map_err(|e| err("replacing", e))?;
+            repaired.fetch_add(1, Ordering::Relaxed);
+        }
+        None => {
+            Tier::put(tier.as_ref(), &key, Bytes::from(chunk.ciphertext))
+                .await
+                .map_err(|e| err("storing", e))?;
+        }
+    }
     uploaded.fetch_add(len, Ordering::Relaxed);
     Ok(true)
 }

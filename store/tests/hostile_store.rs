@@ -84,7 +84,10 @@ fn a_3_gib_object_under_a_chunk_name_fails_the_read_naming_the_chunk_with_memory
         let e = opened.image.read_at(offset, &mut buf).await.unwrap_err();
         let grown_mib = (peak_rss_kib() - before) / 1024;
         let text = chain(&e);
-        assert!(text.contains(&name.to_hex()), "the error names the chunk: {text}");
+        assert!(
+            text.contains(&name.to_hex()),
+            "the error names the chunk: {text}"
+        );
         assert!(
             text.contains("3221225472 bytes") && text.contains("524304"),
             "the error says the object is too large for a chunk: {text}"
