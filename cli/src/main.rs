@@ -12,6 +12,7 @@ mod logging;
 mod mount;
 mod print;
 mod progress;
+mod rt;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use lode_store::layout::PROFILES;
 use lode_store::{GcOptions, Push, salts};
 
 use crate::config::{Settings, parse_duration};
+use crate::rt::runtime;
 
 #[derive(Parser)]
 #[command(
@@ -315,13 +317,6 @@ fn raise_open_file_limit() {
             }
         }
     }
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
 }
 
 fn provider(name: &str) -> Result<&'static dyn chunk_core::CryptoProvider> {

@@ -101,7 +101,7 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
         }
     };
     let result = (|| {
-        let rt = crate::runtime()?;
+        let rt = crate::rt::runtime()?;
         let mut image_opts = LazyImageOptions::default()
             .readahead_chunks(req.readahead_chunks)
             .crypto(req.crypto);
