@@ -553,6 +553,15 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print::gc_report(&report);
             }
+            if report.deferred {
+                // EX_TEMPFAIL: nothing went wrong, try again later.
+                eprintln!(
+                    "lode: gc deferred: {} push(es) in progress hold leases ({}); nothing was deleted, run gc again later",
+                    report.pushes_in_progress.len(),
+                    report.pushes_in_progress.join(", ")
+                );
+                std::process::exit(75);
+            }
             Ok(())
         }
         Command::Inspect { name, keys, json } => {

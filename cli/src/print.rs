@@ -78,6 +78,12 @@ pub fn gc_report(r: &GcReport) {
         );
         return;
     }
+    if !r.pushes_in_progress.is_empty() {
+        println!(
+            "  pushes in progress (a --delete waits for them): {}",
+            r.pushes_in_progress.join(", ")
+        );
+    }
     println!(
         "  live      {} chunks ({:.1} MiB)",
         r.live_chunks,

@@ -32,10 +32,18 @@ fn concurrent_push_and_gc_never_lose_a_chunk_of_a_finished_manifest() {
         std::thread::spawn(move || {
             let (mut runs, mut deferred, mut deleted) = (0u64, 0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
-                let r = env.json(&["gc", "--delete", "--grace", "0s", "--wait", "0s", "--json"]);
+                let out = env.run(&["gc", "--delete", "--grace", "0s", "--wait", "0s", "--json"]);
+                let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
                 runs += 1;
                 if r["deferred"].as_bool().unwrap() {
+                    assert_eq!(out.status.code(), Some(75), "a deferred gc exits 75");
                     deferred += 1;
+                } else {
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
                 }
                 deleted += r["deleted"].as_u64().unwrap();
                 assert_eq!(
@@ -173,9 +181,10 @@ fn orphans_are_collected_after_the_grace_period() {
     assert_eq!(r["live_chunks"], live.len() as u64);
 }
 
-/// A push killed mid-way leaves chunks and a lease. While the lease is live,
-/// `gc --delete` defers; once it is stale (10 min), gc proceeds, and the
-/// killed push's chunks go once older than the grace period.
+/// A push killed mid-way leaves chunks and a lease. Its process is gone
+/// from this host, so the lease is stale at once; the same lease from
+/// another host defers `gc --delete` (exit 75) until it is 10 minutes old.
+/// The killed push's chunks go once older than the grace period.
 #[test]
 fn a_killed_push_is_collected_once_its_lease_and_chunks_are_old() {
     let env = Env::new();
@@ -231,22 +240,59 @@ fn a_killed_push_is_collected_once_its_lease_and_chunks_are_old() {
         .collect();
     assert!(orphans.len() >= 3);
 
-    // Its lease is still live: nothing is deleted, whatever the grace.
-    let r = env.json(&["gc", "--delete", "--grace", "0s", "--wait", "0s", "--json"]);
-    assert_eq!(r["deferred"], true);
-    assert_eq!(
-        env.chunk_files().len(),
-        live.len() + orphans.len() + staging.len()
-    );
-
-    // Eleven minutes later the lease is stale; the chunks are 11 min old too.
     let locks = env.store().join("locks");
     let leases: Vec<_> = std::fs::read_dir(&locks)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(leases.len(), 1, "one lease, the killed push's");
-    env.age(&leases[0], 660);
+    let lease = &leases[0];
+
+    // The killed push ran on this host, this boot: its lease is stale at
+    // once. A dry run lists no push in progress, and a delete is not
+    // deferred (the young chunks stay within the grace period).
+    let r = env.json(&["gc", "--json"]);
+    assert_eq!(r["pushes_in_progress"], serde_json::json!([]), "{r}");
+    let r = env.json(&["gc", "--delete", "--grace", "30m", "--wait", "0s", "--json"]);
+    assert_eq!(r["deferred"], false, "{r}");
+    assert_eq!(r["deleted"], 0);
+
+    // The same lease as written on another host (another boot id): its
+    // writer may be alive, so it defers gc until it is 10 minutes old.
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lease).unwrap()).unwrap();
+    assert!(
+        body["boot_id"].is_string(),
+        "a lease names its boot: {body}"
+    );
+    body["boot_id"] = "00000000-0000-0000-0000-000000000000".into();
+    std::fs::write(lease, serde_json::to_vec(&body).unwrap()).unwrap();
+    let lease_name = lease.file_name().unwrap().to_string_lossy().into_owned();
+    let r = env.json(&["gc", "--json"]);
+    assert_eq!(
+        r["pushes_in_progress"],
+        serde_json::json!([lease_name]),
+        "{r}"
+    );
+    let out = env.run(&["gc", "--delete", "--grace", "0s", "--wait", "0s"]);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "a deferred gc exits 75 (EX_TEMPFAIL)"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gc deferred") && err.contains(&lease_name),
+        "{err}"
+    );
+    assert_eq!(
+        env.chunk_files().len(),
+        live.len() + orphans.len() + staging.len(),
+        "nothing was deleted"
+    );
+
+    // Eleven minutes later the lease is stale; the chunks are 11 min old too.
+    env.age(lease, 660);
     for c in &orphans {
         env.age(&env.chunk_path(c), 660);
     }

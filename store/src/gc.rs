@@ -185,7 +185,8 @@ pub struct GcReport {
     pub orphan_profiles: Vec<String>,
     /// Orphan profiles deleted by this run.
     pub profiles_deleted: u64,
-    /// Live push leases that deferred the run (with `deferred`).
+    /// Live push leases: those that deferred a deleting run (with
+    /// `deferred`), or, in a dry run, those a deleting run would wait for.
     pub pushes_in_progress: Vec<String>,
 }
 
@@ -198,7 +199,13 @@ pub async fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
         ..GcReport::default()
     };
     if opts.mode == GcMode::DryRun {
-        mark_and_sweep(store, opts, SystemTime::now(), None, &mut report).await?;
+        let now = SystemTime::now();
+        report.pushes_in_progress = live_leases(store, LeaseKind::Push, "", now)
+            .await?
+            .into_iter()
+            .map(|p| p.object.name)
+            .collect();
+        mark_and_sweep(store, opts, now, None, &mut report).await?;
         return Ok(report);
     }
     let started = Instant::now();
@@ -215,13 +222,13 @@ pub async fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
         }
         lease.release().await;
         if started.elapsed() >= opts.wait {
-            tracing::info!(
+            tracing::debug!(
                 "{} push(es) in progress ({LOCKS}/{}); nothing deleted, run gc again later",
                 pushes.len(),
-                pushes[0].name
+                pushes[0].object.name
             );
             report.deferred = true;
-            report.pushes_in_progress = pushes.into_iter().map(|p| p.name).collect();
+            report.pushes_in_progress = pushes.into_iter().map(|p| p.object.name).collect();
             return Ok(report);
         }
         if !told {

@@ -1,7 +1,10 @@
 //! Leases: small objects `locks/push-ID` and `locks/gc-ID` that their owner
 //! rewrites every [`HEARTBEAT`] and deletes when done, so a push and a gc
 //! never race (see [`crate::gc`](mod@crate::gc) for the argument). A lease not rewritten for
-//! [`LEASE_STALE`], by the store's clock, belongs to a dead process.
+//! [`LEASE_STALE`], by the store's clock, belongs to a dead process. A lease
+//! written on this very boot of this host (same kernel boot id) by a process
+//! that is gone (no such pid, or a pid reused by a process started later) is
+//! stale at once: a killed push no longer delays gc by ten minutes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -67,13 +70,17 @@ impl Lease {
     }
 
     fn body() -> Bytes {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        Bytes::from(format!(
-            "{{\"pid\":{},\"host\":{:?},\"tool\":\"lode {}\"}}\n",
-            std::process::id(),
-            host.trim(),
-            env!("CARGO_PKG_VERSION")
-        ))
+        let pid = std::process::id();
+        let body = LeaseBody {
+            pid,
+            host: read_trimmed("/proc/sys/kernel/hostname").unwrap_or_default(),
+            tool: format!("lode {}", env!("CARGO_PKG_VERSION")),
+            boot_id: boot_id(),
+            start_ticks: start_ticks(pid),
+        };
+        let mut json = serde_json::to_vec(&body).unwrap_or_default();
+        json.push(b'\n');
+        Bytes::from(json)
     }
 
     /// Rewrites the lease; returns the store's time of the write.
@@ -144,20 +151,106 @@ impl Drop for Lease {
     }
 }
 
-/// Live leases of `kind` at store time `now`, other than `own`.
+/// What a lease object holds: who wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeaseBody {
+    /// The writer's process id.
+    pub pid: u32,
+    /// The writer's host name.
+    pub host: String,
+    /// The writing tool and its version.
+    pub tool: String,
+    /// The writer host's kernel boot id (`/proc/sys/kernel/random/boot_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// The writer's start time in clock ticks since boot (`/proc/PID/stat`
+    /// field 22): tells a reused pid from the writer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ticks: Option<u64>,
+}
+
+impl LeaseBody {
+    /// Whether the writer is known to be gone: it ran on this boot of this
+    /// host and no process with its pid and start time runs now. A lease of
+    /// another host or boot (or an older lode that wrote no boot id) is never
+    /// known gone; it goes stale by age.
+    pub fn writer_is_gone(&self) -> bool {
+        let (Some(theirs), Some(ours)) = (&self.boot_id, boot_id()) else {
+            return false;
+        };
+        if *theirs != ours {
+            return false;
+        }
+        match (start_ticks(self.pid), self.start_ticks) {
+            (None, _) => true,                      // no such process
+            (Some(now), Some(then)) => now != then, // the pid was reused
+            (Some(_), None) => false,
+        }
+    }
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// This boot's id.
+fn boot_id() -> Option<String> {
+    read_trimmed("/proc/sys/kernel/random/boot_id").filter(|s| !s.is_empty())
+}
+
+/// When process `pid` started (clock ticks since boot), if it runs.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything;
+    // fields after its last ')' are plain: state is field 3, start time 22.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A live lease: its object and, when readable, who wrote it.
+#[derive(Debug, Clone)]
+pub struct LiveLease {
+    /// The lease object under `locks/`.
+    pub object: StoredObject,
+    /// Its body, when it parsed.
+    pub body: Option<LeaseBody>,
+}
+
+/// Live leases of `kind` at store time `now`, other than `own`: written
+/// less than [`LEASE_STALE`] ago, by a writer not known to be gone.
 pub(crate) async fn live_leases(
     store: &Store,
     kind: LeaseKind,
     own: &str,
     now: SystemTime,
-) -> Result<Vec<StoredObject>> {
-    Ok(store
+) -> Result<Vec<LiveLease>> {
+    let young: Vec<StoredObject> = store
         .list_under(LOCKS)
         .await?
         .into_iter()
         .filter(|l| l.name != own && l.name.starts_with(kind.prefix()))
         .filter(|l| now.duration_since(l.last_modified).unwrap_or_default() < LEASE_STALE)
-        .collect())
+        .collect();
+    let mut live = Vec::with_capacity(young.len());
+    for object in young {
+        // Deleted since the listing: released.
+        let Some(bytes) = store.get_under(LOCKS, &object.name).await? else {
+            continue;
+        };
+        // An unreadable body is kept live: only a known-dead writer frees it.
+        let body: Option<LeaseBody> = serde_json::from_slice(&bytes).ok();
+        if body.as_ref().is_some_and(LeaseBody::writer_is_gone) {
+            tracing::info!(
+                lease = %object.name,
+                "ignoring a lease whose process on this host is gone"
+            );
+            continue;
+        }
+        live.push(LiveLease { object, body });
+    }
+    Ok(live)
 }
 
 /// Takes a push lease: waits while a live gc lease exists. Call before the
@@ -173,7 +266,7 @@ pub async fn push_lease(store: &Store) -> Result<Lease> {
         if !told {
             tracing::info!(
                 "waiting for a gc to finish deleting ({LOCKS}/{} in {}; it expires {}s after its last renewal)",
-                gcs[0].name,
+                gcs[0].object.name,
                 store.url(),
                 LEASE_STALE.as_secs()
             );
@@ -184,4 +277,60 @@ pub async fn push_lease(store: &Store) -> Result<Lease> {
     }
     lease.start_heartbeat();
     Ok(lease)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_of(pid: u32) -> LeaseBody {
+        LeaseBody {
+            pid,
+            host: "h".into(),
+            tool: "lode test".into(),
+            boot_id: boot_id(),
+            start_ticks: start_ticks(pid),
+        }
+    }
+
+    #[test]
+    fn a_lease_of_this_boot_is_gone_exactly_when_its_process_is() {
+        assert!(boot_id().is_some(), "Linux has a boot id");
+        // This process: alive.
+        let me = body_of(std::process::id());
+        assert!(me.start_ticks.is_some());
+        assert!(!me.writer_is_gone());
+        // A child that has exited and been reaped: gone.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let mut dead = body_of(pid);
+        child.wait().unwrap();
+        dead.start_ticks = Some(1);
+        assert!(dead.writer_is_gone());
+        // Our pid with another start time: a reused pid, the writer is gone.
+        let mut reused = body_of(std::process::id());
+        reused.start_ticks = reused.start_ticks.map(|t| t + 1);
+        assert!(reused.writer_is_gone());
+        // Another boot (or host), or an older lode's body: never known gone.
+        let mut other = dead.clone();
+        other.boot_id = Some("another-boot".into());
+        assert!(!other.writer_is_gone());
+        let mut old = dead;
+        old.boot_id = None;
+        assert!(!old.writer_is_gone());
+    }
+
+    #[test]
+    fn the_start_time_of_a_running_process_is_read_and_a_missing_one_is_none() {
+        // Our own stat line parses; field 22 is a number of ticks.
+        assert!(start_ticks(std::process::id()).is_some());
+        assert_eq!(start_ticks(u32::MAX), None);
+    }
+
+    #[test]
+    fn a_body_without_boot_fields_still_parses() {
+        let b: LeaseBody =
+            serde_json::from_str(r#"{"pid":7,"host":"x","tool":"lode 0.1.0"}"#).unwrap();
+        assert_eq!((b.pid, b.boot_id, b.start_ticks), (7, None, None));
+    }
 }
