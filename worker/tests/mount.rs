@@ -273,7 +273,7 @@ fn unhex32(s: &str) -> [u8; 32] {
 }
 
 /// Writes chunks and the table (with keys: test data only) for the child.
-fn write_spec(dir: &Path, table: &ChunkTable, stored: &[(ChunkName, Vec<u8>)]) {
+fn write_spec(dir: &Path, table: &ChunkTable, stored: &[(ChunkName, Bytes)]) {
     let chunks = dir.join("chunks");
     std::fs::create_dir_all(&chunks).unwrap();
     for (n, ct) in stored {
