@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::runtime::Handle;
 
-use crate::error::{ChunkError, Error, Result};
+use crate::error::{Chain, ChunkError, Error, Result};
 use crate::source::{ChunkSource, lock};
 use crate::stats::{Counters, Stats};
 
@@ -218,7 +218,7 @@ impl LazyImage {
             }
             Err(e) => {
                 c.read_errors.fetch_add(1, Relaxed);
-                tracing::error!(offset, len = buf.len(), error = %e, "image read failed");
+                tracing::error!(offset, len = buf.len(), error = %Chain(e), "image read failed");
             }
         }
         result

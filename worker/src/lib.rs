@@ -73,6 +73,7 @@ mod daemon;
 mod error;
 #[cfg(feature = "fuse")]
 mod fuse;
+mod hardening;
 mod image;
 #[cfg(feature = "fuse")]
 pub mod loopdev;
@@ -87,7 +88,10 @@ mod tiered;
 
 #[cfg(feature = "fuse")]
 pub use daemon::{Daemon, DaemonOptions, Readiness, spawn_daemon};
-pub use error::{ChunkError, Error, ProfileMismatch, ProfileProblem, Result, SourceError};
+pub use error::{
+    ChunkError, Error, MountProblem, ProfileMismatch, ProfileProblem, Result, SourceError,
+};
+pub use hardening::{is_dumpable, make_undumpable};
 pub use image::{
     BLOCK_SIZE, BlockLog, BlockRun, ChunkAccess, ChunkTable, LazyImage, LazyImageOptions,
     MaterializeReport, PrefetchReport, Verify,

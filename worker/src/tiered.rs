@@ -7,7 +7,7 @@ use bytes::Bytes;
 use cache_tiers::{Tier, Tiered};
 use chunk_core::ChunkName;
 
-use crate::error::SourceError;
+use crate::error::{Chain, SourceError};
 use crate::source::{ChunkSource, Fetched, TierId};
 
 /// A [`ChunkSource`] over a [`Tiered`] cache keyed by the chunk name in hex
@@ -100,7 +100,7 @@ impl ChunkSource for TieredSource {
         let caches = self.tiers.len().saturating_sub(1);
         for tier in &self.tiers[..caches] {
             if let Err(e) = tier.remove(&key).await {
-                tracing::warn!(tier = tier.name(), chunk = %name, error = %e, "could not drop a bad cached chunk");
+                tracing::warn!(tier = tier.name(), chunk = %name, error = %Chain(&e), "could not drop a bad cached chunk");
             }
         }
     }
@@ -112,7 +112,7 @@ impl ChunkSource for TieredSource {
         let key = name.to_hex();
         for tier in &self.tiers[..answered] {
             if let Err(e) = tier.put(&key, fetched.bytes.clone()).await {
-                tracing::warn!(tier = tier.name(), chunk = %name, error = %e, "cache fill failed");
+                tracing::warn!(tier = tier.name(), chunk = %name, error = %Chain(&e), "cache fill failed");
             }
         }
     }

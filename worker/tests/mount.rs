@@ -260,6 +260,17 @@ impl ChunkSource for DirSource {
     }
 }
 
+/// An error and its causes, `: `-separated (as `lode` prints them).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -323,12 +334,20 @@ fn daemon_child() {
     // parent once the daemon reports readiness.
     let daemonize = std::env::var_os(DAEMONIZE_ENV).is_some();
     let readiness = if daemonize {
-        match worker::spawn_daemon(&worker::DaemonOptions::default()) {
+        // SAFETY: the only other thread is libtest's main thread, which
+        // only waits for this test's result (nothing runs with
+        // --test-threads=1) and holds no lock the daemon takes; the daemon
+        // never returns to the harness (it exits below).
+        match unsafe { worker::spawn_daemon(&worker::DaemonOptions::default()) } {
             Ok(worker::Daemon::Parent { pid }) => {
                 println!("DAEMON-READY {pid}");
                 return;
             }
-            Ok(worker::Daemon::Child(r)) => Some(r),
+            Ok(worker::Daemon::Child(r)) => {
+                // Before readiness stdout is still the parent's pipe.
+                println!("DAEMON-DUMPABLE {}", worker::is_dumpable().unwrap());
+                Some(r)
+            }
             Err(e) => {
                 println!("DAEMON-ERR {e}");
                 return;
@@ -358,7 +377,7 @@ fn daemon_child() {
         }
         (Ok(h), None) => h,
         (Err(e), Some(r)) => {
-            r.fail(&e.to_string());
+            r.fail(&chain(&e));
             std::process::exit(1);
         }
         (Err(e), None) => panic!("mount: {e}"),
@@ -556,9 +575,11 @@ fn spawn_daemon_returns_once_mounted_and_reports_failures() {
     );
     assert!(worker::mounts(&state_dir).unwrap().is_empty());
 
-    // The parent returns only once the mount is usable.
+    // The parent returns only once the mount is usable; the daemon, which
+    // holds the keys, cannot be dumped or traced by other users.
     let out = run_daemonizing_child(tmp.path(), &mnt);
     assert!(out.contains("DAEMON-READY"), "{out}");
+    assert!(out.contains("DAEMON-DUMPABLE false"), "{out}");
     let state = worker::mounts(&state_dir)
         .unwrap()
         .pop()

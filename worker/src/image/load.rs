@@ -11,7 +11,7 @@ use chunk_core::ChunkRef;
 
 use super::{Inner, Verify, set_bit};
 use crate::crypto;
-use crate::error::ChunkError;
+use crate::error::{Chain, ChunkError};
 
 /// Fetches, verifies and decrypts one chunk; retries once from the lower
 /// tiers when bytes from a trusted tier turn out bad.
@@ -98,7 +98,7 @@ fn log_chunk_error(inner: &Inner, index: u64, chunk: &ChunkRef, err: &ChunkError
         chunk_index = index,
         offset = index * u64::from(inner.table.chunk_size),
         tier = error_tier(err),
-        error = %ErrorChain(err),
+        error = %Chain(err),
         "chunk unavailable"
     );
 }
@@ -113,27 +113,6 @@ fn error_tier(err: &ChunkError) -> &str {
         ChunkError::Fetch(SourceError::NotFound { .. }) => "none (in no tier)",
         ChunkError::Timeout { .. } => "none (no answer)",
         _ => "unknown",
-    }
-}
-
-/// Displays an error and its sources, `: `-separated.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut last = self.0.to_string();
-        f.write_str(&last)?;
-        let mut source = self.0.source();
-        while let Some(e) = source {
-            let msg = e.to_string();
-            // Many errors already print their source; don't say it twice.
-            if !last.ends_with(&msg) {
-                write!(f, ": {msg}")?;
-            }
-            last = msg;
-            source = e.source();
-        }
-        Ok(())
     }
 }
 
@@ -160,14 +139,29 @@ mod tests {
         });
         assert_eq!(error_tier(&err), "store");
         assert_eq!(
-            ErrorChain(&err).to_string(),
+            Chain(&err).to_string(),
             "fetch failed: tier store failed: no such file"
         );
+        // What a read returns: the chunk, then each cause once.
+        let name = ChunkName::from_bytes([2; 32]);
+        let read = Error::Chunk {
+            index: 3,
+            name,
+            offset: 3 * u64::from(CS),
+            source: Arc::new(err),
+        };
+        assert_eq!(
+            Chain(&read).to_string(),
+            format!(
+                "chunk 3 ({name}) at image offset 12288: fetch failed: tier store failed: no such file"
+            )
+        );
         let missing = ChunkError::Fetch(SourceError::NotFound {
-            name: chunk_core::ChunkName::from_bytes([1; 32]),
+            name: ChunkName::from_bytes([1; 32]),
         });
         assert_eq!(error_tier(&missing), "none (in no tier)");
-        assert!(ErrorChain(&missing).to_string().contains(&"01".repeat(32)));
+        let text = Chain(&missing).to_string();
+        assert_eq!(text.matches(&"01".repeat(32)).count(), 1, "{text}");
     }
 
     #[tokio::test]

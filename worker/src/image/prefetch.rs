@@ -6,6 +6,7 @@ use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::{Cause, LazyImage, Part};
+use crate::error::Chain;
 use crate::source::lock;
 
 /// Outcome of [`LazyImage::prefetch`]; also in [`Stats::prefetch`] (the
@@ -78,7 +79,7 @@ impl LazyImage {
                                 Ok(_) => true,
                                 Err(e) => {
                                     let e = this.chunk_error(index, e);
-                                    tracing::error!(error = %e, "prefetch failed");
+                                    tracing::error!(error = %Chain(&e), "prefetch failed");
                                     false
                                 }
                             },
