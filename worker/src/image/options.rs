@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use chunk_core::CryptoProvider;
 
+#[cfg(doc)]
+use super::{BLOCK_SIZE, BlockRun, LazyImage};
+#[cfg(doc)]
+use crate::ChunkError;
+
 /// When to check a chunk's name (SHA-256 of the ciphertext) before decrypting.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]

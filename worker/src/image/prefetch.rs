@@ -6,6 +6,8 @@ use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::{Cause, LazyImage, Part};
+#[cfg(doc)]
+use crate::Stats;
 use crate::error::Chain;
 use crate::source::lock;
 

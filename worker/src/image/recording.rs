@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{LazyImage, bitset, set_bit};
+#[cfg(doc)]
+use crate::LazyImageOptions;
 use crate::source::lock;
 
 /// The unit of block recording: 4 KiB, the ext4 block size lode writes.
