@@ -237,6 +237,8 @@ fn file_only_mount_serves_the_exact_image() {
 
 const CHILD_ENV: &str = "LODE_WORKER_TEST_CHILD";
 const DAEMONIZE_ENV: &str = "LODE_WORKER_TEST_DAEMONIZE";
+/// The daemon exits with status 3 without reporting.
+const EXIT_EARLY_ENV: &str = "LODE_WORKER_TEST_EXIT_EARLY";
 
 /// A chunk source over a directory of files named by chunk name.
 struct DirSource(PathBuf);
@@ -346,6 +348,10 @@ fn daemon_child() {
             Ok(worker::Daemon::Child(r)) => {
                 // Before readiness stdout is still the parent's pipe.
                 println!("DAEMON-DUMPABLE {}", worker::is_dumpable().unwrap());
+                if std::env::var_os(EXIT_EARLY_ENV).is_some() {
+                    drop(r);
+                    std::process::exit(3);
+                }
                 Some(r)
             }
             Err(e) => {
@@ -536,6 +542,10 @@ fn killed_daemon_fails_reads_quickly_and_unmount_cleans_up() {
 }
 
 fn run_daemonizing_child(dir: &Path, mnt: &Path) -> String {
+    run_daemonizing_child_with(dir, mnt, &[])
+}
+
+fn run_daemonizing_child_with(dir: &Path, mnt: &Path, env: &[(&str, &str)]) -> String {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "daemon_child",
@@ -547,6 +557,7 @@ fn run_daemonizing_child(dir: &Path, mnt: &Path) -> String {
         .env(CHILD_ENV, dir)
         .env(DAEMONIZE_ENV, "1")
         .env("LODE_WORKER_TEST_MNT", mnt)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -571,6 +582,15 @@ fn spawn_daemon_returns_once_mounted_and_reports_failures() {
     let out = run_daemonizing_child(tmp.path(), &tmp.path().join("missing"));
     assert!(
         out.contains("DAEMON-ERR") && out.contains("not a directory"),
+        "{out}"
+    );
+    assert!(worker::mounts(&state_dir).unwrap().is_empty());
+
+    // A daemon that exits without reporting: the parent says how it ended.
+    let out = run_daemonizing_child_with(tmp.path(), &mnt, &[(EXIT_EARLY_ENV, "1")]);
+    assert!(
+        out.contains("DAEMON-ERR mount daemon (pid ")
+            && out.contains("exited before the mount was ready (exit status: 3)"),
         "{out}"
     );
     assert!(worker::mounts(&state_dir).unwrap().is_empty());
