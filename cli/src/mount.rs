@@ -86,12 +86,16 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
             .with_context(|| format!("creating mountpoint {}", req.mountpoint.display()))?;
     }
     let readiness = if req.foreground {
+        // The process will hold the image's keys: no core dumps, no ptrace.
+        worker::make_undumpable()?;
         None
     } else {
-        // Fork before any thread exists.
-        match worker::spawn_daemon(
-            &worker::DaemonOptions::default().log_file(req.log_file.clone()),
-        )? {
+        // SAFETY: no thread exists yet: `main` has only parsed flags, set up
+        // logging and the open-file limit; the runtime is built below, in
+        // the daemon. (spawn_daemon makes the daemon undumpable.)
+        match unsafe {
+            worker::spawn_daemon(&worker::DaemonOptions::default().log_file(req.log_file.clone()))
+        }? {
             worker::Daemon::Parent { .. } => {
                 println!("mounted {} at {}", req.name, req.mountpoint.display());
                 return Ok(());
@@ -271,6 +275,8 @@ pub async fn serve_nbd(
     crypto: &'static dyn chunk_core::CryptoProvider,
 ) -> Result<()> {
     use worker::nbd::{ListenAddr, NbdOptions, NbdServer};
+    // The process will hold the image's keys: no core dumps, no ptrace.
+    worker::make_undumpable()?;
     let addr: ListenAddr = listen
         .parse()
         .with_context(|| format!("listen address {listen:?}"))?;

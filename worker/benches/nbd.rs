@@ -15,11 +15,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use chunk_core::{RustCrypto, Salt};
+use chunk_core::Salt;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use worker::nbd::{NbdOptions, NbdServer};
-use worker::{ChunkTable, LazyImage, LazyImageOptions, MemorySource, TierId};
+use worker::{LazyImage, LazyImageOptions, MemorySource, TierId};
 
 const CHUNK: usize = 512 * 1024;
 const CHUNKS: usize = 96;
@@ -37,23 +36,9 @@ fn image_bytes() -> Vec<u8> {
 
 fn build_image(data: &[u8]) -> LazyImage {
     let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
-    let chunks = data
-        .chunks(CHUNK)
-        .map(|c| {
-            if c.iter().all(|&b| b == 0) {
-                return None;
-            }
-            let sealed = chunk_core::seal(&RustCrypto, &Salt::new(1, [7; 32]), c).expect("seal");
-            let r = sealed.chunk_ref();
-            source.insert(r.name, Bytes::from(sealed.ciphertext));
-            Some(r)
-        })
-        .collect();
-    let table = ChunkTable {
-        image_size: data.len() as u64,
-        chunk_size: CHUNK as u32,
-        chunks,
-    };
+    let table = source
+        .insert_image(data, CHUNK as u32, &Salt::new(1, [7; 32]))
+        .expect("seal");
     LazyImage::new(
         table,
         source,

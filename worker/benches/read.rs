@@ -11,7 +11,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use chunk_core::{RustCrypto, Salt};
 use criterion::{Criterion, Throughput, criterion_main};
 use worker::{ChunkTable, LazyImage, LazyImageOptions, MemorySource, TierId};
@@ -22,21 +21,10 @@ const IMAGE: usize = 32 << 20;
 fn sealed_image() -> (ChunkTable, Arc<MemorySource>, Vec<u8>) {
     let mut rng = fastrand::Rng::with_seed(1);
     let data: Vec<u8> = (0..IMAGE).map(|_| rng.u8(..)).collect();
-    let salt = Salt::new(1, [5; 32]);
     let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
-    let chunks = data
-        .chunks(CHUNK)
-        .map(|c| {
-            let s = chunk_core::seal(&RustCrypto, &salt, c).expect("seal");
-            source.insert(s.name, Bytes::from(s.ciphertext.clone()));
-            Some(s.chunk_ref())
-        })
-        .collect();
-    let table = ChunkTable {
-        image_size: IMAGE as u64,
-        chunk_size: CHUNK as u32,
-        chunks,
-    };
+    let table = source
+        .insert_image(&data, CHUNK as u32, &Salt::new(1, [5; 32]))
+        .expect("seal");
     (table, source, data)
 }
 

@@ -8,9 +8,8 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use chunk_core::{RustCrypto, Salt};
-use worker::{ChunkTable, LazyImage, LazyImageOptions, MemorySource, MountOptions, TierId};
+use chunk_core::Salt;
+use worker::{LazyImage, LazyImageOptions, MemorySource, MountOptions, TierId};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mib: usize = std::env::args().nth(1).map_or(Ok(256), |a| a.parse())?;
@@ -19,20 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = fastrand::Rng::with_seed(3);
     let data: Vec<u8> = (0..size).map(|_| rng.u8(..)).collect();
     let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
-    let salt = Salt::new(1, [1; 32]);
-    let chunks = data
-        .chunks(chunk)
-        .map(|c| {
-            let s = chunk_core::seal(&RustCrypto, &salt, c).expect("seal");
-            source.insert(s.name, Bytes::from(s.ciphertext.clone()));
-            Some(s.chunk_ref())
-        })
-        .collect();
-    let table = ChunkTable {
-        image_size: size as u64,
-        chunk_size: chunk as u32,
-        chunks,
-    };
+    let table = source.insert_image(&data, chunk as u32, &Salt::new(1, [1; 32]))?;
     let rt = tokio::runtime::Runtime::new()?;
     let image = || {
         LazyImage::with_runtime(

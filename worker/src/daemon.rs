@@ -53,7 +53,10 @@ impl Readiness {
         redirect_stdio(self.log_file.as_deref())?;
         self.pipe
             .write_all(b"OK\n")
-            .map_err(|e| Error::io("signalling readiness on", "pipe", e))
+            .map_err(|source| Error::DaemonStart {
+                step: "signalling readiness",
+                source,
+            })
     }
 
     /// Tells the parent that mounting failed; it prints `message` and exits non-zero.
@@ -65,37 +68,50 @@ impl Readiness {
 /// Forks a daemon (new session, detached from the terminal) and, in the
 /// parent, waits until the daemon reports readiness or failure.
 ///
-/// Call it before any thread exists (before building the tokio runtime):
-/// after `fork` only the calling thread survives.
-pub fn spawn_daemon(opts: &DaemonOptions) -> Result<Daemon> {
+/// The daemon is made undumpable first ([`make_undumpable`](crate::make_undumpable):
+/// no core dumps, no ptrace by other users), as it will hold the image's keys.
+///
+/// # Safety
+///
+/// The calling process must have no other thread when this is called (call
+/// it first thing in `main`, before building the tokio runtime or starting
+/// anything that spawns threads). `fork` copies only the calling thread: a
+/// lock another thread holds at that moment (in the allocator, stdio, a
+/// runtime) stays locked forever in the daemon, and memory that thread was
+/// changing is left half-written, so the daemon could deadlock or read
+/// inconsistent data.
+pub unsafe fn spawn_daemon(opts: &DaemonOptions) -> Result<Daemon> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two fds into the array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(Error::io(
-            "creating",
-            "readiness pipe",
-            std::io::Error::last_os_error(),
-        ));
+        return Err(Error::DaemonStart {
+            step: "creating the readiness pipe",
+            source: std::io::Error::last_os_error(),
+        });
     }
     // SAFETY: both fds are fresh and owned by us from here on.
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: fork in a single-threaded process (documented precondition).
+    // SAFETY: the caller guarantees that no other thread exists.
     let pid = unsafe { libc::fork() };
     match pid {
-        -1 => Err(Error::io(
-            "forking",
-            "daemon",
-            std::io::Error::last_os_error(),
-        )),
+        -1 => Err(Error::DaemonStart {
+            step: "forking",
+            source: std::io::Error::last_os_error(),
+        }),
         0 => {
             drop(read_end);
             // SAFETY: setsid has no memory-safety preconditions.
             unsafe { libc::setsid() };
-            Ok(Daemon::Child(Readiness {
+            let readiness = Readiness {
                 pipe: File::from(write_end),
                 log_file: opts.log_file.clone(),
-            }))
+            };
+            if let Err(e) = crate::hardening::make_undumpable() {
+                readiness.fail(&crate::error::Chain(&e).to_string());
+                return Err(e);
+            }
+            Ok(Daemon::Child(readiness))
         }
         pid => {
             drop(write_end);
@@ -104,14 +120,29 @@ pub fn spawn_daemon(opts: &DaemonOptions) -> Result<Daemon> {
             if msg.starts_with("OK") {
                 return Ok(Daemon::Parent { pid: pid as u32 });
             }
-            // Reap it if it already exited, so we can tell how.
+            let pid_u32 = pid as u32;
+            if let Some(message) = msg.strip_prefix("ERR ") {
+                return Err(Error::DaemonFailed {
+                    pid: pid_u32,
+                    message: message.to_owned(),
+                });
+            }
+            // Reap it once it has exited (the pipe closes just before), so we
+            // can tell how; a daemon that closed the pipe but runs on is left.
             let mut status = 0;
-            // SAFETY: waitpid on our own child.
-            unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            Err(Error::Daemon(match msg.strip_prefix("ERR ") {
-                Some(m) => m.to_owned(),
-                None => "the daemon exited before the mount was ready".into(),
-            }))
+            let mut reaped = false;
+            for _ in 0..50 {
+                // SAFETY: waitpid on our own child, writing into a local.
+                reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid;
+                if reaped {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(4));
+            }
+            Err(Error::DaemonExited {
+                pid: pid_u32,
+                status: reaped.then(|| std::os::unix::process::ExitStatusExt::from_raw(status)),
+            })
         }
     }
 }

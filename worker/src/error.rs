@@ -1,4 +1,8 @@
 //! Errors of `worker`.
+//!
+//! A variant either prints its cause in its message or returns it from
+//! [`source()`](std::error::Error::source), never both: print the whole
+//! chain (`anyhow`'s `{:#}`, or walk `source()`) to see every cause once.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,8 +79,9 @@ pub enum SourceError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A chunk could not be fetched, verified or decrypted.
-    #[error("chunk {index} ({name}) at image offset {offset}: {source}")]
+    /// A chunk could not be fetched, verified or decrypted (the cause is
+    /// the [`source()`](std::error::Error::source)).
+    #[error("chunk {index} ({name}) at image offset {offset}")]
     Chunk {
         /// Index of the chunk in the image.
         index: u64,
@@ -111,8 +116,9 @@ pub enum Error {
     /// A blocking call was made from inside the async runtime.
     #[error("blocking read called from inside the tokio runtime; use read_at().await")]
     BlockingInRuntime,
-    /// A file-system or device operation failed.
-    #[error("{what} {}: {source}", path.display())]
+    /// A file-system or device operation failed (the OS error is the
+    /// [`source()`](std::error::Error::source)).
+    #[error("{what} {}", path.display())]
     Io {
         /// What was being done.
         what: &'static str,
@@ -122,9 +128,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// Mounting or unmounting failed for a reason that is not a plain OS error.
-    #[error("{0}")]
-    Mount(String),
+    /// Mounting or unmounting at `mountpoint` failed for a reason that is
+    /// not an OS error (those are [`Error::Io`], naming the step).
+    #[error("{}: {problem}", mountpoint.display())]
+    Mount {
+        /// The mountpoint (for a FUSE-only step, the FUSE directory).
+        mountpoint: PathBuf,
+        /// What went wrong (printed here, not a `source()`).
+        problem: MountProblem,
+    },
     /// `unmount` found no lode mount at this path.
     #[error("no lode mount at {}", .0.display())]
     NotMounted(PathBuf),
@@ -142,9 +154,96 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
-    /// The daemon exited or failed before it was ready.
-    #[error("mount daemon failed: {0}")]
-    Daemon(String),
+    /// [`spawn_daemon`](crate::spawn_daemon) could not start the daemon.
+    #[error("starting the mount daemon: {step}")]
+    DaemonStart {
+        /// The step that failed (`"creating the readiness pipe"`,
+        /// `"forking"`, `"signalling readiness"`).
+        step: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon reported that mounting failed.
+    #[error("mount daemon (pid {pid}) failed: {message}")]
+    DaemonFailed {
+        /// The daemon's pid.
+        pid: u32,
+        /// The daemon's error, as it reported it (with its causes).
+        message: String,
+    },
+    /// The daemon exited, or closed its end of the readiness pipe, before
+    /// reporting that the mount was ready.
+    #[error(
+        "mount daemon (pid {pid}) exited before the mount was ready{}",
+        status.map_or_else(String::new, |s| format!(" ({s})"))
+    )]
+    DaemonExited {
+        /// The daemon's pid.
+        pid: u32,
+        /// How it exited, if it had already exited.
+        status: Option<std::process::ExitStatus>,
+    },
+    /// A process hardening step failed ([`make_undumpable`](crate::make_undumpable)).
+    #[error("{step}")]
+    Hardening {
+        /// The step (`"prctl(PR_SET_DUMPABLE, 0)"`).
+        step: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What [`Error::Mount`] found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MountProblem {
+    /// The mountpoint is not a directory (or does not exist).
+    #[error("not a directory")]
+    NotADirectory,
+    /// A live lode process already serves this mountpoint.
+    #[error("already served by lode (pid {pid})")]
+    AlreadyServed {
+        /// The serving process.
+        pid: u32,
+    },
+    /// ext4 is in use, so nothing was unmounted.
+    #[error("busy (a process uses files or has its cwd there); nothing was unmounted")]
+    Busy,
+    /// The serving process did not exit after SIGTERM.
+    #[error("the lode daemon (pid {pid}) did not exit within {} s", waited.as_secs())]
+    DaemonDidNotExit {
+        /// The serving process.
+        pid: u32,
+        /// How long unmount waited.
+        waited: std::time::Duration,
+    },
+    /// A string handed to mount(2) or umount(2) contains a NUL byte.
+    #[error("the {what} {value:?} contains a NUL byte")]
+    NulByte {
+        /// Which argument (`"source"`, `"target"`, `"mount data"`, ...).
+        what: &'static str,
+        /// Its value.
+        value: String,
+    },
+}
+
+/// Displays an error and its [`source()`](std::error::Error::source)s,
+/// `: `-separated: every cause once, as this crate's errors print none of
+/// their sources. For log lines (`error = %Chain(&e)`).
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
 }
 
 impl Error {
@@ -259,3 +358,101 @@ pub enum ProfileMismatch {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// Walks the chain of `e`: no message may contain the message of the
+    /// source it returns (that cause would be printed twice).
+    fn assert_each_cause_once(e: &(dyn std::error::Error + 'static)) {
+        let mut current = e;
+        while let Some(source) = current.source() {
+            let (outer, inner) = (current.to_string(), source.to_string());
+            assert!(
+                !outer.contains(&inner),
+                "{outer:?} prints its source {inner:?}"
+            );
+            current = source;
+        }
+        let chain = Chain(e).to_string();
+        assert_eq!(chain.matches("disk on fire").count(), 1, "{chain}");
+    }
+
+    #[test]
+    fn no_error_prints_the_source_it_returns() {
+        let io = || std::io::Error::other("disk on fire");
+        let name = ChunkName::from_bytes([5; 32]);
+        let errors = [
+            Error::io("reading", "/var/x", io()),
+            Error::Chunk {
+                index: 1,
+                name,
+                offset: 4096,
+                source: Arc::new(ChunkError::Fetch(SourceError::Tier {
+                    tier: "store".into(),
+                    source: Box::new(io()),
+                })),
+            },
+            Error::DaemonStart {
+                step: "forking",
+                source: io(),
+            },
+            Error::Hardening {
+                step: "prctl(PR_SET_DUMPABLE, 0)",
+                source: io(),
+            },
+        ];
+        for e in &errors {
+            assert_each_cause_once(e);
+        }
+        #[cfg(feature = "nbd")]
+        assert_each_cause_once(&crate::nbd::NbdError::Bind {
+            addr: "127.0.0.1:10809".into(),
+            source: io(),
+        });
+        // The context stays in the message.
+        assert_eq!(errors[0].to_string(), "reading /var/x");
+        assert!(errors[1].source().is_some());
+    }
+
+    #[test]
+    fn mount_and_daemon_errors_name_their_context() {
+        let busy = Error::Mount {
+            mountpoint: "/mnt/app".into(),
+            problem: MountProblem::Busy,
+        };
+        assert!(busy.to_string().starts_with("/mnt/app: busy"), "{busy}");
+        let stuck = Error::Mount {
+            mountpoint: "/mnt/app".into(),
+            problem: MountProblem::DaemonDidNotExit {
+                pid: 42,
+                waited: std::time::Duration::from_secs(30),
+            },
+        };
+        assert_eq!(
+            stuck.to_string(),
+            "/mnt/app: the lode daemon (pid 42) did not exit within 30 s"
+        );
+        use std::os::unix::process::ExitStatusExt;
+        let exited = Error::DaemonExited {
+            pid: 7,
+            status: Some(std::process::ExitStatus::from_raw(1 << 8)),
+        };
+        assert_eq!(
+            exited.to_string(),
+            "mount daemon (pid 7) exited before the mount was ready (exit status: 1)"
+        );
+        let failed = Error::DaemonFailed {
+            pid: 7,
+            message: "/mnt/app: not a directory".into(),
+        };
+        assert!(
+            failed
+                .to_string()
+                .ends_with("failed: /mnt/app: not a directory")
+        );
+    }
+}

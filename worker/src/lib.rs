@@ -22,12 +22,20 @@
 //!   against a manifest); [`LazyImage::prefetch`] fetches its chunks in the
 //!   background with bounded concurrency ([`MountOptions::record_profile`]
 //!   writes one when a mount ends).
-//! - [`ChunkSource`] and [`TieredSource`]: where sealed chunks come from.
+//! - [`ChunkSource`] and [`TieredSource`]: where sealed chunks come from;
+//!   [`MemorySource`] (tests, examples, benchmarks) with
+//!   [`MemorySource::insert_image`] to seal an image into it.
 //! - [`mount`], [`unmount`], [`MountHandle`], [`spawn_daemon`] (feature
 //!   `fuse`): the image as one read-only FUSE file, a read-only loop device
 //!   on it (direct I/O, so the FUSE file has no page cache or readahead of
 //!   its own; kernel readahead set by [`MountOptions::kernel_readahead_kb`])
 //!   and the kernel's ext4 mounted read-only at a mountpoint.
+//!   [`spawn_daemon`] is `unsafe`: it forks, so it must run before any
+//!   other thread exists.
+//! - [`make_undumpable`]: `PR_SET_DUMPABLE 0` for processes that hold keys
+//!   (the daemon does it itself).
+//! - [`Error`]: every variant carries its context and either prints its
+//!   cause or returns it from `source()`, never both; print the chain.
 //!
 //! # Trust and verification
 //! A chunk's name is SHA-256 of its ciphertext. Bytes from an untrusted tier
@@ -73,6 +81,7 @@ mod daemon;
 mod error;
 #[cfg(feature = "fuse")]
 mod fuse;
+mod hardening;
 mod image;
 #[cfg(feature = "fuse")]
 pub mod loopdev;
@@ -87,7 +96,10 @@ mod tiered;
 
 #[cfg(feature = "fuse")]
 pub use daemon::{Daemon, DaemonOptions, Readiness, spawn_daemon};
-pub use error::{ChunkError, Error, ProfileMismatch, ProfileProblem, Result, SourceError};
+pub use error::{
+    ChunkError, Error, MountProblem, ProfileMismatch, ProfileProblem, Result, SourceError,
+};
+pub use hardening::{is_dumpable, make_undumpable};
 pub use image::{
     BLOCK_SIZE, BlockLog, BlockRun, ChunkAccess, ChunkTable, LazyImage, LazyImageOptions,
     MaterializeReport, PrefetchReport, Verify,

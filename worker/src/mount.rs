@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::LazyImage;
-use crate::error::{Error, Result};
+use crate::error::{Chain, Error, MountProblem, Result};
 use crate::fuse::ImageFs;
 use crate::loopdev::LoopDevice;
 use crate::profile::{BlockMap, Profile};
@@ -251,10 +251,10 @@ pub fn state_path(state_dir: &Path, mountpoint: &Path) -> Result<PathBuf> {
 pub fn mount(image: LazyImage, mountpoint: &Path, opts: &MountOptions) -> Result<MountHandle> {
     let mountpoint = absolute(mountpoint)?;
     if !mountpoint.is_dir() {
-        return Err(Error::Mount(format!(
-            "mountpoint {} is not a directory",
-            mountpoint.display()
-        )));
+        return Err(Error::Mount {
+            mountpoint,
+            problem: MountProblem::NotADirectory,
+        });
     }
     std::fs::create_dir_all(&opts.state_dir)
         .map_err(|e| Error::io("creating state directory", &opts.state_dir, e))?;
@@ -262,11 +262,10 @@ pub fn mount(image: LazyImage, mountpoint: &Path, opts: &MountOptions) -> Result
     let state_path = opts.state_dir.join(format!("{key}.json"));
     if let Ok(old) = read_state(&state_path) {
         if process_alive(old.pid, old.pid_start) {
-            return Err(Error::Mount(format!(
-                "{} is already served by lode (pid {})",
-                mountpoint.display(),
-                old.pid
-            )));
+            return Err(Error::Mount {
+                mountpoint,
+                problem: MountProblem::AlreadyServed { pid: old.pid },
+            });
         }
         // A crashed daemon left its state: clean up what it left.
         tracing::warn!(mountpoint = %mountpoint.display(), pid = old.pid, "cleaning up a stale mount");
@@ -431,7 +430,7 @@ impl MountHandle {
         let mut first_err = None;
         let mut keep = |r: Result<()>| {
             if let Err(e) = r {
-                tracing::error!(error = %e, "teardown step failed");
+                tracing::error!(error = %Chain(&e), "teardown step failed");
                 first_err.get_or_insert(e);
             }
         };
@@ -503,7 +502,7 @@ impl MountHandle {
             match BlockMap::from_mounted_tree(&self.state.mountpoint) {
                 Ok(m) => Some(m),
                 Err(e) => {
-                    tracing::error!(error = %e, "mapping blocks to files failed; the profile holds chunks only");
+                    tracing::error!(error = %Chain(&e), "mapping blocks to files failed; the profile holds chunks only");
                     None
                 }
             }
@@ -529,7 +528,7 @@ impl MountHandle {
 impl Drop for MountHandle {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
-            tracing::error!(error = %e, "unmount on drop failed");
+            tracing::error!(error = %Chain(&e), "unmount on drop failed");
         }
     }
 }
@@ -585,10 +584,10 @@ pub fn unmount(mountpoint: &Path, state_dir: &Path) -> Result<MountState> {
 }
 
 fn busy(mountpoint: &Path) -> Error {
-    Error::Mount(format!(
-        "{} is busy (a process uses files or has its cwd there); nothing was unmounted",
-        mountpoint.display()
-    ))
+    Error::Mount {
+        mountpoint: mountpoint.to_path_buf(),
+        problem: MountProblem::Busy,
+    }
 }
 
 /// Sends SIGTERM to the serving process and waits until it has exited.
@@ -598,11 +597,13 @@ fn stop_daemon(state: &MountState, patience: Duration) -> Result<()> {
     let deadline = Instant::now() + patience;
     while process_alive(state.pid, state.pid_start) {
         if Instant::now() > deadline {
-            return Err(Error::Mount(format!(
-                "lode daemon pid {} did not exit within {} s",
-                state.pid,
-                patience.as_secs()
-            )));
+            return Err(Error::Mount {
+                mountpoint: state.mountpoint.clone(),
+                problem: MountProblem::DaemonDidNotExit {
+                    pid: state.pid,
+                    waited: patience,
+                },
+            });
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -691,9 +692,15 @@ fn abort_fuse_connection(conn: u64) {
     }
 }
 
-fn cstring(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::Mount(format!("path {} contains a NUL byte", path.display())))
+/// `value` as a C string for mount(2) or umount2(2) at `target`.
+fn cstring(target: &Path, what: &'static str, value: &[u8]) -> Result<CString> {
+    CString::new(value).map_err(|_| Error::Mount {
+        mountpoint: target.to_path_buf(),
+        problem: MountProblem::NulByte {
+            what,
+            value: String::from_utf8_lossy(value).into_owned(),
+        },
+    })
 }
 
 fn sys_mount(
@@ -703,10 +710,10 @@ fn sys_mount(
     flags: libc::c_ulong,
     data: &str,
 ) -> Result<()> {
-    let src = cstring(source)?;
-    let tgt = cstring(target)?;
-    let fst = CString::new(fstype).map_err(|_| Error::Mount("bad fs type".into()))?;
-    let dat = CString::new(data).map_err(|_| Error::Mount("bad mount data".into()))?;
+    let src = cstring(target, "source", source.as_os_str().as_bytes())?;
+    let tgt = cstring(target, "target", target.as_os_str().as_bytes())?;
+    let fst = cstring(target, "file system type", fstype.as_bytes())?;
+    let dat = cstring(target, "mount data", data.as_bytes())?;
     // SAFETY: all pointers are valid NUL-terminated strings for the call.
     let rc = unsafe {
         libc::mount(
@@ -728,7 +735,7 @@ fn sys_mount(
 }
 
 fn sys_umount(target: &Path, flags: libc::c_int) -> Result<()> {
-    let tgt = cstring(target)?;
+    let tgt = cstring(target, "target", target.as_os_str().as_bytes())?;
     // SAFETY: valid NUL-terminated path.
     if unsafe { libc::umount2(tgt.as_ptr(), flags) } != 0 {
         return Err(Error::io(

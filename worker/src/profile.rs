@@ -164,7 +164,7 @@ impl Profile {
                     InodeTables::read(image)
                         .inspect_err(|e| {
                             tracing::warn!(
-                                error = %e,
+                                error = %crate::error::Chain(e),
                                 "cannot locate the inode tables; the profile lists no files for inodes read"
                             );
                         })

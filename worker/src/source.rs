@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chunk_core::ChunkName;
+use chunk_core::{ChunkData, ChunkName, Salt};
 
+use crate::ChunkTable;
 use crate::error::SourceError;
 
 /// Which tier answered a fetch, and whether its bytes were already verified.
@@ -120,6 +121,63 @@ impl MemorySource {
     /// Removes a chunk.
     pub fn remove(&self, name: &ChunkName) {
         lock(&self.chunks).remove(name);
+    }
+
+    /// The sealed bytes stored under a name (without counting a fetch).
+    pub fn get(&self, name: &ChunkName) -> Option<Bytes> {
+        lock(&self.chunks).get(name).cloned()
+    }
+
+    /// Cuts `data` into chunks of `chunk_size`, seals each under `salt`
+    /// (chunk-core's Rust backend) and stores the ciphertexts; all-zero
+    /// chunks become holes, as a push makes them. Returns the table that
+    /// serves the image from this source: how tests, examples and benchmarks
+    /// get a sealed image without a store.
+    ///
+    /// Fails when `chunk_size` is not a chunk size chunk-core accepts.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use chunk_core::Salt;
+    /// use worker::{LazyImage, LazyImageOptions, MemorySource, TierId};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    /// let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
+    /// let table = source.insert_image(&data, 4096, &Salt::new(1, [7; 32]))?;
+    /// assert_eq!((table.chunks.len(), source.len()), (3, 3));
+    /// let image = LazyImage::new(table, source, LazyImageOptions::default())?;
+    /// let mut buf = vec![0u8; data.len()];
+    /// image.read_at(0, &mut buf).await?;
+    /// assert!(buf == data);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn insert_image(
+        &self,
+        data: &[u8],
+        chunk_size: u32,
+        salt: &Salt,
+    ) -> Result<ChunkTable, chunk_core::Error> {
+        let chunker = chunk_core::Chunker::new(chunk_size as usize)?;
+        let mut chunks = Vec::with_capacity(chunker.chunk_count(data.len() as u64) as usize);
+        for chunk in chunker.split(data) {
+            chunks.push(match chunk.data {
+                ChunkData::Hole { .. } => None,
+                ChunkData::Data(plain) => {
+                    let sealed = chunk_core::seal(&chunk_core::RustCrypto, salt, plain)?;
+                    let r = sealed.chunk_ref();
+                    self.insert(r.name, Bytes::from(sealed.ciphertext));
+                    Some(r)
+                }
+            });
+        }
+        Ok(ChunkTable {
+            image_size: data.len() as u64,
+            chunk_size,
+            chunks,
+        })
     }
 
     /// Injects a fault for one chunk (`None` clears it).

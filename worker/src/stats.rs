@@ -1,99 +1,20 @@
-//! Counters and latency histograms, and their serializable snapshot.
+//! Counters and latency histograms (cache-tiers' [`LatencyHistogram`]),
+//! and their serializable snapshot.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use cache_tiers::{LatencyHistogram, LatencySummary};
 use serde::{Deserialize, Serialize};
 
 use crate::source::lock;
 
-/// Sub-buckets per power of two: relative error of a percentile ≤ 1/8.
-const SUB: u64 = 8;
-const BUCKETS: usize = 64 * SUB as usize;
-
-/// A lock-free log-linear histogram of durations in microseconds.
-#[derive(Debug)]
-pub(crate) struct Histogram {
-    buckets: Box<[AtomicU64]>,
-    count: AtomicU64,
-    sum_us: AtomicU64,
-    max_us: AtomicU64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_us: AtomicU64::new(0),
-            max_us: AtomicU64::new(0),
-        }
-    }
-}
-
-fn bucket_of(v: u64) -> usize {
-    if v < SUB {
-        return v as usize;
-    }
-    let exp = 63 - u64::from(v.leading_zeros()); // v >= 8 so exp >= 3
-    let shift = exp - 3;
-    let sub = (v >> shift) & (SUB - 1);
-    ((shift + 1) * SUB + sub) as usize
-}
-
-/// Upper bound (inclusive) of a bucket, in microseconds.
-fn bucket_high(b: usize) -> u64 {
-    let b = b as u64;
-    if b < SUB {
-        return b;
-    }
-    let shift = b / SUB - 1;
-    let sub = b % SUB;
-    let low = (SUB + sub) << shift;
-    low + (1u64 << shift) - 1
-}
-
-impl Histogram {
-    pub(crate) fn record(&self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.buckets[bucket_of(us).min(BUCKETS - 1)].fetch_add(1, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(us, Relaxed);
-        self.max_us.fetch_max(us, Relaxed);
-    }
-
-    pub(crate) fn snapshot(&self) -> Percentiles {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
-        let count: u64 = counts.iter().sum();
-        let max_us = self.max_us.load(Relaxed);
-        let pct = |q: f64| -> u64 {
-            if count == 0 {
-                return 0;
-            }
-            let rank = ((q * count as f64).ceil() as u64).clamp(1, count);
-            let mut seen = 0;
-            for (i, c) in counts.iter().enumerate() {
-                seen += c;
-                if seen >= rank {
-                    return bucket_high(i).min(max_us);
-                }
-            }
-            max_us
-        };
-        Percentiles {
-            count,
-            mean_us: self.sum_us.load(Relaxed).checked_div(count).unwrap_or(0),
-            p50_us: pct(0.50),
-            p90_us: pct(0.90),
-            p99_us: pct(0.99),
-            max_us,
-        }
-    }
-}
-
-/// Latency summary. Percentiles are bucket upper bounds (≤ 12.5 % high).
+/// Latency summary in whole microseconds, from a
+/// [`cache_tiers::LatencyHistogram`] (the one latency histogram of lode):
+/// percentiles are the midpoints of log-linear buckets, within 12.5 % of
+/// the true value, and never above `max_us`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Percentiles {
     /// Number of samples.
@@ -108,6 +29,21 @@ pub struct Percentiles {
     pub p99_us: u64,
     /// Largest sample in microseconds.
     pub max_us: u64,
+}
+
+impl From<LatencySummary> for Percentiles {
+    fn from(s: LatencySummary) -> Self {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let max_us = us(s.max);
+        Self {
+            count: s.count,
+            mean_us: us(s.mean),
+            p50_us: us(s.p50).min(max_us),
+            p90_us: us(s.p90).min(max_us),
+            p99_us: us(s.p99).min(max_us),
+            max_us,
+        }
+    }
 }
 
 /// Per-tier fetch counters.
@@ -180,7 +116,7 @@ pub struct Stats {
 pub(crate) struct TierCounters {
     chunks: AtomicU64,
     bytes: AtomicU64,
-    latency: Histogram,
+    latency: LatencyHistogram,
 }
 
 #[derive(Debug, Default)]
@@ -200,8 +136,8 @@ pub(crate) struct Counters {
     pub(crate) demand_fetches: AtomicU64,
     pub(crate) chunk_errors: AtomicU64,
     pub(crate) verify_failures: AtomicU64,
-    pub(crate) read_latency: Histogram,
-    pub(crate) chunk_latency: Histogram,
+    pub(crate) read_latency: LatencyHistogram,
+    pub(crate) chunk_latency: LatencyHistogram,
     tiers: Mutex<BTreeMap<String, std::sync::Arc<TierCounters>>>,
 }
 
@@ -257,13 +193,13 @@ impl Counters {
                         TierStats {
                             chunks: l(&t.chunks),
                             bytes: l(&t.bytes),
-                            fetch_latency: t.latency.snapshot(),
+                            fetch_latency: t.latency.snapshot().into(),
                         },
                     )
                 })
                 .collect(),
-            read_latency: self.read_latency.snapshot(),
-            chunk_latency: self.chunk_latency.snapshot(),
+            read_latency: self.read_latency.snapshot().into(),
+            chunk_latency: self.chunk_latency.snapshot().into(),
         }
     }
 }
@@ -273,32 +209,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_are_monotonic_and_cover_values() {
-        let mut last = 0;
-        for v in (0..5000u64).chain([1 << 20, 1 << 40, u64::MAX / 2]) {
-            let b = bucket_of(v);
-            assert!(b >= last || v < 5000, "bucket order at {v}");
-            assert!(bucket_high(b) >= v, "high({b}) < {v}");
-            if b > 0 {
-                assert!(bucket_high(b - 1) < v, "value {v} belongs lower than {b}");
-            }
-            last = b;
-        }
-    }
-
-    #[test]
     fn percentiles_of_known_samples() {
-        let h = Histogram::default();
+        let h = LatencyHistogram::new();
         for us in 1..=100u64 {
             h.record(Duration::from_micros(us * 10));
         }
-        let p = h.snapshot();
+        let p = Percentiles::from(h.snapshot());
         assert_eq!(p.count, 100);
         assert_eq!(p.max_us, 1000);
         assert_eq!(p.mean_us, 505);
-        // True p50 is 500 µs, p99 990 µs; buckets are at most 12.5 % high.
-        assert!((500..=563).contains(&p.p50_us), "{p:?}");
-        assert!((990..=1000).contains(&p.p99_us), "{p:?}");
-        assert_eq!(Histogram::default().snapshot(), Percentiles::default());
+        // True p50 is 500 µs, p90 900 µs, p99 990 µs; buckets are within 12.5 %.
+        assert!((440..=563).contains(&p.p50_us), "{p:?}");
+        assert!((790..=1000).contains(&p.p90_us), "{p:?}");
+        assert!((870..=1000).contains(&p.p99_us), "{p:?}");
+        assert!(p.p50_us <= p.p90_us && p.p90_us <= p.p99_us && p.p99_us <= p.max_us);
+        assert_eq!(
+            Percentiles::from(LatencyHistogram::new().snapshot()),
+            Percentiles::default()
+        );
+    }
+
+    #[test]
+    fn stats_json_keeps_its_latency_fields() {
+        // bench/ scripts and the cli tests read these names.
+        let c = Counters::default();
+        c.read_latency.record(Duration::from_micros(250));
+        c.tier_fetched("store", 10, Duration::from_millis(40));
+        let json = serde_json::to_value(c.snapshot(100, 4096, 1, 0)).unwrap();
+        for field in ["count", "mean_us", "p50_us", "p90_us", "p99_us", "max_us"] {
+            assert!(
+                json["read_latency"][field].is_u64(),
+                "read_latency.{field}: {json}"
+            );
+            assert!(
+                json["chunk_latency"][field].is_u64(),
+                "chunk_latency.{field}: {json}"
+            );
+            assert!(
+                json["tiers"]["store"]["fetch_latency"][field].is_u64(),
+                "fetch_latency.{field}: {json}"
+            );
+        }
+        assert_eq!(json["read_latency"]["max_us"], 250);
+        let p50 = json["tiers"]["store"]["fetch_latency"]["p50_us"]
+            .as_u64()
+            .unwrap();
+        assert!((35_000..=40_000).contains(&p50), "{p50}");
     }
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use cache_tiers::{Tier, Tiered};
 use chunk_core::ChunkName;
 
-use crate::error::SourceError;
+use crate::error::{Chain, SourceError};
 use crate::source::{ChunkSource, Fetched, TierId};
 
 /// A [`ChunkSource`] over a [`Tiered`] cache keyed by the chunk name in hex
@@ -100,7 +100,7 @@ impl ChunkSource for TieredSource {
         let caches = self.tiers.len().saturating_sub(1);
         for tier in &self.tiers[..caches] {
             if let Err(e) = tier.remove(&key).await {
-                tracing::warn!(tier = tier.name(), chunk = %name, error = %e, "could not drop a bad cached chunk");
+                tracing::warn!(tier = tier.name(), chunk = %name, error = %Chain(&e), "could not drop a bad cached chunk");
             }
         }
     }
@@ -112,7 +112,7 @@ impl ChunkSource for TieredSource {
         let key = name.to_hex();
         for tier in &self.tiers[..answered] {
             if let Err(e) = tier.put(&key, fetched.bytes.clone()).await {
-                tracing::warn!(tier = tier.name(), chunk = %name, error = %e, "cache fill failed");
+                tracing::warn!(tier = tier.name(), chunk = %name, error = %Chain(&e), "cache fill failed");
             }
         }
     }
@@ -121,10 +121,10 @@ impl ChunkSource for TieredSource {
 #[cfg(test)]
 mod tests {
     use cache_tiers::{FillPolicy, MemoryTier};
-    use chunk_core::{RustCrypto, Salt};
+    use chunk_core::Salt;
 
     use super::*;
-    use crate::{ChunkTable, LazyImage, LazyImageOptions};
+    use crate::{LazyImage, LazyImageOptions, MemorySource, TierId};
 
     #[tokio::test]
     async fn fills_l1_only_with_verified_bytes() {
@@ -132,16 +132,14 @@ mod tests {
         let data: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 251) as u8 + 1).collect();
         // A second memory tier stands in for the store.
         let store = MemoryTier::new(1 << 20);
-        let mut chunks = Vec::new();
-        for c in data.chunks(4096) {
-            let s = chunk_core::seal(&RustCrypto, &salt, c).unwrap();
-            Tier::put(&store, &s.name.to_hex(), Bytes::from(s.ciphertext.clone()))
-                .await
-                .unwrap();
-            chunks.push(Some(s.chunk_ref()));
+        let sealed = MemorySource::new(TierId::untrusted("sealer"));
+        let table = sealed.insert_image(&data, 4096, &salt).unwrap();
+        for r in table.chunks.iter().flatten() {
+            let ct = sealed.get(&r.name).unwrap();
+            Tier::put(&store, &r.name.to_hex(), ct).await.unwrap();
         }
         // Chunk 2 is corrupted in the store.
-        let bad = chunks[2].as_ref().unwrap().name;
+        let bad = table.chunks[2].as_ref().unwrap().name;
         Tier::put(&store, &bad.to_hex(), Bytes::from_static(b"garbage"))
             .await
             .unwrap();
@@ -154,11 +152,6 @@ mod tests {
             .unwrap();
         let source = Arc::new(TieredSource::new(tiered, 1));
         assert!(source.labels()[0].trusted && !source.labels()[1].trusted);
-        let table = ChunkTable {
-            image_size: data.len() as u64,
-            chunk_size: 4096,
-            chunks,
-        };
         let opts = LazyImageOptions::default()
             .readahead_chunks(0)
             .plaintext_cache_bytes(0);

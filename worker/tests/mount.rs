@@ -237,6 +237,8 @@ fn file_only_mount_serves_the_exact_image() {
 
 const CHILD_ENV: &str = "LODE_WORKER_TEST_CHILD";
 const DAEMONIZE_ENV: &str = "LODE_WORKER_TEST_DAEMONIZE";
+/// The daemon exits with status 3 without reporting.
+const EXIT_EARLY_ENV: &str = "LODE_WORKER_TEST_EXIT_EARLY";
 
 /// A chunk source over a directory of files named by chunk name.
 struct DirSource(PathBuf);
@@ -260,6 +262,17 @@ impl ChunkSource for DirSource {
     }
 }
 
+/// An error and its causes, `: `-separated (as `lode` prints them).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -273,7 +286,7 @@ fn unhex32(s: &str) -> [u8; 32] {
 }
 
 /// Writes chunks and the table (with keys: test data only) for the child.
-fn write_spec(dir: &Path, table: &ChunkTable, stored: &[(ChunkName, Vec<u8>)]) {
+fn write_spec(dir: &Path, table: &ChunkTable, stored: &[(ChunkName, Bytes)]) {
     let chunks = dir.join("chunks");
     std::fs::create_dir_all(&chunks).unwrap();
     for (n, ct) in stored {
@@ -323,12 +336,24 @@ fn daemon_child() {
     // parent once the daemon reports readiness.
     let daemonize = std::env::var_os(DAEMONIZE_ENV).is_some();
     let readiness = if daemonize {
-        match worker::spawn_daemon(&worker::DaemonOptions::default()) {
+        // SAFETY: the only other thread is libtest's main thread, which
+        // only waits for this test's result (nothing runs with
+        // --test-threads=1) and holds no lock the daemon takes; the daemon
+        // never returns to the harness (it exits below).
+        match unsafe { worker::spawn_daemon(&worker::DaemonOptions::default()) } {
             Ok(worker::Daemon::Parent { pid }) => {
                 println!("DAEMON-READY {pid}");
                 return;
             }
-            Ok(worker::Daemon::Child(r)) => Some(r),
+            Ok(worker::Daemon::Child(r)) => {
+                // Before readiness stdout is still the parent's pipe.
+                println!("DAEMON-DUMPABLE {}", worker::is_dumpable().unwrap());
+                if std::env::var_os(EXIT_EARLY_ENV).is_some() {
+                    drop(r);
+                    std::process::exit(3);
+                }
+                Some(r)
+            }
             Err(e) => {
                 println!("DAEMON-ERR {e}");
                 return;
@@ -358,7 +383,7 @@ fn daemon_child() {
         }
         (Ok(h), None) => h,
         (Err(e), Some(r)) => {
-            r.fail(&e.to_string());
+            r.fail(&chain(&e));
             std::process::exit(1);
         }
         (Err(e), None) => panic!("mount: {e}"),
@@ -517,6 +542,10 @@ fn killed_daemon_fails_reads_quickly_and_unmount_cleans_up() {
 }
 
 fn run_daemonizing_child(dir: &Path, mnt: &Path) -> String {
+    run_daemonizing_child_with(dir, mnt, &[])
+}
+
+fn run_daemonizing_child_with(dir: &Path, mnt: &Path, env: &[(&str, &str)]) -> String {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "daemon_child",
@@ -528,6 +557,7 @@ fn run_daemonizing_child(dir: &Path, mnt: &Path) -> String {
         .env(CHILD_ENV, dir)
         .env(DAEMONIZE_ENV, "1")
         .env("LODE_WORKER_TEST_MNT", mnt)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -556,9 +586,20 @@ fn spawn_daemon_returns_once_mounted_and_reports_failures() {
     );
     assert!(worker::mounts(&state_dir).unwrap().is_empty());
 
-    // The parent returns only once the mount is usable.
+    // A daemon that exits without reporting: the parent says how it ended.
+    let out = run_daemonizing_child_with(tmp.path(), &mnt, &[(EXIT_EARLY_ENV, "1")]);
+    assert!(
+        out.contains("DAEMON-ERR mount daemon (pid ")
+            && out.contains("exited before the mount was ready (exit status: 3)"),
+        "{out}"
+    );
+    assert!(worker::mounts(&state_dir).unwrap().is_empty());
+
+    // The parent returns only once the mount is usable; the daemon, which
+    // holds the keys, cannot be dumped or traced by other users.
     let out = run_daemonizing_child(tmp.path(), &mnt);
     assert!(out.contains("DAEMON-READY"), "{out}");
+    assert!(out.contains("DAEMON-DUMPABLE false"), "{out}");
     let state = worker::mounts(&state_dir)
         .unwrap()
         .pop()

@@ -15,8 +15,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use chunk_core::{ChunkName, RustCrypto, Salt};
+use chunk_core::{ChunkName, Salt};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -24,7 +23,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use worker::nbd::protocol as p;
 use worker::nbd::{ListenAddr, NbdError, NbdOptions, NbdServer};
-use worker::{ChunkTable, Fault, LazyImage, LazyImageOptions, MemorySource, TierId};
+use worker::{Fault, LazyImage, LazyImageOptions, MemorySource, TierId};
 
 const NAME: &str = "test-image";
 
@@ -905,23 +904,9 @@ async fn shutdown_answers_in_flight_reads_first() {
     let source = Arc::new(
         MemorySource::new(TierId::untrusted("store")).with_latency(Duration::from_millis(300)),
     );
-    let chunks = data
-        .chunks(CHUNK as usize)
-        .map(|c| {
-            if c.iter().all(|&b| b == 0) {
-                return None;
-            }
-            let sealed = chunk_core::seal(&RustCrypto, &Salt::new(1, [7; 32]), c).expect("seal");
-            let r = sealed.chunk_ref();
-            source.insert(r.name, Bytes::from(sealed.ciphertext));
-            Some(r)
-        })
-        .collect();
-    let table = ChunkTable {
-        image_size: data.len() as u64,
-        chunk_size: CHUNK,
-        chunks,
-    };
+    let table = source
+        .insert_image(&data, CHUNK, &Salt::new(1, [7; 32]))
+        .expect("seal");
     let image = LazyImage::new(table, source, LazyImageOptions::default()).unwrap();
     let srv = Running::start(image, "127.0.0.1:0", NbdOptions::new(NAME)).await;
     let (mut c, _) = tcp_go(srv.tcp(), NAME).await;

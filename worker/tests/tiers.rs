@@ -4,10 +4,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use cache_tiers::{DiskTier, FillPolicy, ObjectStoreTier, Tier, Tiered};
-use chunk_core::{RustCrypto, Salt};
-use worker::{ChunkTable, LazyImage, LazyImageOptions, TieredSource};
+use chunk_core::Salt;
+use worker::{LazyImage, LazyImageOptions, MemorySource, TierId, TieredSource};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -34,19 +33,12 @@ async fn disk_l1_holds_exactly_the_fetched_chunks_and_serves_a_remount() {
     let data: Vec<u8> = (0..40 * CHUNK).map(|_| rng.u8(..)).collect();
     let salt = Salt::new(1, [9; 32]);
     let store = ObjectStoreTier::local(&store_dir, "chunks/").unwrap();
-    let mut chunks = Vec::new();
-    for c in data.chunks(CHUNK) {
-        let s = chunk_core::seal(&RustCrypto, &salt, c).unwrap();
-        Tier::put(&store, &s.name.to_hex(), Bytes::from(s.ciphertext.clone()))
-            .await
-            .unwrap();
-        chunks.push(Some(s.chunk_ref()));
+    let sealed = MemorySource::new(TierId::untrusted("sealer"));
+    let table = sealed.insert_image(&data, CHUNK as u32, &salt).unwrap();
+    for r in table.chunks.iter().flatten() {
+        let ct = sealed.get(&r.name).unwrap();
+        Tier::put(&store, &r.name.to_hex(), ct).await.unwrap();
     }
-    let table = ChunkTable {
-        image_size: data.len() as u64,
-        chunk_size: CHUNK as u32,
-        chunks,
-    };
     let opts = LazyImageOptions::default().readahead_chunks(0);
     let reads = [
         (3 * CHUNK + 100, 5000),

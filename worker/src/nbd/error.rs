@@ -24,8 +24,9 @@ pub enum NbdError {
         /// What is wrong.
         reason: String,
     },
-    /// Binding the listening socket failed.
-    #[error("cannot listen on {addr}: {source}")]
+    /// Binding the listening socket failed (the OS error is the
+    /// [`source()`](std::error::Error::source)).
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: String,

@@ -565,7 +565,7 @@ where
                             p::EIO
                         }
                         Err(e) => {
-                            tracing::error!(%peer, offset, length, error = %e, "NBD read failed; replying EIO");
+                            tracing::error!(%peer, offset, length, error = %crate::error::Chain(&e), "NBD read failed; replying EIO");
                             p::EIO
                         }
                     };

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chunk_core::ChunkName;
+use chunk_core::{ChunkName, Salt};
 use worker::{ChunkTable, MemorySource, TierId};
 
 /// Chunk size of the test images.
@@ -25,44 +25,26 @@ pub fn skip(why: &str) -> bool {
     true
 }
 
-/// Chunks and seals an image (all-zero chunks become holes): the table and
-/// the (name, ciphertext) pairs a store would hold.
-pub fn seal(data: &[u8]) -> (ChunkTable, Vec<(ChunkName, Vec<u8>)>) {
-    let mut stored = Vec::new();
-    let chunks = chunk_core::Chunker::new(CHUNK as usize)
-        .expect("chunk size")
-        .split(data)
-        .map(|c| match c.data {
-            chunk_core::ChunkData::Hole { .. } => None,
-            chunk_core::ChunkData::Data(c) => {
-                let sealed = chunk_core::seal(
-                    &chunk_core::RustCrypto,
-                    &chunk_core::Salt::new(1, [7; 32]),
-                    c,
-                )
-                .expect("seal");
-                let (r, ct) = (sealed.chunk_ref(), sealed.ciphertext);
-                stored.push((r.name, ct));
-                Some(r)
-            }
-        })
-        .collect();
-    let table = ChunkTable {
-        image_size: data.len() as u64,
-        chunk_size: CHUNK,
-        chunks,
-    };
-    (table, stored)
+/// Chunks and seals an image (all-zero chunks become holes) into an
+/// in-memory store ("store", untrusted): the table and the source.
+pub fn sealed_source(data: &[u8]) -> (ChunkTable, Arc<MemorySource>) {
+    let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
+    let table = source
+        .insert_image(data, CHUNK, &Salt::new(1, [7; 32]))
+        .expect("seal");
+    (table, source)
 }
 
-/// [`seal`]s `data` into an in-memory store ("store", untrusted).
-pub fn sealed_source(data: &[u8]) -> (ChunkTable, Arc<MemorySource>) {
-    let (table, stored) = seal(data);
-    let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
-    for (n, ct) in stored {
-        source.insert(n, Bytes::from(ct));
-    }
-    (table, source)
+/// [`sealed_source`], with the (name, ciphertext) pairs a store would hold.
+pub fn seal(data: &[u8]) -> (ChunkTable, Vec<(ChunkName, Bytes)>) {
+    let (table, source) = sealed_source(data);
+    let stored = table
+        .chunks
+        .iter()
+        .flatten()
+        .map(|r| (r.name, source.get(&r.name).expect("stored")))
+        .collect();
+    (table, stored)
 }
 
 /// A runtime with two worker threads, for images served to FUSE or NBD.
