@@ -23,17 +23,60 @@ pub(crate) struct Counter<'a> {
     pub(crate) notify: &'a (dyn Fn(u64) + Sync),
 }
 
+/// Why a layer's decoding stopped early: another layer failed. The bytes
+/// read so far say nothing about this layer (its digests are partial).
+#[derive(Debug)]
+struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cancelled because another layer failed")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+fn is_cancelled(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Cancelled>())
+}
+
+/// How reading one layer ended, when it did not give a layer.
+#[derive(Debug)]
+enum Failure {
+    /// Stopped because another layer failed: not a cause of its own.
+    Cancelled,
+    /// This layer's own problem.
+    Failed(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Self::Failed(e)
+    }
+}
+
 /// Reads compressed bytes, hashing and counting them.
 struct HashingReader<'a, R> {
     inner: R,
     hasher: DigestHasher,
     count: u64,
     counter: &'a Counter<'a>,
+    /// The first error of the blob's own reader (not of decoding): then the
+    /// blob's size and digest are unknown.
+    read_error: Option<io::Error>,
 }
 
 impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.read_error.get_or_insert(e);
+                return Err(copy);
+            }
+        };
         self.hasher.update(&buf[..n]);
         self.count += n as u64;
         let total = self.counter.read.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
@@ -118,7 +161,7 @@ fn decompress<R: BufRead>(
     let pump = |src: &mut dyn Read| -> io::Result<()> {
         loop {
             if cancel.load(Ordering::Relaxed) {
-                return Err(io::Error::other("cancelled"));
+                return Err(io::Error::other(Cancelled));
             }
             let mut chunk = free.try_recv().unwrap_or_default();
             // A recycled buffer is already CHUNK long: no zeroing.
@@ -188,20 +231,28 @@ fn decompress<R: BufRead>(
 }
 
 /// Reads, verifies and spools one layer.
-pub(crate) fn read_layer(
+fn read_layer(
     source: &dyn ImageSource,
     index: usize,
     desc: &LayerDescriptor,
     spool_dir: &std::path::Path,
     counter: &Counter<'_>,
     cancel: &AtomicBool,
-) -> Result<ParsedLayer, Error> {
-    let layer_err = |source: LayerError| Error::Layer {
-        index,
-        blob: desc.name.clone(),
-        source,
+) -> Result<ParsedLayer, Failure> {
+    let layer_err = |source: LayerError| {
+        Failure::Failed(Error::Layer {
+            index,
+            blob: desc.name.clone(),
+            source,
+        })
     };
-    let raw = source.open_layer(desc)?;
+    let raw = match source.open_layer(desc) {
+        Ok(raw) => raw,
+        Err(Error::Io { path, source }) if source.kind() == io::ErrorKind::NotFound => {
+            return Err(layer_err(LayerError::BlobMissing { path }));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut input = BufReader::with_capacity(
         CHUNK,
         HashingReader {
@@ -214,6 +265,7 @@ pub(crate) fn read_layer(
             ),
             count: 0,
             counter,
+            read_error: None,
         },
     );
     let found = detect(input.fill_buf().map_err(|e| layer_err(LayerError::Io(e)))?);
@@ -233,19 +285,25 @@ pub(crate) fn read_layer(
 
     let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(4);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(8);
-    let (parsed, decoded, blob_digest, blob_size, diff) = std::thread::scope(|s| {
+    let (parsed, decoder, diff) = std::thread::scope(|s| {
         let decoder = s.spawn(move || {
             let mut result = decompress(&mut input, found, &tx, &free_rx, cancel);
-            if result.is_ok() {
-                // Hash whatever follows (nothing, for a valid blob).
-                result = io::copy(&mut input, &mut io::sink()).map(|_| ());
+            let cancelled = result.as_ref().is_err_and(is_cancelled);
+            if !cancelled {
+                // Hash whatever follows (nothing, for a valid blob; the
+                // rest of a corrupt one, so that its size and digest are
+                // those of the whole blob and name the real problem).
+                let rest = io::copy(&mut input, &mut io::sink()).map(|_| ());
+                if result.is_ok() {
+                    result = rest;
+                }
             }
             if let Err(e) = &result {
                 let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
             }
             drop(tx);
             let h = input.into_inner();
-            (result, h.hasher.finish(), h.count)
+            (result, h.hasher.finish(), h.count, h.read_error)
         });
         let mut chan = ChannelReader {
             rx,
@@ -261,57 +319,72 @@ pub(crate) fn read_layer(
         let _ = io::copy(&mut chan, &mut io::sink());
         let diff = chan.hasher.finish();
         drop(chan.rx);
-        let (decoded, digest, size) = decoder.join().unwrap_or_else(|_| {
-            (
-                Err(io::Error::other("decoder thread panicked")),
-                Digest::of(b""),
-                0,
-            )
-        });
-        (parsed, decoded, digest, size, diff)
+        let joined = decoder.join();
+        (parsed, joined, diff)
     });
+    let Ok((decoded, blob_digest, blob_size, read_error)) = decoder else {
+        return Err(Failure::Failed(Error::Internal(format!(
+            "the decoder thread of layer {index} ({}) panicked",
+            desc.name
+        ))));
+    };
 
-    // Most fundamental problem first: the blob's bytes, then decoding,
-    // then the uncompressed digest, then the tar content.
+    // Most fundamental problem first: whether this layer was read at all
+    // (cancelled, or the blob could not be read), then the blob's bytes
+    // (size, digest), then decoding, then the uncompressed digest, then the
+    // tar content.
+    if decoded.as_ref().is_err_and(is_cancelled) {
+        return Err(Failure::Cancelled);
+    }
+    if let Some(e) = read_error {
+        return Err(layer_err(LayerError::Io(e)));
+    }
+    if let Some(size) = desc.size {
+        if blob_size < size {
+            return Err(layer_err(LayerError::BlobTruncated {
+                expected: size,
+                actual: blob_size,
+            }));
+        }
+        if blob_size > size {
+            return Err(Failure::Failed(Error::DigestMismatch {
+                blob: desc.name.clone(),
+                expected: format!("{size} bytes"),
+                actual: format!("{blob_size} bytes"),
+            }));
+        }
+    }
     if let Some(expected) = &desc.digest
         && &blob_digest != expected
     {
-        return Err(Error::DigestMismatch {
+        return Err(Failure::Failed(Error::DigestMismatch {
             blob: desc.name.clone(),
             expected: expected.to_string(),
             actual: blob_digest.to_string(),
-        });
-    }
-    if let Some(size) = desc.size
-        && size != blob_size
-    {
-        return Err(Error::DigestMismatch {
-            blob: desc.name.clone(),
-            expected: format!("{size} bytes"),
-            actual: format!("{blob_size} bytes"),
-        });
+        }));
     }
     if let Err(e) = decoded {
-        if cancel.load(Ordering::Relaxed) && e.to_string() == "cancelled" {
-            return Err(layer_err(LayerError::Io(e)));
-        }
         return Err(layer_err(LayerError::Decompress {
             codec: codec_name(found),
             source: e,
         }));
     }
     if diff != desc.diff_id {
-        return Err(Error::DiffIdMismatch {
+        return Err(Failure::Failed(Error::DiffIdMismatch {
             index,
             blob: desc.name.clone(),
             expected: desc.diff_id.to_string(),
             actual: diff.to_string(),
-        });
+        }));
     }
     parsed.map_err(layer_err)
 }
 
 /// Reads all layers, `threads` at a time; results in layer order.
+///
+/// The first layer to fail cancels the others. The error reported is the
+/// failure of the lowest layer that failed for a cause of its own, never
+/// the cancellation of a layer that was merely stopped.
 pub(crate) fn read_layers(
     source: &dyn ImageSource,
     layers: &[LayerDescriptor],
@@ -321,7 +394,7 @@ pub(crate) fn read_layers(
 ) -> Result<Vec<ParsedLayer>, Error> {
     let next = AtomicUsize::new(0);
     let cancel = AtomicBool::new(false);
-    let results: Mutex<Vec<Option<Result<ParsedLayer, Error>>>> =
+    let results: Mutex<Vec<Option<Result<ParsedLayer, Failure>>>> =
         Mutex::new((0..layers.len()).map(|_| None).collect());
     let workers = threads.clamp(1, layers.len().max(1));
     std::thread::scope(|s| {
@@ -348,26 +421,18 @@ pub(crate) fn read_layers(
         .into_inner()
         .map_err(|_| Error::Internal("layer worker panicked".into()))?;
     let mut out = Vec::with_capacity(layers.len());
-    let mut first_err: Option<(bool, Error)> = None;
     for r in results {
         match r {
             Some(Ok(p)) => out.push(p),
-            Some(Err(e)) => {
-                // Report a real error rather than another worker's "cancelled".
-                let cancelled = matches!(&e, Error::Layer { source: LayerError::Io(io), .. } if io.to_string() == "cancelled");
-                let replace = match &first_err {
-                    None => true,
-                    Some((was_cancelled, _)) => *was_cancelled && !cancelled,
-                };
-                if replace {
-                    first_err = Some((cancelled, e));
-                }
-            }
-            None => {}
+            Some(Err(Failure::Failed(e))) => return Err(e),
+            Some(Err(Failure::Cancelled)) | None => {}
         }
     }
-    if let Some((_, e)) = first_err {
-        return Err(e);
+    if out.len() != layers.len() {
+        // Layers are cancelled only after another one failed.
+        return Err(Error::Internal(
+            "layers were cancelled but none failed".into(),
+        ));
     }
     Ok(out)
 }
