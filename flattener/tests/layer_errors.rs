@@ -18,18 +18,22 @@ use std::time::Duration;
 use common::{Comp, E, compress, oci_layout, sha256_hex, tar};
 use flattener::oci::{LayerDescriptor, ResolvedImage};
 use flattener::{Error, FlattenOptions, ImageRef, ImageSource, LayerError, Platform, build_tree};
+use sha2::{Digest as _, Sha256};
 
-/// Bytes that gzip cannot shrink (so the blobs stay large).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+/// Bytes that gzip cannot shrink (SHA-256 in counter mode), so that the
+/// blobs stay large.
+fn noise(seed: u8, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut block = 0u64;
+    while out.len() < len {
+        let mut h = Sha256::new();
+        h.update([seed]);
+        h.update(block.to_le_bytes());
+        out.extend(h.finalize());
+        block += 1;
+    }
+    out.truncate(len);
+    out
 }
 
 /// A layout of three gzip layers of 4 MiB each; returns it and the layer
@@ -38,7 +42,7 @@ fn three_layers(dir: &Path) -> (PathBuf, [String; 3]) {
     let layout = dir.join("layout");
     let names = ["one", "two", "three"];
     let tars: [Vec<u8>; 3] =
-        std::array::from_fn(|i| tar(&[E::file(names[i], &noise(i as u64 + 1, 4 << 20))]));
+        std::array::from_fn(|i| tar(&[E::file(names[i], &noise(i as u8, 4 << 20))]));
     oci_layout(
         &layout,
         &[("t", tars.iter().map(|t| (t.clone(), Comp::Gzip)).collect())],
