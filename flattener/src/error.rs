@@ -137,6 +137,20 @@ pub enum LayerError {
         /// Why it cannot be applied.
         reason: String,
     },
+    /// The blob is not in the image source (its file does not exist).
+    #[error("blob missing: {} does not exist", path.display())]
+    BlobMissing {
+        /// Where the blob should be.
+        path: PathBuf,
+    },
+    /// The blob ends before the size its descriptor gives.
+    #[error("blob truncated: {actual} of {expected} bytes")]
+    BlobTruncated {
+        /// The size the descriptor promised.
+        expected: u64,
+        /// The bytes there are.
+        actual: u64,
+    },
     /// Reading the blob or writing the spool failed.
     #[error("I/O: {0}")]
     Io(#[source] io::Error),

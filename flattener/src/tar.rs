@@ -11,7 +11,10 @@
 //! Docker and umoci use it): GNU long names beat PAX paths, a second PAX
 //! header replaces the first, an empty PAX value keeps the header field, the
 //! archive ends at two zero blocks, and header-only entry types carry no
-//! data when a valid header follows them.
+//! data when a valid header follows them. What GNU tar, Go's archive/tar
+//! and Python's tarfile all accept is accepted, e.g. PAX numbers and record
+//! lengths with any number of leading zeros (`size=000…0999`); what they all
+//! refuse (a PAX size past 2^63) is refused.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -732,8 +735,11 @@ fn parse_i64(f: &[u8], offset: u64, field: &str) -> Result<i64, TarError> {
     i64::try_from(v).map_err(|_| TarError::malformed(offset, format!("{field} {v} out of range")))
 }
 
+/// A PAX decimal number: ASCII digits only, any number of leading zeros
+/// (GNU tar, Go's archive/tar and Python's tarfile all take them), at most
+/// `u64::MAX`. No sign, spaces or underscores: GNU tar refuses them.
 fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 {
+    if s.is_empty() {
         return None;
     }
     let mut v: u64 = 0;
@@ -929,5 +935,29 @@ mod tests {
         let neg = [0xffu8; 12];
         assert_eq!(parse_num(&neg, 0, "t").unwrap(), -1);
         assert!(parse_num(b"12x4", 0, "m").is_err());
+    }
+
+    #[test]
+    fn decimals_take_leading_zeros_but_nothing_else() {
+        assert_eq!(parse_decimal(b"000000000000000000000999"), Some(999));
+        assert_eq!(parse_decimal(&[b'0'; 4096]), Some(0));
+        assert_eq!(parse_decimal(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_decimal(b"0018446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_decimal(b"18446744073709551616"), None);
+        for bad in [&b""[..], b"+1", b"-1", b" 1", b"1 ", b"1_0", b"0x1"] {
+            assert_eq!(
+                parse_decimal(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            parse_pax_time(b"000000000000000000001700000000.5"),
+            Some(Timestamp {
+                sec: 1_700_000_000,
+                nsec: 500_000_000
+            })
+        );
     }
 }

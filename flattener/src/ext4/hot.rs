@@ -3,11 +3,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use super::extents::{block_runs, file_extents, tree_block_count};
 use super::format::BLOCK;
-use super::plan::{
-    Body, FilePlace, InodePlan, block_runs, file_extents, index_of_ino, ino_of_index,
-    tree_block_count,
-};
+use super::inodes::{Body, FilePlace, InodePlan, index_of_ino, ino_of_index};
 use crate::tree::{FileId, NodeId, NodeKind, Tree};
 
 /// Profile-guided placement: blocks to copy into the hot region, in order of

@@ -127,8 +127,10 @@
 //! ```
 
 mod error;
+mod extents;
 mod format;
 mod hot;
+mod inodes;
 mod plan;
 mod write;
 

@@ -3,12 +3,11 @@
 use std::io::{BufWriter, Write};
 
 use super::error::WriteError;
+use super::extents::{Extent, block_runs, contiguous_extents};
 use super::format::*;
 use super::hot::HotItem;
-use super::plan::{
-    Body, Extent, Htree, Plan, XattrPlace, block_runs, contiguous_extents, dir_block_count,
-    index_of_ino, ino_of_index, xattr_entries,
-};
+use super::inodes::{Body, XattrPlace, index_of_ino, ino_of_index};
+use super::plan::{Htree, Plan, dir_block_count, xattr_entries};
 use super::{DeletedData, Ext4Options};
 use crate::tree::{FileData, NodeId, NodeKind, Spool};
 
