@@ -201,6 +201,10 @@ enum Command {
         /// With --delete: how long to retry while pushes are in progress
         #[arg(long, default_value = "10m")]
         wait: String,
+        /// Keep the chunks of image versions replaced less than this ago
+        /// (workers may still run them)
+        #[arg(long, default_value = "7d")]
+        retain: String,
         /// Print the report as JSON
         #[arg(long)]
         json: bool,
@@ -538,6 +542,7 @@ fn run(cli: Cli) -> Result<()> {
             dry_run: _,
             grace,
             wait,
+            retain,
             json,
         } => {
             let store = settings.store()?;
@@ -546,7 +551,8 @@ fn run(cli: Cli) -> Result<()> {
                 GcOptions::delete(grace, parse_duration(&wait).context("--wait")?)
             } else {
                 GcOptions::dry_run(grace)
-            };
+            }
+            .retain(parse_duration(&retain).context("--retain")?);
             let report = runtime()?.block_on(lode_store::gc(&store, &opts))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -13,6 +13,14 @@ fn mib(b: u64) -> f64 {
 /// Human-readable summary lines.
 pub fn push_summary(s: &PushSummary) {
     println!("pushed {} as {} in {:.1} s", s.source, s.name, s.seconds);
+    if let Some(r) = &s.replaced
+        && !r.same_image
+    {
+        println!(
+            "  replaced  the previous {} (from {}, {}); workers running it keep its chunks for gc's --retain (7d by default)",
+            s.name, r.source_ref, r.source_digest
+        );
+    }
     println!(
         "  image     {:.1} MiB, sha256 {}",
         mib(s.image_bytes),
@@ -89,6 +97,24 @@ pub fn gc_report(r: &GcReport) {
         r.live_chunks,
         mib(r.live_bytes)
     );
+    if r.retired_versions > 0 {
+        println!(
+            "  retained  {} replaced image versions (younger than --retain): {} chunks only they name",
+            r.retired_versions, r.retained_chunks
+        );
+    }
+    if !r.retired_expired.is_empty() {
+        println!(
+            "  {} {} replaced versions older than --retain: {}",
+            if r.mode == GcMode::DryRun {
+                "would forget"
+            } else {
+                "forgot"
+            },
+            r.retired_expired.len(),
+            r.retired_expired.join(", ")
+        );
+    }
     println!(
         "  young     {} unnamed chunks ({:.1} MiB) kept: younger than the grace period",
         r.young_orphans,

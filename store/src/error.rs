@@ -65,6 +65,25 @@ pub enum Error {
         /// The store.
         store: String,
     },
+    /// Another push replaced the image while this one ran.
+    #[error(
+        "another push of {name:?} to {store} finished first (the manifest changed since this push began); nothing was replaced: push again to replace it"
+    )]
+    PushConflict {
+        /// Image name.
+        name: String,
+        /// The store.
+        store: String,
+    },
+    /// A local lock file could not be taken.
+    #[error("locking {}", path.display())]
+    LocalLock {
+        /// The lock file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
     /// No stored prefetch profile under this name.
     #[error("no profile for {name:?} in {store}")]
     ProfileNotFound {

@@ -65,6 +65,14 @@
 //! Ages are measured against the store's clock: the last-modified time of the
 //! gc's own freshly written lease. A dry run writes nothing and uses the local
 //! clock.
+//!
+//! **Running workers.** A worker that opened an image keeps reading the
+//! chunks of the version it opened, after a push replaced it. A push keeps a
+//! copy of the manifest it replaces under `retired/NAME/` (before it moves
+//! the name; see [`crate::versions`]), and gc marks the chunks of every
+//! version retired less than [`GcOptions::retain`] ago (default 7 days),
+//! listing `retired/` after `manifests/`. Older copies are deleted with
+//! their chunks.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
@@ -76,6 +84,7 @@ use crate::error::{Error, Result};
 use crate::layout::{CHUNKS, LOCKS, MANIFESTS, PROFILES, Store};
 use crate::lease::{Lease, LeaseKind, live_leases};
 use crate::name::is_chunk_name;
+use crate::versions::{DEFAULT_RETAIN, RETIRED, RetiredVersion};
 
 /// Concurrent deletes.
 const DELETE_CONCURRENCY: usize = 16;
@@ -102,6 +111,9 @@ pub struct GcOptions {
     pub mode: GcMode,
     /// With [`GcMode::Delete`]: how long to keep retrying while pushes hold leases.
     pub wait: Duration,
+    /// Chunks of versions replaced less than this ago stay (workers may
+    /// still read them); older retired copies are deleted.
+    pub retain: Duration,
 }
 
 impl GcOptions {
@@ -111,6 +123,7 @@ impl GcOptions {
             grace,
             mode: GcMode::DryRun,
             wait: Duration::ZERO,
+            retain: DEFAULT_RETAIN,
         }
     }
 
@@ -121,7 +134,15 @@ impl GcOptions {
             grace,
             mode: GcMode::Delete,
             wait,
+            retain: DEFAULT_RETAIN,
         }
+    }
+
+    /// Keeps the chunks of versions retired less than `retain` ago
+    /// (default [`DEFAULT_RETAIN`], 7 days).
+    pub fn retain(mut self, retain: Duration) -> Self {
+        self.retain = retain;
+        self
     }
 }
 
@@ -185,6 +206,14 @@ pub struct GcReport {
     pub orphan_profiles: Vec<String>,
     /// Orphan profiles deleted by this run.
     pub profiles_deleted: u64,
+    /// Retired versions kept (replaced less than `retain` ago).
+    pub retired_versions: u64,
+    /// Chunks kept only because a retained retired version names them.
+    pub retained_chunks: u64,
+    /// Retired versions past `retain` (`IMAGE/SECS-DIGEST`; deleted with `--delete`).
+    pub retired_expired: Vec<String>,
+    /// Retired copies deleted.
+    pub retired_deleted: u64,
     /// Live push leases: those that deferred a deleting run (with
     /// `deferred`), or, in a dry run, those a deleting run would wait for.
     pub pushes_in_progress: Vec<String>,
@@ -274,6 +303,42 @@ async fn mark_and_sweep(
         marked.extend(sealed.names().flatten().map(|n| n.to_hex()));
     }
     report.manifests = manifests.len() as u64 - report.manifests_vanished;
+
+    // Retired versions, listed after the manifests: a push writes the copy
+    // of the version it replaces before it moves the name.
+    let mut retained = HashSet::new();
+    for r in store.list_under(RETIRED).await? {
+        let Some(version) = r
+            .name
+            .split_once('/')
+            .and_then(|(_, obj)| RetiredVersion::parse(obj))
+        else {
+            report.ignored_objects += 1;
+            continue;
+        };
+        if version.age(now) >= opts.retain {
+            report.retired_expired.push(r.name);
+            continue;
+        }
+        let Some(bytes) = store.get_under(RETIRED, &r.name).await? else {
+            continue;
+        };
+        let sealed =
+            manifest::SealedManifest::decode(&bytes).map_err(|e| Error::GcBadManifest {
+                name: format!("{RETIRED}/{}", r.name),
+                store: store.url().to_string(),
+                source: e.into(),
+            })?;
+        report.retired_versions += 1;
+        retained.extend(
+            sealed
+                .names()
+                .flatten()
+                .map(|n| n.to_hex())
+                .filter(|n| !marked.contains(n)),
+        );
+    }
+    report.retired_expired.sort();
     report.profiles = profiles.len() as u64;
     report.orphan_profiles = profiles
         .iter()
@@ -295,6 +360,12 @@ async fn mark_and_sweep(
             report.live_chunks += 1;
             report.live_bytes += c.size;
             present.insert(c.name);
+            continue;
+        }
+        if retained.contains(&c.name) {
+            report.live_chunks += 1;
+            report.live_bytes += c.size;
+            report.retained_chunks += 1;
             continue;
         }
         let age = now.duration_since(c.last_modified).unwrap_or_default();
@@ -331,6 +402,11 @@ async fn mark_and_sweep(
             lease.check().await?;
             store.delete_under(PROFILES, name).await?;
             report.profiles_deleted += 1;
+        }
+        for name in &report.retired_expired {
+            lease.check().await?;
+            store.delete_under(RETIRED, name).await?;
+            report.retired_deleted += 1;
         }
     }
     report.chunks_collectable = doomed;

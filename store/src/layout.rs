@@ -5,6 +5,7 @@
 //! | `chunks/NAME` | a sealed chunk; `NAME` is the SHA-256 of its bytes (64 hex digits) |
 //! | `manifests/IMAGE` | the sealed manifest of `IMAGE`, replaced whole by a push |
 //! | `profiles/IMAGE` | the prefetch profile of `IMAGE` (chunk indexes only) |
+//! | `retired/IMAGE/SECS-DIGEST` | a replaced manifest of `IMAGE`, kept for running workers (see [`crate::versions`]) |
 //! | `locks/push-ID`, `locks/gc-ID` | leases (see [`crate::gc`](mod@crate::gc)) |
 //!
 //! All under an optional prefix (`s3://bucket/prefix`).
@@ -46,6 +47,8 @@ pub struct Store {
     raw: Arc<dyn ObjectStore>,
     root: String,
     url: String,
+    /// The directory of a `file://` store (its manifest writes lock there).
+    local_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Store {
@@ -130,6 +133,10 @@ impl Store {
             raw,
             root,
             url: name,
+            local_dir: match url {
+                StoreUrl::File(dir) => Some(dir.clone()),
+                _ => None,
+            },
         })
     }
 
@@ -150,6 +157,7 @@ impl Store {
             raw,
             root,
             url: url.to_string(),
+            local_dir: None,
         }
     }
 
@@ -173,7 +181,12 @@ impl Store {
         &self.raw
     }
 
-    fn path(&self, dir: &str, name: &str) -> ObjPath {
+    /// The directory of a `file://` store.
+    pub(crate) fn local_dir(&self) -> Option<std::path::PathBuf> {
+        self.local_dir.clone()
+    }
+
+    pub(crate) fn path(&self, dir: &str, name: &str) -> ObjPath {
         ObjPath::from(format!("{}{dir}/{name}", self.root))
     }
 

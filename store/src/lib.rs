@@ -83,6 +83,7 @@ pub mod salts;
 pub mod testing;
 mod url;
 pub mod verify;
+pub mod versions;
 
 pub use error::{BoxError, Error, Result};
 pub use gc::{GcMode, GcOptions, GcReport, gc};
@@ -92,9 +93,10 @@ pub use name::check_image_name;
 pub use open::{
     L2Config, Opened, Prefetch, PrefetchStart, TierConfig, open_image, open_kms, start_prefetch,
 };
-pub use push::{ChunkCounts, NoProgress, Push, PushProgress, PushSummary};
+pub use push::{ChunkCounts, NoProgress, Push, PushProgress, PushSummary, Replaced};
 pub use url::{KmsUrl, StoreUrl};
 pub use verify::{BadChunk, ChunkProblem, VerifyOptions, VerifyReport, verify};
+pub use versions::{CurrentManifest, ManifestVersion, RetiredVersion};
 
 // The crates underneath, so one dependency is enough.
 pub use {cache_tiers, chunk_core, flattener, kms_envelope, manifest, worker};

@@ -38,6 +38,21 @@ use serde::Serialize;
 use crate::error::{BoxError, Error, Result};
 use crate::layout::{PROFILES, Store};
 use crate::name::check_image_name;
+use crate::versions::ManifestVersion;
+
+/// The version of an image that a push replaced.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Replaced {
+    /// Where the replaced version came from.
+    pub source_ref: String,
+    /// Its source digest (the image config's).
+    pub source_digest: String,
+    /// The same image (equal public manifest): nothing changed for readers.
+    pub same_image: bool,
+    /// Its copy under `retired/NAME/` (none when the image is the same).
+    pub retired: Option<String>,
+}
 
 /// What a push did.
 #[derive(Debug, Clone, Serialize)]
@@ -61,6 +76,9 @@ pub struct PushSummary {
     pub already_stored: u64,
     /// Ciphertext bytes uploaded.
     pub bytes_uploaded: u64,
+    /// The version this push replaced, if the name existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<Replaced>,
     /// Stored chunks of the wrong size that this push replaced (counted in
     /// `new` too): `lode verify --delete-bad`'s job, done in passing.
     pub repaired: u64,
@@ -235,6 +253,8 @@ impl<'a> Push<'a> {
 
     async fn run_leased(self, lease: &crate::lease::Lease) -> Result<PushSummary> {
         let started = Instant::now();
+        // The version this push replaces: the name moves only if it still is.
+        let prior = self.store.current_manifest(self.name).await?;
         let image_ref = ImageRef::parse(self.image).map_err(|e| Error::ImageRef {
             image: self.image.to_string(),
             source: e.into(),
@@ -377,9 +397,30 @@ impl<'a> Push<'a> {
                 key_id: self.key_id.to_string(),
                 source: e.into(),
             })?;
-        // Last: only now is every named chunk stored.
+        // Last: only now is every named chunk stored. A replaced version is
+        // kept first, so its chunks stay marked for workers still reading it.
         lease.check().await?;
-        self.store.put_manifest(self.name, &sealed).await?;
+        let (from_version, replaced) = match prior {
+            None => (ManifestVersion::Absent, None),
+            Some(cur) => {
+                let same = cur.sealed.public_digest() == sealed.public_digest();
+                let retired = if same {
+                    None
+                } else {
+                    Some(self.store.retire(self.name, &cur.sealed).await?)
+                };
+                let replaced = Replaced {
+                    source_ref: cur.sealed.source_ref().to_string(),
+                    source_digest: cur.sealed.source_digest().to_string(),
+                    same_image: same,
+                    retired: retired.map(|r| r.object),
+                };
+                (cur.version, Some(replaced))
+            }
+        };
+        self.store
+            .put_manifest_if(self.name, &sealed, &from_version)
+            .await?;
 
         // The old profiles/NAME was bound to the manifest just replaced:
         // replace it with the layout's profile, or delete it.
@@ -428,6 +469,7 @@ impl<'a> Push<'a> {
             already_stored: counts.already_stored,
             bytes_uploaded: uploaded_bytes.load(Ordering::Relaxed),
             repaired: repaired.load(Ordering::Relaxed),
+            replaced,
             dedup_ratio: (counts.new > 0).then(|| data_chunks as f64 / counts.new as f64),
             salt_id: self.salt.id(),
             seconds: started.elapsed().as_secs_f64(),

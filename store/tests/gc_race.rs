@@ -505,3 +505,106 @@ fn chunks_of_a_push_not_yet_named_by_its_manifest_survive_gc() {
         assert_eq!(f.world.count("gc", Op::Delete, ""), 0);
     });
 }
+
+/// Two pushes to one name: the first is paused just before it writes its
+/// manifest while the second runs to the end. The first then fails with a
+/// conflict and changes nothing: the name stays on the second's image.
+#[test]
+fn of_two_concurrent_pushes_to_one_name_exactly_one_wins() {
+    rt().block_on(async {
+        let f = Arc::new(Fixture::new());
+        let before_manifest = f.world.gate("push", Op::Put, "manifests/");
+        let first = tokio::spawn({
+            let f = f.clone();
+            async move { f.push(0, "app").await }
+        });
+        before_manifest.reached().await;
+        // The second push, through the other view of the same store.
+        let second = Push::new(
+            &f.gc_store,
+            &f.images[1],
+            "app",
+            f.kms.clone(),
+            "default",
+            lode_store::chunk_core::Salt::new(1, [9; 32]),
+            &lode_store::chunk_core::RustCrypto,
+        )
+        .spool_dir(f._dir.path().to_path_buf())
+        .run()
+        .await
+        .unwrap();
+        assert!(second.replaced.is_none());
+        before_manifest.open();
+        let e = first.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&e, lode_store::Error::PushConflict { name, .. } if name == "app"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("finished first"), "{e}");
+        let current = f.gc_store.get_manifest("app").await.unwrap();
+        assert_eq!(
+            current.source_ref(),
+            f.images[1],
+            "the winner's image stays"
+        );
+        f.assert_complete("app").await;
+    });
+}
+
+/// A push that replaces an image keeps a copy of the old manifest; gc keeps
+/// the chunks only it names while it is younger than `retain`, and forgets
+/// it (and collects them) after.
+#[test]
+fn a_replaced_version_keeps_its_chunks_until_retain_has_passed() {
+    rt().block_on(async {
+        let f = Fixture::new();
+        f.push(0, "app").await.unwrap();
+        let old = f.gc_store.get_manifest("app").await.unwrap();
+        let s = f.push(1, "app").await.unwrap();
+        let replaced = s.replaced.expect("the push replaced a version");
+        assert!(!replaced.same_image);
+        assert_eq!(replaced.source_ref, f.images[0]);
+        let retired = f.gc_store.retired_versions("app").await.unwrap();
+        assert_eq!(retired.len(), 1);
+        assert_eq!(Some(&retired[0].object), replaced.retired.as_ref());
+
+        let old_names: HashSet<String> = old.names().flatten().map(|n| n.to_hex()).collect();
+        let stored = |f: &Fixture| {
+            let f = f.gc_store.clone();
+            async move {
+                f.list_under("chunks")
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|o| o.name)
+                    .collect::<HashSet<String>>()
+            }
+        };
+        let report = gc_now(&f).await;
+        assert_eq!(report.deleted, 0, "{report:?}");
+        assert_eq!(report.retired_versions, 1);
+        assert!(report.retained_chunks > 0, "{report:?}");
+        assert!(
+            old_names.is_subset(&stored(&f).await),
+            "a running worker's chunks stay"
+        );
+
+        let report = lode_store::gc(
+            &f.gc_store,
+            &GcOptions::delete(Duration::ZERO, Duration::ZERO).retain(Duration::ZERO),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.retired_deleted, 1, "{report:?}");
+        assert!(report.deleted > 0, "the old version's own chunks go");
+        assert!(f.gc_store.retired_versions("app").await.unwrap().is_empty());
+        assert!(!old_names.is_subset(&stored(&f).await));
+        assert_eq!(report.missing_chunks, 0);
+        f.assert_complete("app").await;
+
+        // Pushing the same image again retires nothing.
+        let s = f.push(1, "app").await.unwrap();
+        assert!(s.replaced.unwrap().same_image);
+        assert!(f.gc_store.retired_versions("app").await.unwrap().is_empty());
+    });
+}
