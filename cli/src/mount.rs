@@ -18,7 +18,7 @@ async fn open(
     opts: LazyImageOptions,
 ) -> Result<Opened> {
     let store = settings.store()?;
-    let kms = open_kms(&settings.kms()?)?;
+    let kms = open_kms(&settings.kms()?, opts.crypto)?;
     let tiers = settings.tiers(cache_dir)?;
     Ok(open_image(&store, name, kms.as_ref(), &tiers, opts).await?)
 }
@@ -242,7 +242,10 @@ pub async fn pull(
 fn report_prefetch(name: &str, start: PrefetchStart) -> Option<u32> {
     match &start {
         PrefetchStart::Unreadable(e) => {
-            eprintln!("lode: warning: not using the stored profile: {}", crate::print::chain(e));
+            eprintln!(
+                "lode: warning: not using the stored profile: {}",
+                crate::print::chain(e)
+            );
         }
         PrefetchStart::Unfit { profile, why } => {
             eprintln!("lode: warning: not prefetching: {profile} does not fit this image: {why}");

@@ -88,11 +88,12 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// The operating system's random number generator failed.
-    #[error("random number generator failed: {reason}")]
+    /// The crypto backend's random number generator failed.
+    #[error("random number generator failed")]
     Random {
-        /// What the generator reported.
-        reason: String,
+        /// What the backend reported.
+        #[source]
+        source: chunk_core::Error,
     },
 
     /// AWS configuration (region, credentials, endpoint) is missing or invalid.
