@@ -25,7 +25,9 @@
 //! - `AwsKms` (feature `aws`): AWS KMS over its JSON protocol
 //!   (`TrentService.GenerateDataKey`, `Encrypt`, `Decrypt` with
 //!   `EncryptionContext`), SigV4-signed, configured from the standard AWS
-//!   environment variables and config files.
+//!   environment variables, with `object_store`'s AWS credential chain (the
+//!   one the S3 store uses: static keys, web identity, container, instance
+//!   metadata), so S3 and KMS sign as the same identity.
 //!
 //! Both run the same conformance suite (feature `testing`, module `testing`).
 //!
@@ -73,7 +75,8 @@
 //! # Features
 //! - `rustcrypto` (default), `aws-lc-rs`: which `chunk-core` crypto backends
 //!   are compiled in for `LocalKms` (see [`chunk_core::enabled_providers`]).
-//! - `aws`: `AwsKms`, with reqwest (rustls), aws-sigv4 and tokio.
+//! - `aws`: `AwsKms`, with reqwest (rustls), aws-sigv4, object_store's
+//!   credential chain and tokio.
 //! - `testing`: the shared `Kms` conformance suite and a seeded RNG for
 //!   `LocalKms` (deterministic output for golden tests; never use it for real
 //!   keys).
