@@ -126,6 +126,7 @@ impl AwsConfig {
                 reason: "no region: set AWS_REGION (or AWS_DEFAULT_REGION)".to_owned(),
             })?;
 
+        check_container_token_file(var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE").as_deref())?;
         // The S3 store's chain: the same variables, read the same way as
         // `AmazonS3Builder::from_env` does. The bucket is never contacted.
         let mut builder = AmazonS3Builder::new();
@@ -164,6 +165,27 @@ impl AwsConfig {
             credentials,
         })
     }
+}
+
+/// object_store 0.14 puts the token file's bytes into an HTTP header as
+/// they are and panics ("request must be valid") when they are not a valid
+/// header value, e.g. with a trailing newline. Refuse such a file up front
+/// with a clear error instead of letting a later request crash the process.
+fn check_container_token_file(path: Option<&str>) -> Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let token = match std::fs::read(path) {
+        Ok(t) => Zeroizing::new(t),
+        // Missing now: the chain reports it when it needs the file.
+        Err(_) => return Ok(()),
+    };
+    if token.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(Error::AwsConfig {
+            reason: format!(
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {path} holds control characters (a trailing newline?); the token must be one line without a line break"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// AWS KMS as a [`Kms`].
@@ -641,6 +663,30 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, Error::AwsConfig { .. }), "{e:?}");
         assert!(e.to_string().to_lowercase().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn a_container_token_file_with_a_newline_is_refused_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "SECRET-TOKEN\n").unwrap();
+        let path = file.to_str().unwrap();
+        let with = |file: &str| {
+            AwsConfig::from_vars(vars(&[
+                ("AWS_REGION", "eu-west-1"),
+                (
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    "http://127.0.0.1:1/creds",
+                ),
+                ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", file),
+            ]))
+        };
+        let e = with(path).unwrap_err();
+        assert!(matches!(e, Error::AwsConfig { .. }), "{e:?}");
+        assert!(e.to_string().contains(path), "{e}");
+        assert!(!e.to_string().contains("SECRET"), "{e}");
+        std::fs::write(&file, "SECRET-TOKEN").unwrap();
+        assert!(with(path).is_ok());
     }
 
     /// Signs one request with our code and with botocore (Python, installed

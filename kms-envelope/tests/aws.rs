@@ -186,6 +186,56 @@ async fn instance_metadata_and_container_credentials_through_the_shared_chain() 
     }
 }
 
+/// Web identity (EKS IRSA) comes before the instance metadata service in
+/// the shared chain: with its variables set, credentials are fetched from
+/// STS, never from the (working) metadata service. object_store sends the
+/// STS request over HTTPS only, so against moto's plain-HTTP STS the fetch
+/// fails; that it fails, and does not return moto's IMDS credentials, shows
+/// which provider was chosen.
+#[tokio::test(flavor = "current_thread")]
+async fn web_identity_is_chosen_before_instance_metadata() {
+    let Some(server) = Moto::start() else { return };
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("web-identity-token");
+    std::fs::write(&token_file, "eyJhbGciOiJSUzI1NiJ9.e30.c2ln").unwrap();
+    let common = vec![
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ENDPOINT_URL_KMS", base.clone()),
+        ("AWS_METADATA_ENDPOINT", base.clone()),
+    ];
+    // Control: without web identity the metadata service answers.
+    let kms = AwsKms::new(AwsConfig::from_vars(common.clone()).unwrap()).unwrap();
+    assert_eq!(kms.access_key_id().await.unwrap(), "test-key");
+
+    let mut vars = common;
+    vars.extend([
+        (
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            token_file.to_str().unwrap().to_owned(),
+        ),
+        (
+            "AWS_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/lode".to_owned(),
+        ),
+        ("AWS_ENDPOINT_URL_STS", base.clone()),
+    ]);
+    let kms = AwsKms::new(AwsConfig::from_vars(vars).unwrap()).unwrap();
+    let started = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(120), kms.access_key_id())
+        .await
+        .expect("the credential chain gave up within two minutes");
+    match got {
+        Err(e @ Error::AwsCredentials { .. }) => {
+            println!(
+                "web identity over http refused after {:?}: {e}",
+                started.elapsed()
+            );
+        }
+        other => panic!("expected a web identity (STS) failure, got {other:?}"),
+    }
+}
+
 /// Configuration the way `AwsConfig::from_env` builds it, from the standard
 /// variables. The environment is given as pairs to `from_vars` (what
 /// `from_env` calls with `std::env::vars()`), so parallel tests never touch
