@@ -72,6 +72,16 @@ pub enum Error {
         /// Which operation (`aes256gcm_seal`, ...).
         operation: &'static str,
     },
+
+    /// The backend could not produce random bytes.
+    #[error("crypto backend {provider} could not produce random bytes")]
+    Random {
+        /// Which backend.
+        provider: &'static str,
+        /// The operating system's error, when the backend reports one.
+        #[source]
+        source: Option<std::io::Error>,
+    },
 }
 
 fn display_name(name: &Option<ChunkName>) -> String {

@@ -15,8 +15,10 @@
 //!   [`seal_owned`] seals a buffer from [`Chunker::reader`] without a copy.
 //! - [`open`] checks and decrypts what a store returned for a [`ChunkRef`];
 //!   [`open_trusted`] skips the name check for bytes already verified.
-//! - [`CryptoProvider`] is the one small trait all crypto goes through, with
-//!   two backends the caller picks explicitly: [`RustCrypto`] and `AwsLc`.
+//! - [`CryptoProvider`] is the one small trait all of lode's crypto goes
+//!   through (chunks here; manifests and the local keyring in the
+//!   `manifest` and `kms-envelope` crates), with two backends the caller
+//!   picks explicitly: [`RustCrypto`] and `AwsLc`.
 //!
 //! # Example
 //!
@@ -76,7 +78,9 @@
 //! # Features
 //!
 //! - `rustcrypto` (default): the [`RustCrypto`] backend from the pure-Rust
-//!   `sha2`, `hmac` and `aes-gcm` crates. Needs no C compiler.
+//!   `sha2`, `hmac` and `aes-gcm` crates, with the operating system's random
+//!   generator (`getrandom`). Needs no C compiler. The AES key schedule and
+//!   the GHASH key are wiped from memory after use (`zeroize` features).
 //! - `aws-lc-rs`: the `AwsLc` backend on AWS-LC. Faster (stitched AES-GCM
 //!   assembly); building it needs a C compiler (`cc`), nothing else on
 //!   x86-64 Linux.

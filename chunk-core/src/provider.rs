@@ -18,7 +18,9 @@ pub use rustcrypto::RustCrypto;
 /// Length of the AES-256-GCM authentication tag appended to every ciphertext.
 pub const TAG_LEN: usize = 16;
 
-/// The primitives convergent chunk encryption needs.
+/// The primitives lode's crypto needs: convergent chunk encryption, and
+/// the AES-256-GCM, SHA-256 and randomness that manifests and the local
+/// keyring use, so one choice of backend covers all of them.
 ///
 /// # Contract
 ///
@@ -58,6 +60,14 @@ pub trait CryptoProvider: Send + Sync + std::fmt::Debug {
         aad: &[u8],
         buf: &mut Vec<u8>,
     ) -> Result<()>;
+
+    /// Fills `out` with cryptographically secure random bytes (the
+    /// operating system's generator, or a DRBG seeded from it).
+    ///
+    /// Used for data keys, key-wrapping nonces, master keys and salts. An
+    /// implementation that cannot get entropy must return an error, never
+    /// weak bytes.
+    fn fill_random(&self, out: &mut [u8]) -> Result<()>;
 
     /// A short stable label for logs, benchmarks and CLI flags
     /// (`"rustcrypto"`, `"aws-lc-rs"`).

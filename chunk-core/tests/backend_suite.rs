@@ -352,6 +352,34 @@ mod suite {
         });
     }
 
+    /// Random bytes fill the whole buffer, never repeat, and an empty
+    /// buffer is fine (data keys, nonces, master keys and salts come from here).
+    pub(crate) fn random_bytes_fill_and_differ(p: &dyn CryptoProvider) {
+        p.fill_random(&mut []).expect("empty fill");
+        let mut seen = std::collections::HashSet::new();
+        for len in [1usize, 12, 32, 4096] {
+            let mut a = vec![0u8; len];
+            let mut b = vec![0u8; len];
+            p.fill_random(&mut a).expect("fill_random");
+            p.fill_random(&mut b).expect("fill_random");
+            if len >= 12 {
+                assert_ne!(a, b, "{}: two draws of {len} bytes are equal", p.name());
+                assert!(seen.insert(a.clone()), "{}: a draw repeated", p.name());
+            }
+        }
+        // Every byte of a long draw is written: no byte position stays zero
+        // over 16 draws of 64 bytes (each would stay zero with chance 2^-128).
+        let mut any = [0u8; 64];
+        for _ in 0..16 {
+            let mut buf = [0u8; 64];
+            p.fill_random(&mut buf).expect("fill_random");
+            for (acc, b) in any.iter_mut().zip(buf) {
+                *acc |= b;
+            }
+        }
+        assert!(any.iter().all(|&b| b != 0), "{}: {any:?}", p.name());
+    }
+
     pub(crate) fn prop_wrong_name_or_key_is_error(p: &dyn CryptoProvider) {
         proptest!(config(), |(data in plaintexts(), secret in any::<[u8; 32]>(), other in any::<[u8; 32]>())| {
             let sealed = seal(p, &Salt::new(1, secret), &data).expect("seal");
@@ -394,6 +422,7 @@ macro_rules! suite_for {
             [
                 known_answers,
                 primitive_vectors,
+                random_bytes_fill_and_differ,
                 short_and_empty_ciphertexts_are_errors,
                 errors_name_the_chunk,
                 batch_matches_single_and_keeps_order,

@@ -357,7 +357,7 @@ fn run(cli: Cli) -> Result<()> {
                 .transpose()?;
             let store = lode_store::Store::open_or_create(&settings.store_url()?)?;
             let kms_url = settings.kms()?;
-            let kms = lode_store::open_kms(&kms_url)?;
+            let kms = lode_store::open_kms(&kms_url, provider(&cli.crypto)?)?;
             let salt = salts::current_salt(settings.salts()?)?;
             let bars = std::sync::Arc::new(progress::PushBars::new(
                 std::io::stderr().is_terminal() && !json,
@@ -438,8 +438,12 @@ fn run(cli: Cli) -> Result<()> {
             let rt = runtime()?;
             match action {
                 ProfileAction::Save { name, file } => {
-                    let stored =
-                        rt.block_on(lode_store::profile::save_profile(&store, &name, &file))?;
+                    let stored = rt.block_on(lode_store::profile::save_profile(
+                        &store,
+                        &name,
+                        &file,
+                        provider(&cli.crypto)?,
+                    ))?;
                     println!(
                         "saved {PROFILES}/{name}: {} chunks (manifest {})",
                         stored.chunks.len(),
@@ -450,8 +454,12 @@ fn run(cli: Cli) -> Result<()> {
                     let Some(p) = rt.block_on(store.get_profile(&name))? else {
                         anyhow::bail!("no profile for {name:?} in {}", store.url());
                     };
-                    let summary =
-                        rt.block_on(lode_store::profile::profile_summary(&store, &name, &p));
+                    let summary = rt.block_on(lode_store::profile::profile_summary(
+                        &store,
+                        &name,
+                        &p,
+                        provider(&cli.crypto)?,
+                    ));
                     if json {
                         println!("{}", serde_json::to_string_pretty(&summary)?);
                     } else {
@@ -483,13 +491,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Keyring { action } => match action {
             KeyringAction::New { path, key } => {
                 salts::create_private_parent(&path)?;
-                let id = kms_envelope::new_keyring_with_key(&path, &key)
+                let id = kms_envelope::new_keyring_with_key(provider(&cli.crypto)?, &path, &key)
                     .with_context(|| format!("creating keyring {}", path.display()))?;
                 println!("created keyring {} with key {id}", path.display());
                 Ok(())
             }
             KeyringAction::Rotate { path, key } => {
-                let id = kms_envelope::rotate(&path, &key)
+                let id = kms_envelope::rotate(provider(&cli.crypto)?, &path, &key)
                     .with_context(|| format!("rotating key {key} in {}", path.display()))?;
                 println!("{id} is now primary; older versions still unwrap");
                 Ok(())
@@ -573,12 +581,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { name, keys, json } => {
             let store = settings.store()?;
             let rt = runtime()?;
-            let (mut report, sealed) = rt.block_on(lode_store::inspect::inspect(&store, &name))?;
+            let crypto = provider(&cli.crypto)?;
+            let (mut report, sealed) =
+                rt.block_on(lode_store::inspect::inspect(&store, &name, crypto))?;
             if keys {
-                let kms = lode_store::open_kms(&settings.kms()?)?;
+                let kms = lode_store::open_kms(&settings.kms()?, crypto)?;
                 report.keys = Some(rt.block_on(lode_store::inspect::check_keys(
                     &sealed,
                     &name,
+                    crypto,
                     kms.as_ref(),
                 ))?);
             }

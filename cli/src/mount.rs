@@ -18,7 +18,7 @@ async fn open(
     opts: LazyImageOptions,
 ) -> Result<Opened> {
     let store = settings.store()?;
-    let kms = open_kms(&settings.kms()?)?;
+    let kms = open_kms(&settings.kms()?, opts.crypto)?;
     let tiers = settings.tiers(cache_dir)?;
     Ok(open_image(&store, name, kms.as_ref(), &tiers, opts).await?)
 }

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -11,6 +10,7 @@ use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -60,22 +60,15 @@ impl fmt::Debug for AwsCredentials {
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum CredentialsSource {
-    /// Fixed credentials (environment variables, profile files, or given).
+    /// Fixed credentials.
     Static(AwsCredentials),
-    /// A container credentials endpoint (ECS, EKS Pod Identity): `GET uri`
-    /// with an optional `Authorization` header. Refreshed before expiry.
-    Container {
-        /// The full credentials URL.
-        uri: String,
-        /// The `Authorization` header value, if any (secret).
-        authorization: Option<Zeroizing<String>>,
-    },
-    /// The EC2 instance metadata service, IMDSv2 only (session token first).
-    /// Refreshed before expiry.
-    InstanceMetadata {
-        /// Base URL, `http://169.254.169.254` unless overridden.
-        endpoint: String,
-    },
+    /// A credential chain of `object_store`, the one the S3 store uses:
+    /// [`AwsConfig::from_env`] builds it from the environment exactly as
+    /// `AmazonS3Builder::from_env` does, and an application that already has
+    /// an `AmazonS3` can pass `s3.credentials().clone()` so both share one
+    /// chain and one cache. It fetches and refreshes temporary credentials
+    /// itself.
+    Chain(object_store::aws::AwsCredentialProvider),
 }
 
 impl From<AwsCredentials> for CredentialsSource {
@@ -88,18 +81,8 @@ impl fmt::Debug for CredentialsSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Static(c) => f.debug_tuple("Static").field(c).finish(),
-            Self::Container { uri, authorization } => f
-                .debug_struct("Container")
-                .field("uri", uri)
-                .field(
-                    "authorization",
-                    &authorization.as_ref().map(|_| "<redacted>"),
-                )
-                .finish(),
-            Self::InstanceMetadata { endpoint } => f
-                .debug_struct("InstanceMetadata")
-                .field("endpoint", endpoint)
-                .finish(),
+            // object_store's providers print no secrets, but keep it short.
+            Self::Chain(_) => f.write_str("Chain(object_store)"),
         }
     }
 }
@@ -116,112 +99,57 @@ pub struct AwsConfig {
 }
 
 impl AwsConfig {
-    /// Reads region, credentials and endpoint from the standard AWS
-    /// environment variables and config files (see the module docs).
+    /// Reads region, endpoint and the credential chain from the standard AWS
+    /// environment variables (see [`AwsKms`]).
     pub fn from_env() -> Result<Self> {
-        let home = std::env::var_os("HOME").map(PathBuf::from);
-        Self::from_sources(&|name| std::env::var(name).ok(), home.as_deref())
+        Self::from_vars(std::env::vars())
     }
 
-    /// Like [`from_env`](Self::from_env), with the environment given as a
-    /// function and an explicit home directory (for tests and embedding).
-    pub fn from_sources(env: &dyn Fn(&str) -> Option<String>, home: Option<&Path>) -> Result<Self> {
-        let var = |name: &str| env(name).filter(|v| !v.is_empty());
-        let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".to_owned());
-        let file = |env_name: &str, default: &str| -> Option<PathBuf> {
-            var(env_name)
-                .map(PathBuf::from)
-                .or_else(|| home.map(|h| h.join(".aws").join(default)))
-        };
-        let config_section = if profile == "default" {
-            "default".to_owned()
-        } else {
-            format!("profile {profile}")
-        };
-        let config = match file("AWS_CONFIG_FILE", "config") {
-            Some(p) => read_ini_section(&p, &config_section)?,
-            None => BTreeMap::new(),
-        };
-        let creds_file = match file("AWS_SHARED_CREDENTIALS_FILE", "credentials") {
-            Some(p) => read_ini_section(&p, &profile)?,
-            None => BTreeMap::new(),
-        };
-
+    /// Like [`from_env`](Self::from_env), with the environment given as
+    /// `(name, value)` pairs (for tests and embedding; parallel tests never
+    /// touch the process-wide environment).
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Into<String>,
+    {
+        let vars: BTreeMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_owned(), v.into()))
+            .filter(|(k, v)| k.starts_with("AWS_") && !v.is_empty())
+            .collect();
+        let var = |name: &str| vars.get(name).cloned();
         let region = var("AWS_REGION")
             .or_else(|| var("AWS_DEFAULT_REGION"))
-            .or_else(|| config.get("region").cloned())
             .ok_or_else(|| Error::AwsConfig {
-                reason: format!(
-                    "no region: set AWS_REGION or `region` in profile {profile:?} of the AWS config file"
-                ),
+                reason: "no region: set AWS_REGION (or AWS_DEFAULT_REGION)".to_owned(),
             })?;
 
-        let from_files = || {
-            [&creds_file, &config].into_iter().find_map(|section| {
-                let id = section.get("aws_access_key_id")?;
-                let secret = section.get("aws_secret_access_key")?;
-                Some(AwsCredentials::new(
-                    id.clone(),
-                    secret.clone(),
-                    section.get("aws_session_token").cloned(),
-                ))
-            })
-        };
-        let container = || -> Result<Option<CredentialsSource>> {
-            let uri = match (
-                var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
-                var("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
-            ) {
-                (Some(rel), _) => format!("http://169.254.170.2{rel}"),
-                (None, Some(full)) => full,
-                (None, None) => return Ok(None),
-            };
-            let authorization = match var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") {
-                Some(file) => Some(Zeroizing::new(
-                    std::fs::read_to_string(&file)
-                        .map_err(|e| Error::AwsConfig {
-                            reason: format!("cannot read {file}: {e}"),
-                        })?
-                        .trim()
-                        .to_owned(),
-                )),
-                None => var("AWS_CONTAINER_AUTHORIZATION_TOKEN").map(Zeroizing::new),
-            };
-            Ok(Some(CredentialsSource::Container { uri, authorization }))
-        };
-        let imds_disabled =
-            var("AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        let credentials = match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
-            (Some(id), Some(secret)) => {
-                AwsCredentials::new(id, secret, var("AWS_SESSION_TOKEN")).into()
+        check_container_token_file(var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE").as_deref())?;
+        // The S3 store's chain: the same variables, read the same way as
+        // `AmazonS3Builder::from_env` does. The bucket is never contacted.
+        let mut builder = AmazonS3Builder::new();
+        for (k, v) in &vars {
+            if let Ok(key) = k.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+                builder = builder.with_config(key, v);
             }
-            _ => match (from_files(), container()?) {
-                (Some(c), _) => c.into(),
-                (None, Some(c)) => c,
-                (None, None) if !imds_disabled => CredentialsSource::InstanceMetadata {
-                    endpoint: var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
-                        .unwrap_or_else(|| "http://169.254.169.254".to_owned())
-                        .trim_end_matches('/')
-                        .to_owned(),
-                },
-                (None, None) => {
-                    return Err(Error::AwsConfig {
-                        reason: format!(
-                            "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, add them to profile {profile:?}, or run with container or instance credentials (SSO, credential_process and assume-role profiles are not supported)"
-                        ),
-                    });
-                }
-            },
-        };
+        }
+        let s3 = builder
+            .with_region(&region)
+            .with_bucket_name("lode-kms-credentials")
+            .build()
+            .map_err(|e| Error::AwsConfig {
+                reason: format!("AWS credentials: {e}"),
+            })?;
+        let credentials = CredentialsSource::Chain(s3.credentials().clone());
 
         let ignore_configured = var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let configured = if ignore_configured {
             None
         } else {
-            var("AWS_ENDPOINT_URL_KMS")
-                .or_else(|| var("AWS_ENDPOINT_URL"))
-                .or_else(|| config.get("endpoint_url").cloned())
+            var("AWS_ENDPOINT_URL_KMS").or_else(|| var("AWS_ENDPOINT_URL"))
         };
         let endpoint = configured.unwrap_or_else(|| {
             let suffix = if region.starts_with("cn-") {
@@ -239,38 +167,25 @@ impl AwsConfig {
     }
 }
 
-/// Reads `key = value` pairs of one `[section]` of an AWS INI file. A missing
-/// file gives an empty map; the indented lines of nested blocks are skipped.
-fn read_ini_section(path: &Path, section: &str) -> Result<BTreeMap<String, String>> {
-    let text = match std::fs::read_to_string(path) {
+/// object_store 0.14 puts the token file's bytes into an HTTP header as
+/// they are and panics ("request must be valid") when they are not a valid
+/// header value, e.g. with a trailing newline. Refuse such a file up front
+/// with a clear error instead of letting a later request crash the process.
+fn check_container_token_file(path: Option<&str>) -> Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let token = match std::fs::read(path) {
         Ok(t) => Zeroizing::new(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => {
-            return Err(Error::AwsConfig {
-                reason: format!("cannot read {}: {e}", path.display()),
-            });
-        }
+        // Missing now: the chain reports it when it needs the file.
+        Err(_) => return Ok(()),
     };
-    let mut out = BTreeMap::new();
-    let mut inside = false;
-    for line in text.lines() {
-        let nested = line.starts_with([' ', '\t']);
-        let line = line.trim();
-        if line.is_empty() || line.starts_with(['#', ';']) {
-            continue;
-        }
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            inside = name.trim() == section;
-            continue;
-        }
-        if inside
-            && !nested
-            && let Some((k, v)) = line.split_once('=')
-        {
-            out.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-        }
+    if token.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(Error::AwsConfig {
+            reason: format!(
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {path} holds control characters (a trailing newline?); the token must be one line without a line break"
+            ),
+        });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// AWS KMS as a [`Kms`].
@@ -284,25 +199,23 @@ fn read_ini_section(path: &Path, section: &str) -> Result<BTreeMap<String, Strin
 ///
 /// # Configuration ([`AwsConfig::from_env`])
 ///
-/// - Profile: `AWS_PROFILE`, else `default`.
-/// - Files: `AWS_CONFIG_FILE` (default `~/.aws/config`, section `[default]`
-///   or `[profile NAME]`) and `AWS_SHARED_CREDENTIALS_FILE` (default
-///   `~/.aws/credentials`, section `[NAME]`).
-/// - Region: `AWS_REGION`, `AWS_DEFAULT_REGION`, then `region` in the config
-///   file.
-/// - Credentials: `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+
-///   `AWS_SESSION_TOKEN`), then `aws_access_key_id` /
-///   `aws_secret_access_key` / `aws_session_token` in the credentials file,
-///   then in the config file, then container credentials
-///   (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` or `_FULL_URI`, with
-///   `AWS_CONTAINER_AUTHORIZATION_TOKEN[_FILE]`), then the EC2 instance
-///   metadata service, IMDSv2 (`AWS_EC2_METADATA_SERVICE_ENDPOINT`; off when
-///   `AWS_EC2_METADATA_DISABLED=true`). Temporary credentials are cached and
-///   refreshed five minutes before they expire. Not supported: SSO,
-///   `credential_process`, assume-role profiles.
-/// - Endpoint: `AWS_ENDPOINT_URL_KMS`, `AWS_ENDPOINT_URL`, then
-///   `endpoint_url` in the config file (all ignored when
-///   `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`), else
+/// - Region: `AWS_REGION`, then `AWS_DEFAULT_REGION`.
+/// - Credentials: `object_store`'s AWS credential chain, the same one the
+///   S3 store (`cache-tiers`) uses, so S3 and KMS always sign as the same
+///   identity: `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+
+///   `AWS_SESSION_TOKEN`), then web identity (`AWS_WEB_IDENTITY_TOKEN_FILE`
+///   and `AWS_ROLE_ARN`, optional `AWS_ROLE_SESSION_NAME`,
+///   `AWS_ENDPOINT_URL_STS`; EKS IRSA), then container credentials (ECS
+///   `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`; EKS Pod Identity
+///   `AWS_CONTAINER_CREDENTIALS_FULL_URI` and
+///   `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`), then the EC2 instance
+///   metadata service (IMDSv2; `AWS_METADATA_ENDPOINT`). Temporary
+///   credentials are cached and refreshed by the chain. Profile files
+///   (`AWS_PROFILE`, `~/.aws/config`, `~/.aws/credentials`), SSO and
+///   `credential_process` are not read, by KMS as by S3: export the
+///   credentials instead (`aws configure export-credentials --format env`).
+/// - Endpoint: `AWS_ENDPOINT_URL_KMS`, then `AWS_ENDPOINT_URL` (both ignored
+///   when `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`), else
 ///   `https://kms.REGION.amazonaws.com`.
 ///
 /// Transient failures (connection errors, HTTP 5xx, throttling) are retried
@@ -316,13 +229,6 @@ pub struct AwsKms {
     url: reqwest::Url,
     host: String,
     client: reqwest::Client,
-    cached: std::sync::Mutex<Option<Cached>>,
-}
-
-#[derive(Clone, Debug)]
-struct Cached {
-    credentials: AwsCredentials,
-    expires: Option<SystemTime>,
 }
 
 impl AwsKms {
@@ -353,7 +259,6 @@ impl AwsKms {
             url,
             host,
             client,
-            cached: std::sync::Mutex::new(None),
         })
     }
 
@@ -374,75 +279,24 @@ impl AwsKms {
     }
 
     async fn credentials(&self) -> Result<AwsCredentials> {
-        if let CredentialsSource::Static(c) = &self.config.credentials {
-            return Ok(c.clone());
-        }
-        let fresh_until = SystemTime::now() + Duration::from_secs(300);
-        if let Some(c) = self
-            .cached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            && c.expires.is_none_or(|e| e > fresh_until)
-        {
-            return Ok(c.credentials.clone());
-        }
-        let fetched = match &self.config.credentials {
-            CredentialsSource::Container { uri, authorization } => {
-                let mut req = self.client.get(uri).timeout(Duration::from_secs(5));
-                if let Some(a) = authorization {
-                    req = req.header("authorization", a.as_str());
-                }
-                let body = fetch("container credentials", req).await?;
-                parse_temporary_credentials("container credentials", &body)?
+        match &self.config.credentials {
+            CredentialsSource::Static(c) => Ok(c.clone()),
+            CredentialsSource::Chain(chain) => {
+                let c = chain
+                    .get_credential()
+                    .await
+                    .map_err(|e| Error::AwsCredentials {
+                        source_name: "credential chain",
+                        reason: "no credentials".into(),
+                        source: Some(Box::new(e)),
+                    })?;
+                Ok(AwsCredentials::new(
+                    c.key_id.clone(),
+                    c.secret_key.clone(),
+                    c.token.clone(),
+                ))
             }
-            CredentialsSource::InstanceMetadata { endpoint } => {
-                let what = "instance metadata credentials";
-                let timeout = Duration::from_secs(2);
-                let token = fetch(
-                    what,
-                    self.client
-                        .put(format!("{endpoint}/latest/api/token"))
-                        .header("x-aws-ec2-metadata-token-ttl-seconds", "21600")
-                        .timeout(timeout),
-                )
-                .await?;
-                let token = Zeroizing::new(String::from_utf8_lossy(&token).trim().to_owned());
-                let base = format!("{endpoint}/latest/meta-data/iam/security-credentials/");
-                let roles = fetch(
-                    what,
-                    self.client
-                        .get(&base)
-                        .header("x-aws-ec2-metadata-token", token.as_str())
-                        .timeout(timeout),
-                )
-                .await?;
-                let roles = String::from_utf8_lossy(&roles);
-                let role = roles.lines().next().unwrap_or_default().trim();
-                if role.is_empty() {
-                    return Err(Error::AwsCredentials {
-                        source_name: what,
-                        reason: "the instance has no IAM role".into(),
-                        source: None,
-                    });
-                }
-                let body = fetch(
-                    what,
-                    self.client
-                        .get(format!("{base}{role}"))
-                        .header("x-aws-ec2-metadata-token", token.as_str())
-                        .timeout(timeout),
-                )
-                .await?;
-                parse_temporary_credentials(what, &body)?
-            }
-            CredentialsSource::Static(c) => Cached {
-                credentials: c.clone(),
-                expires: None,
-            },
-        };
-        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some(fetched.clone());
-        Ok(fetched.credentials)
+        }
     }
 
     /// Creates a symmetric encryption key (`CreateKey`) and returns its ARN.
@@ -613,75 +467,6 @@ impl AwsKms {
     }
 }
 
-/// Sends a credentials request and returns the body of a 2xx answer.
-async fn fetch(what: &'static str, req: reqwest::RequestBuilder) -> Result<Vec<u8>> {
-    let err = |reason: String, source: Option<reqwest::Error>| Error::AwsCredentials {
-        source_name: what,
-        reason,
-        source,
-    };
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| err("request failed".into(), Some(e)))?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(err(format!("HTTP {status}"), None));
-    }
-    Ok(resp
-        .bytes()
-        .await
-        .map_err(|e| err("reading the answer failed".into(), Some(e)))?
-        .to_vec())
-}
-
-/// Parses `{"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}`.
-fn parse_temporary_credentials(what: &'static str, body: &[u8]) -> Result<Cached> {
-    let body = Zeroizing::new(body.to_vec());
-    let err = |reason: &str| Error::AwsCredentials {
-        source_name: what,
-        reason: reason.to_owned(),
-        source: None,
-    };
-    let v: Value = serde_json::from_slice(&body).map_err(|_| err("answer is not JSON"))?;
-    let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-    let (Some(id), Some(secret)) = (field("AccessKeyId"), field("SecretAccessKey")) else {
-        return Err(err("answer lacks AccessKeyId or SecretAccessKey"));
-    };
-    let expires = field("Expiration").and_then(|e| parse_rfc3339_utc(&e));
-    Ok(Cached {
-        credentials: AwsCredentials::new(id, secret, field("Token")),
-        // Unknown expiry: refresh in 15 minutes.
-        expires: Some(expires.unwrap_or_else(|| SystemTime::now() + Duration::from_secs(900))),
-    })
-}
-
-/// Parses `YYYY-MM-DDTHH:MM:SSZ` (optionally with fractional seconds).
-fn parse_rfc3339_utc(s: &str) -> Option<SystemTime> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let time = time.split('.').next()?;
-    let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    u64::try_from(secs)
-        .ok()
-        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-}
-
 fn invalid(op: &'static str, reason: &str) -> Error {
     Error::AwsInvalidResponse {
         operation: op,
@@ -829,173 +614,79 @@ impl Kms for AwsKms {
 mod tests {
     use super::*;
 
-    fn fixed(c: &AwsConfig) -> &AwsCredentials {
-        match &c.credentials {
-            CredentialsSource::Static(c) => c,
-            other => panic!("expected static credentials, got {other:?}"),
-        }
-    }
-
-    fn write(dir: &Path, name: &str, text: &str) {
-        std::fs::create_dir_all(dir.join(".aws")).unwrap();
-        std::fs::write(dir.join(".aws").join(name), text).unwrap();
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
-    fn config_from_env_vars_wins() {
-        let env = |k: &str| match k {
-            "AWS_REGION" => Some("eu-west-1".to_owned()),
-            "AWS_DEFAULT_REGION" => Some("us-east-2".to_owned()),
-            "AWS_ACCESS_KEY_ID" => Some("AKID".to_owned()),
-            "AWS_SECRET_ACCESS_KEY" => Some("SECRETSECRET".to_owned()),
-            "AWS_SESSION_TOKEN" => Some("TOKENTOKEN".to_owned()),
-            "AWS_ENDPOINT_URL" => Some("http://127.0.0.1:1".to_owned()),
-            "AWS_ENDPOINT_URL_KMS" => Some("http://127.0.0.1:2".to_owned()),
-            _ => None,
-        };
-        let c = AwsConfig::from_sources(&env, None).unwrap();
+    fn config_from_env_vars() {
+        let c = AwsConfig::from_vars(vars(&[
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_DEFAULT_REGION", "us-east-2"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "SECRETSECRET"),
+            ("AWS_SESSION_TOKEN", "TOKENTOKEN"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),
+            ("AWS_ENDPOINT_URL_KMS", "http://127.0.0.1:2"),
+        ]))
+        .unwrap();
         assert_eq!(c.region, "eu-west-1");
         assert_eq!(c.endpoint, "http://127.0.0.1:2");
-        assert_eq!(fixed(&c).access_key_id, "AKID");
+        assert!(matches!(c.credentials, CredentialsSource::Chain(_)));
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("SECRET") && !dbg.contains("TOKEN"), "{dbg}");
+        let kms = AwsKms::new(c).unwrap();
+        assert_eq!(crate::block_on(kms.access_key_id()).unwrap(), "AKID");
+
+        let c = AwsConfig::from_vars(vars(&[
+            ("AWS_DEFAULT_REGION", "cn-north-1"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),
+            ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(c.region, "cn-north-1");
+        assert_eq!(c.endpoint, "https://kms.cn-north-1.amazonaws.com.cn");
     }
 
     #[test]
-    fn config_from_files_with_profile() {
-        let home = tempfile::tempdir().unwrap();
-        write(
-            home.path(),
-            "config",
-            "[default]\nregion = us-east-1\n\n[profile dev]\nregion = eu-central-1\ns3 =\n  endpoint_url = http://nope\nendpoint_url = http://localhost:4566\n",
-        );
-        write(
-            home.path(),
-            "credentials",
-            "# comment\n[default]\naws_access_key_id = D\naws_secret_access_key = DS\n[dev]\naws_access_key_id = DEV\naws_secret_access_key = DEVS\naws_session_token = T\n",
-        );
-        let env = |k: &str| (k == "AWS_PROFILE").then(|| "dev".to_owned());
-        let c = AwsConfig::from_sources(&env, Some(home.path())).unwrap();
-        assert_eq!(c.region, "eu-central-1");
-        assert_eq!(c.endpoint, "http://localhost:4566");
-        assert_eq!(fixed(&c).access_key_id, "DEV");
-        assert_eq!(
-            fixed(&c).session_token.as_deref().map(|s| s.as_str()),
-            Some("T")
-        );
-
-        let c = AwsConfig::from_sources(&|_| None, Some(home.path())).unwrap();
-        assert_eq!(c.region, "us-east-1");
-        assert_eq!(c.endpoint, "https://kms.us-east-1.amazonaws.com");
-        assert_eq!(fixed(&c).access_key_id, "D");
-
-        let ignore = |k: &str| {
-            (k == "AWS_PROFILE")
-                .then(|| "dev".to_owned())
-                .or_else(|| (k == "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").then(|| "true".to_owned()))
-        };
-        let c = AwsConfig::from_sources(&ignore, Some(home.path())).unwrap();
-        assert_eq!(c.endpoint, "https://kms.eu-central-1.amazonaws.com");
-    }
-
-    #[test]
-    fn missing_region_or_credentials_is_a_clear_error() {
-        let home = tempfile::tempdir().unwrap();
-        let e = AwsConfig::from_sources(&|_| None, Some(home.path())).unwrap_err();
+    fn missing_region_or_half_credentials_are_clear_errors() {
+        let e = AwsConfig::from_vars(vars(&[("AWS_ACCESS_KEY_ID", "A")])).unwrap_err();
         assert!(e.to_string().contains("no region"), "{e}");
-        let env = |k: &str| match k {
-            "AWS_REGION" => Some("eu-west-1".to_owned()),
-            "AWS_EC2_METADATA_DISABLED" => Some("true".to_owned()),
-            _ => None,
-        };
-        let e = AwsConfig::from_sources(&env, Some(home.path())).unwrap_err();
-        assert!(e.to_string().contains("no credentials"), "{e}");
-    }
-
-    #[test]
-    fn container_then_instance_metadata_credentials() {
-        let home = tempfile::tempdir().unwrap();
-        let token_file = home.path().join("token");
-        std::fs::write(&token_file, "SECRET-TOKEN\n").unwrap();
-        let token_path = token_file.to_str().unwrap().to_owned();
-        let env = |k: &str| match k {
-            "AWS_REGION" => Some("eu-west-1".to_owned()),
-            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI" => Some("/v2/creds".to_owned()),
-            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE" => Some(token_path.clone()),
-            _ => None,
-        };
-        let c = AwsConfig::from_sources(&env, Some(home.path())).unwrap();
-        match &c.credentials {
-            CredentialsSource::Container { uri, authorization } => {
-                assert_eq!(uri, "http://169.254.170.2/v2/creds");
-                assert_eq!(
-                    authorization.as_deref().map(|a| a.as_str()),
-                    Some("SECRET-TOKEN")
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(!format!("{c:?}").contains("SECRET"), "{c:?}");
-
-        let env = |k: &str| (k == "AWS_REGION").then(|| "eu-west-1".to_owned());
-        let c = AwsConfig::from_sources(&env, Some(home.path())).unwrap();
-        assert!(matches!(
-            &c.credentials,
-            CredentialsSource::InstanceMetadata { endpoint } if endpoint == "http://169.254.169.254"
-        ));
-    }
-
-    #[test]
-    fn expiration_timestamps_parse() {
-        let t = parse_rfc3339_utc("2023-11-14T22:13:20Z").unwrap();
-        assert_eq!(
-            t,
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
-        );
-        let t = parse_rfc3339_utc("2000-02-29T00:00:00.123Z").unwrap();
-        assert_eq!(t, SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400));
-        for bad in [
-            "2023-13-01T00:00:00Z",
-            "2023-11-14 22:13:20Z",
-            "2023-11-14T22:13:20",
-            "x",
-        ] {
-            assert!(parse_rfc3339_utc(bad).is_none(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn temporary_credentials_answers_are_checked() {
-        let ok = br#"{"AccessKeyId":"A","SecretAccessKey":"S","Token":"T","Expiration":"2030-01-01T00:00:00Z"}"#;
-        let c = parse_temporary_credentials("x", ok).unwrap();
-        assert_eq!(c.credentials.access_key_id, "A");
-        assert!(c.expires.is_some());
-        let e = parse_temporary_credentials("x", br#"{"AccessKeyId":"A"}"#).unwrap_err();
-        assert!(matches!(e, Error::AwsCredentials { .. }));
-        let e = parse_temporary_credentials("x", br#"SECRETSECRET"#).unwrap_err();
-        assert!(!e.to_string().contains("SECRET"), "{e}");
-    }
-
-    #[test]
-    fn a_failed_credentials_request_keeps_the_transport_error_as_source() {
-        use std::error::Error as _;
-        // Nothing listens on port 1 of loopback.
-        let client = reqwest::Client::new();
-        let e = crate::block_on(fetch(
-            "container credentials endpoint",
-            client.get("http://127.0.0.1:1/creds"),
-        ))
+        // object_store's chain refuses a key id without its secret.
+        let e = AwsConfig::from_vars(vars(&[
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "A"),
+        ]))
         .unwrap_err();
-        assert!(
-            matches!(e, Error::AwsCredentials { ref reason, .. } if reason == "request failed"),
-            "{e:?}"
-        );
-        assert!(
-            e.to_string().contains("container credentials endpoint"),
-            "{e}"
-        );
-        let source = e.source().expect("the reqwest error is the source");
-        assert!(source.is::<reqwest::Error>(), "{source:?}");
+        assert!(matches!(e, Error::AwsConfig { .. }), "{e:?}");
+        assert!(e.to_string().to_lowercase().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn a_container_token_file_with_a_newline_is_refused_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "SECRET-TOKEN\n").unwrap();
+        let path = file.to_str().unwrap();
+        let with = |file: &str| {
+            AwsConfig::from_vars(vars(&[
+                ("AWS_REGION", "eu-west-1"),
+                (
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    "http://127.0.0.1:1/creds",
+                ),
+                ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", file),
+            ]))
+        };
+        let e = with(path).unwrap_err();
+        assert!(matches!(e, Error::AwsConfig { .. }), "{e:?}");
+        assert!(e.to_string().contains(path), "{e}");
+        assert!(!e.to_string().contains("SECRET"), "{e}");
+        std::fs::write(&file, "SECRET-TOKEN").unwrap();
+        assert!(with(path).is_ok());
     }
 
     /// Signs one request with our code and with botocore (Python, installed
@@ -1016,7 +707,7 @@ mod tests {
         let body =
             br#"{"KeyId":"alias/x","KeySpec":"AES_256","EncryptionContext":{"lode:image":"a b"}}"#;
         let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let creds = fixed(kms.config()).clone();
+        let creds = crate::block_on(kms.credentials()).unwrap();
         let ours = kms
             .signed_headers(&creds, "GenerateDataKey", body, time)
             .unwrap();

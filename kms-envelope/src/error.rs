@@ -88,11 +88,12 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// The operating system's random number generator failed.
-    #[error("random number generator failed: {reason}")]
+    /// The crypto backend's random number generator failed.
+    #[error("random number generator failed")]
     Random {
-        /// What the generator reported.
-        reason: String,
+        /// What the backend reported.
+        #[source]
+        source: chunk_core::Error,
     },
 
     /// AWS configuration (region, credentials, endpoint) is missing or invalid.
@@ -103,8 +104,9 @@ pub enum Error {
         reason: String,
     },
 
-    /// Temporary credentials could not be fetched (container endpoint or
-    /// instance metadata service).
+    /// The credential chain could not produce credentials (no static
+    /// credentials, and web identity, container and instance metadata
+    /// credentials all unavailable or failing).
     #[cfg(feature = "aws")]
     #[error("AWS {source_name}: {reason}")]
     AwsCredentials {
@@ -112,9 +114,9 @@ pub enum Error {
         source_name: &'static str,
         /// What went wrong.
         reason: String,
-        /// The transport error, when the request itself failed.
+        /// What the credential provider reported, when it did.
         #[source]
-        source: Option<reqwest::Error>,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
     /// The HTTP request to AWS KMS failed before an answer came back.

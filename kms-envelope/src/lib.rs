@@ -16,7 +16,8 @@
 //! Backends:
 //! - [`LocalKms`]: a keyring file of named master keys with versions (mode
 //!   0600, refused when group or others can access it). Wrapping is
-//!   AES-256-GCM with a random 96-bit nonce and AAD = the wrapped blob's header
+//!   AES-256-GCM, run on the caller's [`chunk_core::CryptoProvider`] (so
+//!   `--crypto aws-lc-rs` covers the keyring too), with a random 96-bit nonce and AAD = the wrapped blob's header
 //!   followed by the [canonical encoding](encode_context) of the context.
 //!   [`rotate`] adds a new version that becomes primary; old versions keep
 //!   unwrapping. [`new_keyring`], [`add_key`] and [`rotate`] back the CLI's
@@ -24,7 +25,9 @@
 //! - `AwsKms` (feature `aws`): AWS KMS over its JSON protocol
 //!   (`TrentService.GenerateDataKey`, `Encrypt`, `Decrypt` with
 //!   `EncryptionContext`), SigV4-signed, configured from the standard AWS
-//!   environment variables and config files.
+//!   environment variables, with `object_store`'s AWS credential chain (the
+//!   one the S3 store uses: static keys, web identity, container, instance
+//!   metadata), so S3 and KMS sign as the same identity.
 //!
 //! Both run the same conformance suite (feature `testing`, module `testing`).
 //!
@@ -38,6 +41,7 @@
 //! # Example
 //!
 //! ```
+//! # #[cfg(feature = "rustcrypto")] {
 //! use kms_envelope::{block_on, EncryptionContext, Error, Kms, LocalKms};
 //!
 //! # fn main() -> Result<(), Error> {
@@ -45,7 +49,9 @@
 //! std::fs::create_dir_all(&dir).unwrap();
 //! let path = dir.join("keyring");
 //! # let _ = std::fs::remove_file(&path);
-//! let kms = LocalKms::create_with_key(&path, "images")?; // mode 0600, key "images" version 1
+//! // The crypto backend is the caller's choice (chunk_core::AwsLc with feature "aws-lc-rs").
+//! let provider = &chunk_core::RustCrypto;
+//! let kms = LocalKms::create_with_key(provider, &path, "images")?; // mode 0600, key "images" version 1
 //!
 //! let mut ctx = EncryptionContext::new();
 //! ctx.insert("lode:image".into(), "python-app".into());
@@ -62,10 +68,15 @@
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! # Ok(())
 //! # }
+//! # main().unwrap();
+//! # }
 //! ```
 //!
 //! # Features
-//! - `aws`: `AwsKms`, with reqwest (rustls), aws-sigv4 and tokio.
+//! - `rustcrypto` (default), `aws-lc-rs`: which `chunk-core` crypto backends
+//!   are compiled in for `LocalKms` (see [`chunk_core::enabled_providers`]).
+//! - `aws`: `AwsKms`, with reqwest (rustls), aws-sigv4, object_store's
+//!   credential chain and tokio.
 //! - `testing`: the shared `Kms` conformance suite and a seeded RNG for
 //!   `LocalKms` (deterministic output for golden tests; never use it for real
 //!   keys).

@@ -39,8 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::RwLock;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use chunk_core::{CryptoProvider, TAG_LEN};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -49,18 +48,23 @@ use crate::{DataKey, EncryptionContext, Kms, KmsFuture, WrappedKey, encode_conte
 const HEADER_LINE: &str = "lode-keyring v1";
 const BLOB_MAGIC: [u8; 4] = *b"LKW\x01";
 const NONCE_LEN: usize = 12;
-const SEALED_LEN: usize = 32 + 16;
+const SEALED_LEN: usize = 32 + TAG_LEN;
 const MAX_NAME: usize = 64;
 
 type Versions = BTreeMap<u32, Zeroizing<[u8; 32]>>;
 
 /// A KMS whose master keys live in a local keyring file.
 ///
+/// All its crypto (AES-256-GCM, random data keys, nonces and master keys)
+/// runs on the [`CryptoProvider`] it is given, so one choice of backend
+/// covers chunks, manifests and the keyring.
+///
 /// Cheap to share behind an `Arc`; methods take `&self`. `Debug` lists key
 /// names and versions, never key bytes.
 pub struct LocalKms {
     path: Option<PathBuf>,
     keys: RwLock<BTreeMap<String, Versions>>,
+    provider: &'static dyn CryptoProvider,
     rng: Rng,
 }
 
@@ -71,27 +75,20 @@ enum Rng {
 }
 
 impl Rng {
-    fn fill(&self, out: &mut [u8]) -> Result<()> {
+    fn fill(&self, provider: &dyn CryptoProvider, out: &mut [u8]) -> Result<()> {
         match self {
-            Rng::Os => {
-                use aes_gcm::aead::rand_core::RngCore;
-                aes_gcm::aead::OsRng
-                    .try_fill_bytes(out)
-                    .map_err(|e| Error::Random {
-                        reason: e.to_string(),
-                    })
-            }
+            Rng::Os => provider
+                .fill_random(out)
+                .map_err(|source| Error::Random { source }),
             #[cfg(feature = "testing")]
             Rng::Seeded(state) => {
-                use sha2::Digest;
                 let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
                 for block in out.chunks_mut(32) {
                     let (seed, counter) = *state;
-                    let digest = sha2::Sha256::new()
-                        .chain_update(b"lode LocalKms test rng")
-                        .chain_update(seed.to_le_bytes())
-                        .chain_update(counter.to_le_bytes())
-                        .finalize();
+                    let mut input = b"lode LocalKms test rng".to_vec();
+                    input.extend_from_slice(&seed.to_le_bytes());
+                    input.extend_from_slice(&counter.to_le_bytes());
+                    let digest = provider.sha256(&input);
                     block.copy_from_slice(&digest[..block.len()]);
                     state.1 = counter.wrapping_add(1);
                 }
@@ -106,40 +103,46 @@ impl fmt::Debug for LocalKms {
         f.debug_struct("LocalKms")
             .field("path", &self.path)
             .field("keys", &self.key_versions())
+            .field("provider", &self.provider.name())
             .finish_non_exhaustive()
     }
 }
 
 impl LocalKms {
-    /// Opens an existing keyring file.
+    /// Opens an existing keyring file; `provider` runs its crypto.
     ///
     /// Fails with [`Error::InsecurePermissions`] when group or others have any
     /// access to it.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+    pub fn open(provider: &'static dyn CryptoProvider, path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let keys = read_keyring(path)?;
         Ok(Self {
             path: Some(path.to_path_buf()),
             keys: RwLock::new(keys),
+            provider,
             rng: Rng::Os,
         })
     }
 
     /// Creates a new keyring file (mode 0600; fails if the file exists) with
     /// one fresh key [`DEFAULT_KEY_NAME`] at version 1, and opens it.
-    pub fn create(path: impl AsRef<Path>) -> Result<Self> {
-        Self::create_with_key(path, DEFAULT_KEY_NAME)
+    pub fn create(provider: &'static dyn CryptoProvider, path: impl AsRef<Path>) -> Result<Self> {
+        Self::create_with_key(provider, path, DEFAULT_KEY_NAME)
     }
 
     /// Like [`create`](Self::create), with the first key named `name`.
-    pub fn create_with_key(path: impl AsRef<Path>, name: &str) -> Result<Self> {
-        new_keyring_with_key(path.as_ref(), name)?;
-        Self::open(path)
+    pub fn create_with_key(
+        provider: &'static dyn CryptoProvider,
+        path: impl AsRef<Path>,
+        name: &str,
+    ) -> Result<Self> {
+        new_keyring_with_key(provider, path.as_ref(), name)?;
+        Self::open(provider, path)
     }
 
     /// An in-memory keyring from given key material, with no file behind it
     /// (for embedding and tests). Entries are `(name, version, key)`.
-    pub fn from_keys<I>(keys: I) -> Result<Self>
+    pub fn from_keys<I>(provider: &'static dyn CryptoProvider, keys: I) -> Result<Self>
     where
         I: IntoIterator<Item = (String, u32, [u8; 32])>,
     {
@@ -158,6 +161,7 @@ impl LocalKms {
         Ok(Self {
             path: None,
             keys: RwLock::new(map),
+            provider,
             rng: Rng::Os,
         })
     }
@@ -169,6 +173,11 @@ impl LocalKms {
     pub fn with_test_rng(mut self, seed: u64) -> Self {
         self.rng = Rng::Seeded(Mutex::new((seed, 0)));
         self
+    }
+
+    /// The crypto backend this keyring runs on.
+    pub fn provider(&self) -> &'static dyn CryptoProvider {
+        self.provider
     }
 
     /// The keyring file, if this keyring has one.
@@ -200,7 +209,7 @@ impl LocalKms {
     fn update(&self, name: &str, new_name: bool) -> Result<String> {
         check_name(name)?;
         let mut fresh = Zeroizing::new([0u8; 32]);
-        self.rng.fill(fresh.as_mut())?;
+        self.rng.fill(self.provider, fresh.as_mut())?;
         let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
         // With a file: lock it, and start from what is on disk now, so changes
         // made meanwhile by other processes are kept, not overwritten.
@@ -287,18 +296,15 @@ impl LocalKms {
         blob.extend_from_slice(&version.to_le_bytes());
         let header_len = blob.len();
         let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce)?;
+        self.rng.fill(self.provider, &mut nonce)?;
         let mut aad = blob.clone();
         aad.extend_from_slice(&encode_context(ctx));
-        let cipher = Aes256Gcm::new(master.as_ref().into());
-        let sealed = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: &aad,
-                },
-            )
+        // Sealed in place in a buffer with room for the tag, so it never
+        // reallocates and leaves a copy of the data key behind.
+        let mut sealed = Zeroizing::new(Vec::with_capacity(SEALED_LEN));
+        sealed.extend_from_slice(plaintext);
+        self.provider
+            .aes256gcm_seal_in_place(&master, &nonce, &aad, &mut sealed)
             .map_err(|_| Error::Wrap {
                 key_id: format!("{name}@{version}"),
                 reason: "AES-256-GCM encryption failed",
@@ -348,18 +354,14 @@ impl LocalKms {
         };
         let mut aad = parsed.header.to_vec();
         aad.extend_from_slice(&encode_context(ctx));
-        let cipher = Aes256Gcm::new(master.as_ref().into());
-        let plain = Zeroizing::new(
-            cipher
-                .decrypt(
-                    Nonce::from_slice(parsed.nonce),
-                    Payload {
-                        msg: parsed.sealed,
-                        aad: &aad,
-                    },
-                )
-                .map_err(|_| cannot())?,
-        );
+        let nonce: &[u8; NONCE_LEN] = parsed.nonce.try_into().map_err(|_| cannot())?;
+        let mut plain = Zeroizing::new(parsed.sealed.to_vec());
+        self.provider
+            .aes256gcm_open_in_place(&master, nonce, &aad, &mut plain)
+            .map_err(|_| cannot())?;
+        if plain.len() != 32 {
+            return Err(cannot());
+        }
         let mut out = Zeroizing::new([0u8; 32]);
         out.copy_from_slice(&plain);
         Ok(out)
@@ -401,7 +403,7 @@ impl Kms for LocalKms {
     ) -> KmsFuture<'a, DataKey> {
         Box::pin(async move {
             let mut plaintext = Zeroizing::new([0u8; 32]);
-            self.rng.fill(plaintext.as_mut())?;
+            self.rng.fill(self.provider, plaintext.as_mut())?;
             let wrapped = self.wrap(key_id, &plaintext, ctx)?;
             Ok(DataKey::new(plaintext, wrapped.wrapped, wrapped.key_id))
         })
@@ -476,19 +478,26 @@ fn parse_key_id(key_id: &str) -> Result<(&str, Option<u32>)> {
 pub const DEFAULT_KEY_NAME: &str = "default";
 
 /// Creates a new keyring file at `path` (mode 0600; fails if it exists)
-/// holding one fresh key [`DEFAULT_KEY_NAME`] at version 1. Returns its
-/// resolved key id (`default@1`). Backs `lode keyring new`.
-pub fn new_keyring(path: impl AsRef<Path>) -> Result<String> {
-    new_keyring_with_key(path, DEFAULT_KEY_NAME)
+/// holding one fresh key [`DEFAULT_KEY_NAME`] at version 1, drawn from
+/// `provider`'s random generator. Returns its resolved key id (`default@1`).
+/// Backs `lode keyring new`.
+pub fn new_keyring(
+    provider: &'static dyn CryptoProvider,
+    path: impl AsRef<Path>,
+) -> Result<String> {
+    new_keyring_with_key(provider, path, DEFAULT_KEY_NAME)
 }
 
 /// Like [`new_keyring`], with the first key named `name`.
-pub fn new_keyring_with_key(path: impl AsRef<Path>, name: &str) -> Result<String> {
+pub fn new_keyring_with_key(
+    provider: &'static dyn CryptoProvider,
+    path: impl AsRef<Path>,
+    name: &str,
+) -> Result<String> {
     let path = path.as_ref();
     check_name(name)?;
-    let kms = LocalKms::from_keys([])?;
     let mut fresh = Zeroizing::new([0u8; 32]);
-    kms.rng.fill(fresh.as_mut())?;
+    Rng::Os.fill(provider, fresh.as_mut())?;
     let mut keys = BTreeMap::new();
     keys.insert(name.to_owned(), Versions::from([(1, fresh)]));
     let io = |source| Error::KeyringIo {
@@ -513,8 +522,12 @@ pub fn new_keyring_with_key(path: impl AsRef<Path>, name: &str) -> Result<String
 
 /// Adds a new key `name` at version 1 to the keyring file at `path`. Backs
 /// `lode keyring add`.
-pub fn add_key(path: impl AsRef<Path>, name: &str) -> Result<String> {
-    LocalKms::open(path)?.add_key(name)
+pub fn add_key(
+    provider: &'static dyn CryptoProvider,
+    path: impl AsRef<Path>,
+    name: &str,
+) -> Result<String> {
+    LocalKms::open(provider, path)?.add_key(name)
 }
 
 /// Adds a new primary version of key `name` to the keyring file at `path`;
@@ -528,8 +541,12 @@ pub fn add_key(path: impl AsRef<Path>, name: &str) -> Result<String> {
 /// `concurrent_rotations_never_lose_a_version`). The lock is advisory: other
 /// programs editing the file, or filesystems where `flock` does not reach
 /// other hosts (some NFS setups), are not coordinated.
-pub fn rotate(path: impl AsRef<Path>, name: &str) -> Result<String> {
-    LocalKms::open(path)?.rotate_key(name)
+pub fn rotate(
+    provider: &'static dyn CryptoProvider,
+    path: impl AsRef<Path>,
+    name: &str,
+) -> Result<String> {
+    LocalKms::open(provider, path)?.rotate_key(name)
 }
 
 fn serialize(keys: &BTreeMap<String, Versions>) -> Zeroizing<String> {
@@ -709,8 +726,17 @@ fn sync_parent(path: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    use aes_gcm::{Aes256Gcm, Nonce};
+
     use super::*;
     use crate::block_on;
+
+    fn providers() -> &'static [&'static dyn CryptoProvider] {
+        let all = chunk_core::enabled_providers();
+        assert!(!all.is_empty(), "no crypto backend compiled in");
+        all
+    }
 
     fn ctx(image: &str) -> EncryptionContext {
         EncryptionContext::from([("lode:image".to_owned(), image.to_owned())])
@@ -777,56 +803,63 @@ mod tests {
 
     #[test]
     fn blob_layout_matches_docs() {
-        let kms = LocalKms::from_keys([("img".to_owned(), 3, [7; 32])]).unwrap();
-        let dk = block_on(kms.generate_data_key("img", &ctx("x"))).unwrap();
-        assert_eq!(dk.key_id, "img@3");
-        let b = &dk.wrapped;
-        assert_eq!(b.len(), 4 + 1 + 3 + 4 + 12 + 48);
-        assert_eq!(&b[..4], b"LKW\x01");
-        assert_eq!(b[4], 3);
-        assert_eq!(&b[5..8], b"img");
-        assert_eq!(&b[8..12], &3u32.to_le_bytes());
-        // Decrypt by hand with the documented AAD.
-        let mut aad = b[..12].to_vec();
-        aad.extend_from_slice(&encode_context(&ctx("x")));
-        let plain = Aes256Gcm::new((&[7u8; 32]).into())
-            .decrypt(
-                Nonce::from_slice(&b[12..24]),
-                Payload {
-                    msg: &b[24..],
-                    aad: &aad,
-                },
-            )
-            .unwrap();
-        assert_eq!(plain, dk.plaintext());
+        for &p in providers() {
+            let kms = LocalKms::from_keys(p, [("img".to_owned(), 3, [7; 32])]).unwrap();
+            let dk = block_on(kms.generate_data_key("img", &ctx("x"))).unwrap();
+            assert_eq!(dk.key_id, "img@3");
+            let b = &dk.wrapped;
+            assert_eq!(b.len(), 4 + 1 + 3 + 4 + 12 + 48);
+            assert_eq!(&b[..4], b"LKW\x01");
+            assert_eq!(b[4], 3);
+            assert_eq!(&b[5..8], b"img");
+            assert_eq!(&b[8..12], &3u32.to_le_bytes());
+            // Decrypt by hand with the documented AAD.
+            let mut aad = b[..12].to_vec();
+            aad.extend_from_slice(&encode_context(&ctx("x")));
+            let plain = Aes256Gcm::new((&[7u8; 32]).into())
+                .decrypt(
+                    Nonce::from_slice(&b[12..24]),
+                    Payload {
+                        msg: &b[24..],
+                        aad: &aad,
+                    },
+                )
+                .unwrap();
+            assert_eq!(plain, dk.plaintext());
+        }
     }
 
     #[test]
     fn explicit_version_and_key_checks() {
-        let kms = LocalKms::from_keys([
-            ("a".to_owned(), 1, [1; 32]),
-            ("a".to_owned(), 2, [2; 32]),
-            ("b".to_owned(), 1, [3; 32]),
-        ])
-        .unwrap();
-        let c = ctx("x");
-        let dk = block_on(kms.generate_data_key("a@1", &c)).unwrap();
-        assert_eq!(dk.key_id, "a@1");
-        assert!(block_on(kms.decrypt_with_key("a", &dk.wrapped, &c)).is_ok());
-        assert!(block_on(kms.decrypt_with_key("a@1", &dk.wrapped, &c)).is_ok());
-        for wrong in ["a@2", "b"] {
+        for &p in providers() {
+            let kms = LocalKms::from_keys(
+                p,
+                [
+                    ("a".to_owned(), 1, [1; 32]),
+                    ("a".to_owned(), 2, [2; 32]),
+                    ("b".to_owned(), 1, [3; 32]),
+                ],
+            )
+            .unwrap();
+            let c = ctx("x");
+            let dk = block_on(kms.generate_data_key("a@1", &c)).unwrap();
+            assert_eq!(dk.key_id, "a@1");
+            assert!(block_on(kms.decrypt_with_key("a", &dk.wrapped, &c)).is_ok());
+            assert!(block_on(kms.decrypt_with_key("a@1", &dk.wrapped, &c)).is_ok());
+            for wrong in ["a@2", "b"] {
+                assert!(matches!(
+                    block_on(kms.decrypt_with_key(wrong, &dk.wrapped, &c)),
+                    Err(Error::CannotUnwrap { key_id: Some(k) }) if k == wrong
+                ));
+            }
             assert!(matches!(
-                block_on(kms.decrypt_with_key(wrong, &dk.wrapped, &c)),
-                Err(Error::CannotUnwrap { key_id: Some(k) }) if k == wrong
+                block_on(kms.decrypt_with_key("zz", &dk.wrapped, &c)),
+                Err(Error::KeyNotFound { .. })
+            ));
+            assert!(matches!(
+                block_on(kms.generate_data_key("a@9", &c)),
+                Err(Error::KeyNotFound { .. })
             ));
         }
-        assert!(matches!(
-            block_on(kms.decrypt_with_key("zz", &dk.wrapped, &c)),
-            Err(Error::KeyNotFound { .. })
-        ));
-        assert!(matches!(
-            block_on(kms.generate_data_key("a@9", &c)),
-            Err(Error::KeyNotFound { .. })
-        ));
     }
 }

@@ -143,58 +143,103 @@ fn unreachable_endpoint_is_a_transport_error() {
 }
 
 /// moto_server also serves the EC2 instance metadata paths (IMDSv2 token and
-/// role credentials); the container endpoint answers in the same JSON shape.
+/// role credentials); the EKS Pod Identity endpoint answers in the same JSON
+/// shape. Both are reached through object_store's credential chain, the one
+/// the S3 store uses, configured from the standard variables.
 #[tokio::test(flavor = "current_thread")]
-async fn instance_metadata_and_container_credentials() {
+async fn instance_metadata_and_container_credentials_through_the_shared_chain() {
     let Some(server) = Moto::start() else { return };
     let base = format!("http://127.0.0.1:{}", server.port);
-    for credentials in [
-        CredentialsSource::InstanceMetadata {
-            endpoint: base.clone(),
-        },
-        CredentialsSource::Container {
-            uri: format!("{base}/latest/meta-data/iam/security-credentials/default-role"),
-            authorization: Some("Bearer secret".to_owned().into()),
-        },
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    // No trailing newline: object_store 0.14 puts the file as-is into the
+    // header and panics on one ("request must be valid").
+    std::fs::write(&token_file, "Bearer secret").unwrap();
+    let token_file = token_file.to_str().unwrap().to_owned();
+    let common = [
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ENDPOINT_URL_KMS", base.clone()),
+    ];
+    for extra in [
+        vec![("AWS_METADATA_ENDPOINT", base.clone())],
+        vec![
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                format!("{base}/latest/meta-data/iam/security-credentials/default-role"),
+            ),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token_file.clone()),
+        ],
     ] {
-        let kms = AwsKms::new(AwsConfig {
-            region: "us-east-1".into(),
-            endpoint: base.clone(),
-            credentials,
-        })
-        .unwrap();
-        assert_eq!(kms.access_key_id().await.unwrap(), "test-key");
+        let config = AwsConfig::from_vars(common.iter().cloned().chain(extra.iter().cloned()))
+            .unwrap_or_else(|e| panic!("{extra:?}: {e}"));
+        assert!(
+            matches!(config.credentials, CredentialsSource::Chain(_)),
+            "{config:?}"
+        );
+        let kms = AwsKms::new(config).unwrap();
+        assert_eq!(kms.access_key_id().await.unwrap(), "test-key", "{extra:?}");
         let key = kms.create_key("temporary credentials").await.unwrap();
         let ctx = EncryptionContext::from([("lode:image".to_owned(), "app".to_owned())]);
         let dk = kms.generate_data_key(&key, &ctx).await.unwrap();
         let back = kms.decrypt_with_key(&key, &dk.wrapped, &ctx).await.unwrap();
         assert_eq!(*back, *dk.plaintext());
     }
-    // No metadata service there: a clear credentials error, not a hang.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let kms = AwsKms::new(AwsConfig {
-        region: "us-east-1".into(),
-        endpoint: base.clone(),
-        credentials: CredentialsSource::InstanceMetadata {
-            endpoint: format!("http://127.0.0.1:{port}"),
-        },
-    })
-    .unwrap();
-    let err = kms
-        .generate_data_key("k", &EncryptionContext::new())
+}
+
+/// Web identity (EKS IRSA) comes before the instance metadata service in
+/// the shared chain: with its variables set, credentials are fetched from
+/// STS, never from the (working) metadata service. object_store sends the
+/// STS request over HTTPS only, so against moto's plain-HTTP STS the fetch
+/// fails; that it fails, and does not return moto's IMDS credentials, shows
+/// which provider was chosen.
+#[tokio::test(flavor = "current_thread")]
+async fn web_identity_is_chosen_before_instance_metadata() {
+    let Some(server) = Moto::start() else { return };
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("web-identity-token");
+    std::fs::write(&token_file, "eyJhbGciOiJSUzI1NiJ9.e30.c2ln").unwrap();
+    let common = vec![
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ENDPOINT_URL_KMS", base.clone()),
+        ("AWS_METADATA_ENDPOINT", base.clone()),
+    ];
+    // Control: without web identity the metadata service answers.
+    let kms = AwsKms::new(AwsConfig::from_vars(common.clone()).unwrap()).unwrap();
+    assert_eq!(kms.access_key_id().await.unwrap(), "test-key");
+
+    let mut vars = common;
+    vars.extend([
+        (
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            token_file.to_str().unwrap().to_owned(),
+        ),
+        (
+            "AWS_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/lode".to_owned(),
+        ),
+        ("AWS_ENDPOINT_URL_STS", base.clone()),
+    ]);
+    let kms = AwsKms::new(AwsConfig::from_vars(vars).unwrap()).unwrap();
+    let started = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(120), kms.access_key_id())
         .await
-        .unwrap_err();
-    assert!(matches!(err, Error::AwsCredentials { .. }), "{err:?}");
+        .expect("the credential chain gave up within two minutes");
+    match got {
+        Err(e @ Error::AwsCredentials { .. }) => {
+            println!(
+                "web identity over http refused after {:?}: {e}",
+                started.elapsed()
+            );
+        }
+        other => panic!("expected a web identity (STS) failure, got {other:?}"),
+    }
 }
 
 /// Configuration the way `AwsConfig::from_env` builds it, from the standard
-/// variables. The environment is given as a map to `from_sources` (what
-/// `from_env` calls with `std::env::var`), so parallel tests never touch the
-/// process-wide environment.
+/// variables. The environment is given as pairs to `from_vars` (what
+/// `from_env` calls with `std::env::vars()`), so parallel tests never touch
+/// the process-wide environment.
 #[tokio::test(flavor = "current_thread")]
 async fn config_from_standard_environment_variables_reaches_moto() {
     let Some(server) = Moto::start() else { return };
@@ -207,8 +252,6 @@ async fn config_from_standard_environment_variables_reaches_moto() {
             .port();
         format!("http://127.0.0.1:{port}")
     };
-    // No ~/.aws files: everything comes from the variables.
-    let home = tempfile::tempdir().unwrap();
     let base = [
         ("AWS_ACCESS_KEY_ID", "env-key-id".to_owned()),
         ("AWS_SECRET_ACCESS_KEY", "env-secret".to_owned()),
@@ -225,8 +268,7 @@ async fn config_from_standard_environment_variables_reaches_moto() {
     for extra in cases {
         let vars: std::collections::HashMap<&str, String> =
             base.iter().cloned().chain(extra.iter().cloned()).collect();
-        let lookup = |name: &str| vars.get(name).cloned();
-        let config = AwsConfig::from_sources(&lookup, Some(home.path())).unwrap();
+        let config = AwsConfig::from_vars(vars.iter().map(|(k, v)| (*k, v.clone()))).unwrap();
         assert_eq!(config.endpoint, moto, "{extra:?}");
         assert_eq!(config.region, "eu-west-1");
         assert!(!format!("{config:?}").contains("env-secret"));
@@ -241,8 +283,7 @@ async fn config_from_standard_environment_variables_reaches_moto() {
         assert_eq!(*back, *dk.plaintext());
     }
     // Without a region anywhere: a clear configuration error.
-    let lookup = |name: &str| (name == "AWS_ENDPOINT_URL").then(|| moto.clone());
-    let err = AwsConfig::from_sources(&lookup, Some(home.path())).unwrap_err();
+    let err = AwsConfig::from_vars([("AWS_ENDPOINT_URL", moto.clone())]).unwrap_err();
     assert!(
         matches!(err, Error::AwsConfig { ref reason } if reason.contains("AWS_REGION")),
         "{err}"

@@ -40,11 +40,13 @@ fn manifest(hole_every: u32) -> Manifest {
 }
 
 fn bench(c: &mut Criterion) {
-    let kms = LocalKms::from_keys([("images".to_owned(), 1, [7; 32])]).unwrap();
+    let providers = chunk_core::enabled_providers();
+    let provider = *providers.first().expect("a crypto backend compiled in");
+    let kms = LocalKms::from_keys(provider, [("images".to_owned(), 1, [7; 32])]).unwrap();
     let ctx = image_context("python-app");
     for (label, hole_every) in [("all-present", 0), ("every-10th-a-hole", 10)] {
         let m = manifest(hole_every);
-        let sealed = block_on(m.seal(&kms, "images", &ctx)).unwrap();
+        let sealed = block_on(m.seal(provider, &kms, "images", &ctx)).unwrap();
         let bytes = sealed.encode();
         let present = m.chunks.iter().flatten().count();
         eprintln!(
@@ -70,12 +72,17 @@ fn bench(c: &mut Criterion) {
             })
         });
         g.bench_function("encode", |b| b.iter(|| black_box(&sealed).encode()));
-        g.bench_function("decode + open (LocalKms)", |b| {
-            b.iter(|| {
-                let s = SealedManifest::decode(black_box(&bytes)).unwrap();
-                block_on(s.open(&kms)).unwrap()
-            })
-        });
+        for &provider in providers {
+            g.bench_function(
+                format!("decode + open (LocalKms, {})", provider.name()),
+                |b| {
+                    b.iter(|| {
+                        let s = SealedManifest::decode(black_box(&bytes)).unwrap();
+                        block_on(s.open(provider, &kms)).unwrap()
+                    })
+                },
+            );
+        }
         g.finish();
     }
 }

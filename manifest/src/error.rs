@@ -102,6 +102,17 @@ pub enum Error {
         source: kms_envelope::Error,
     },
 
+    /// The crypto backend failed to seal the chunk keys (for example it
+    /// could not run AES-256-GCM).
+    #[error("crypto backend failed while {operation} the chunk keys")]
+    Crypto {
+        /// What was being done (`sealing`).
+        operation: &'static str,
+        /// What the backend reported.
+        #[source]
+        source: chunk_core::Error,
+    },
+
     /// A manifest to seal is not valid.
     #[error("invalid manifest: {reason}")]
     Invalid {

@@ -8,6 +8,7 @@
 
 mod common;
 
+use chunk_core::CryptoProvider;
 use kms_envelope::{LocalKms, block_on};
 use manifest::{SealedManifest, image_context};
 use sha2::{Digest, Sha256};
@@ -21,57 +22,61 @@ const GOLDEN_SHA256: &str = "9e106fb7a2a4255763ae5434060864e1da31a3b189746761393
 const OLD_CHUNK16_HEX: &str = include_str!("golden/small-v1-chunk16.hex");
 const OLD_CHUNK16_SHA256: &str = "14ad7e29eff8c206d725168e3ef6d5e5ba21f77b75cf9be9198cf592d242cd96";
 
-fn golden_kms() -> LocalKms {
-    LocalKms::from_keys([("golden".to_owned(), 1, [0x42; 32])]).unwrap()
+fn golden_kms(p: &'static dyn CryptoProvider) -> LocalKms {
+    LocalKms::from_keys(p, [("golden".to_owned(), 1, [0x42; 32])]).unwrap()
 }
 
-fn seal_fixed() -> Vec<u8> {
-    let kms = golden_kms().with_test_rng(1);
+fn seal_fixed(p: &'static dyn CryptoProvider) -> Vec<u8> {
+    let kms = golden_kms(p).with_test_rng(1);
     let mut ctx = image_context("app");
     ctx.insert("tenant".into(), "t1".into());
-    block_on(common::small_manifest().seal(&kms, "golden", &ctx))
+    block_on(common::small_manifest().seal(p, &kms, "golden", &ctx))
         .unwrap()
         .encode()
 }
 
 #[test]
 fn sealing_the_fixed_manifest_gives_the_golden_bytes() {
-    let bytes = seal_fixed();
-    if std::env::var_os("LODE_BLESS").is_some() {
-        std::fs::write(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/small-v1.hex"),
-            hex::encode(&bytes) + "\n",
-        )
-        .unwrap();
-        println!("sha256 {}", hex::encode(Sha256::digest(&bytes)));
-        return;
+    for &p in common::providers() {
+        let bytes = seal_fixed(p);
+        if std::env::var_os("LODE_BLESS").is_some() {
+            std::fs::write(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/small-v1.hex"),
+                hex::encode(&bytes) + "\n",
+            )
+            .unwrap();
+            println!("sha256 {}", hex::encode(Sha256::digest(&bytes)));
+            return;
+        }
+        assert_eq!(
+            hex::encode(&bytes),
+            GOLDEN_HEX.trim(),
+            "encoding changed: bump the format version"
+        );
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), GOLDEN_SHA256);
     }
-    assert_eq!(
-        hex::encode(&bytes),
-        GOLDEN_HEX.trim(),
-        "encoding changed: bump the format version"
-    );
-    assert_eq!(hex::encode(Sha256::digest(&bytes)), GOLDEN_SHA256);
 }
 
 #[test]
 fn golden_bytes_decode_and_open_with_any_rng() {
-    let bytes = hex::decode(GOLDEN_HEX.trim()).unwrap();
-    assert_eq!(hex::encode(Sha256::digest(&bytes)), GOLDEN_SHA256);
-    let sealed = SealedManifest::decode(&bytes).unwrap();
-    assert_eq!(sealed.key_id(), "golden@1");
-    assert_eq!(sealed.image_name(), "app");
-    assert_eq!(sealed.chunk_count(), 4);
-    assert_eq!(sealed.present_count(), 3);
-    assert_eq!(sealed.salt_id(), 7);
-    // The public digest is SHA-256 of the bytes up to the last name.
-    let public_len = 65 + 1 + 3 * 32;
-    assert_eq!(
-        sealed.public_digest(),
-        <[u8; 32]>::from(Sha256::digest(&bytes[..public_len]))
-    );
-    let opened = block_on(sealed.open(&golden_kms())).unwrap();
-    assert_eq!(opened, common::small_manifest());
+    for &p in common::providers() {
+        let bytes = hex::decode(GOLDEN_HEX.trim()).unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), GOLDEN_SHA256);
+        let sealed = SealedManifest::decode(&bytes).unwrap();
+        assert_eq!(sealed.key_id(), "golden@1");
+        assert_eq!(sealed.image_name(), "app");
+        assert_eq!(sealed.chunk_count(), 4);
+        assert_eq!(sealed.present_count(), 3);
+        assert_eq!(sealed.salt_id(), 7);
+        // The public digest is SHA-256 of the bytes up to the last name.
+        let public_len = 65 + 1 + 3 * 32;
+        assert_eq!(
+            sealed.public_digest(p),
+            <[u8; 32]>::from(Sha256::digest(&bytes[..public_len]))
+        );
+        let opened = block_on(sealed.open(p, &golden_kms(p))).unwrap();
+        assert_eq!(opened, common::small_manifest());
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use chunk_core::CryptoProvider;
 use kms_envelope::Kms;
 use serde::Serialize;
 
@@ -87,9 +88,12 @@ pub struct InspectReport {
 }
 
 /// Reads `name`'s manifest and compares its chunks with every other manifest.
+///
+/// `provider` computes the manifest's public digest (to match its profile).
 pub async fn inspect(
     store: &Store,
     name: &str,
+    provider: &dyn CryptoProvider,
 ) -> Result<(InspectReport, manifest::SealedManifest)> {
     let sealed = store.get_manifest(name).await?;
     let mine: HashSet<_> = sealed.names().flatten().collect();
@@ -122,7 +126,7 @@ pub async fn inspect(
             window_ms: p.window_ms,
             matches_manifest: p
                 .check_image(
-                    &hex::encode(sealed.public_digest()),
+                    &hex::encode(sealed.public_digest(provider)),
                     sealed.image_size(),
                     sealed.chunk_size(),
                 )
@@ -155,7 +159,7 @@ pub async fn inspect(
         key_id: sealed.key_id().to_string(),
         encryption_context: sealed.context().clone(),
         manifest_bytes: sealed.encode().len() as u64,
-        public_digest: hex::encode(sealed.public_digest()),
+        public_digest: hex::encode(sealed.public_digest(provider)),
         sharing: Sharing {
             other_manifests,
             unreadable_manifests: unreadable,
@@ -177,10 +181,11 @@ pub async fn inspect(
 pub async fn check_keys(
     sealed: &manifest::SealedManifest,
     name: &str,
+    provider: &dyn CryptoProvider,
     kms: &dyn Kms,
 ) -> Result<KeysCheck> {
     let opened = sealed
-        .open_with_context(kms, &manifest::image_context(name))
+        .open_with_context(provider, kms, &manifest::image_context(name))
         .await
         .map_err(|e| Error::OpenKeys {
             name: name.to_string(),

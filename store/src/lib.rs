@@ -39,10 +39,10 @@
 //!     &[&[("etc/motd", b"hello from lode\n")]],
 //! )?;
 //! let keyring = dir.path().join("keyring");
-//! new_keyring_with_key(&keyring, "default")?;
-//! let kms = Arc::new(LocalKms::open(&keyring)?);
-//! let salt = lode_store::chunk_core::Salt::new(1, [7; 32]);
 //! let crypto = &lode_store::chunk_core::RustCrypto;
+//! new_keyring_with_key(crypto, &keyring, "default")?;
+//! let kms = Arc::new(LocalKms::open(crypto, &keyring)?);
+//! let salt = lode_store::chunk_core::Salt::new(1, [7; 32]);
 //!
 //! let rt = tokio::runtime::Runtime::new()?;
 //! rt.block_on(async {

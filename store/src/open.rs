@@ -10,6 +10,7 @@ use cache_tiers::{
     Delayed, DiskTier, ErasureCodedTier, FillPolicy, MemcachedConfig, MemcachedNode, Node, Tier,
     Tiered,
 };
+use chunk_core::CryptoProvider;
 use kms_envelope::{Kms, LocalKms};
 use worker::{LazyImage, LazyImageOptions, TieredSource};
 
@@ -18,13 +19,16 @@ use crate::layout::{PROFILES, Store};
 use crate::url::KmsUrl;
 
 /// Opens the key service named by `url` (the master key id is [`KmsUrl::key_id`]).
-pub fn open_kms(url: &KmsUrl) -> Result<Arc<dyn Kms>> {
+///
+/// A local keyring runs its crypto on `provider` (the same backend as the
+/// chunks); AWS KMS does its crypto server-side.
+pub fn open_kms(url: &KmsUrl, provider: &'static dyn CryptoProvider) -> Result<Arc<dyn Kms>> {
     let err = |e: kms_envelope::Error| Error::Kms {
         spec: url.to_string(),
         source: e.into(),
     };
     match url {
-        KmsUrl::Local { path, .. } => Ok(Arc::new(LocalKms::open(path).map_err(err)?)),
+        KmsUrl::Local { path, .. } => Ok(Arc::new(LocalKms::open(provider, path).map_err(err)?)),
         #[cfg(feature = "aws")]
         KmsUrl::Aws { .. } => Ok(Arc::new(kms_envelope::AwsKms::from_env().map_err(err)?)),
         #[cfg(not(feature = "aws"))]
@@ -108,12 +112,14 @@ pub struct Opened {
     pub sealed: manifest::SealedManifest,
     /// The store it came from.
     pub store: Store,
+    /// The crypto backend the image was opened with.
+    crypto: &'static dyn CryptoProvider,
 }
 
 impl Opened {
     /// Hex public digest of the manifest (what profiles are bound to).
     pub fn digest(&self) -> String {
-        hex::encode(self.sealed.public_digest())
+        hex::encode(self.sealed.public_digest(self.crypto))
     }
 }
 
@@ -178,6 +184,7 @@ pub async fn open_image(
         .build()
         .map_err(tiers_err("building the cache tiers".into()))?;
     let source = Arc::new(TieredSource::new(tiered, trusted));
+    let crypto = opts.crypto;
     let image = LazyImage::open(&sealed, name, kms, source, opts)
         .await
         .map_err(|e| Error::OpenImage {
@@ -188,6 +195,7 @@ pub async fn open_image(
         image,
         sealed,
         store: store.clone(),
+        crypto,
     })
 }
 

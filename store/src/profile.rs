@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use chunk_core::ChunkRef;
+use chunk_core::{ChunkRef, CryptoProvider};
 use serde::Serialize;
 use worker::profile::Profile;
 
@@ -41,12 +41,19 @@ pub struct ProfileSummary {
 }
 
 /// Summarizes `profile`, comparing it with the manifest of `name` in `store`.
-pub async fn profile_summary(store: &Store, name: &str, profile: &Profile) -> ProfileSummary {
+///
+/// `provider` computes the manifest's public digest.
+pub async fn profile_summary(
+    store: &Store,
+    name: &str,
+    profile: &Profile,
+    provider: &dyn CryptoProvider,
+) -> ProfileSummary {
     let matches_manifest = match store.get_manifest(name).await {
         Ok(sealed) => Some(
             profile
                 .check_image(
-                    &hex::encode(sealed.public_digest()),
+                    &hex::encode(sealed.public_digest(provider)),
                     sealed.image_size(),
                     sealed.chunk_size(),
                 )
@@ -68,13 +75,20 @@ pub async fn profile_summary(store: &Store, name: &str, profile: &Profile) -> Pr
 
 /// Stores the chunk part of the profile in `file` as `profiles/NAME`;
 /// refused unless it was recorded on `name`'s current manifest.
-pub async fn save_profile(store: &Store, name: &str, file: &Path) -> Result<Profile> {
+///
+/// `provider` computes the manifest's public digest.
+pub async fn save_profile(
+    store: &Store,
+    name: &str,
+    file: &Path,
+    provider: &dyn CryptoProvider,
+) -> Result<Profile> {
     let profile = Profile::load(file).map_err(|e| Error::ProfileRead {
         what: file.display().to_string(),
         source: e.into(),
     })?;
     let sealed = store.get_manifest(name).await?;
-    let digest = hex::encode(sealed.public_digest());
+    let digest = hex::encode(sealed.public_digest(provider));
     if let Err(why) = profile.check_image(&digest, sealed.image_size(), sealed.chunk_size()) {
         return Err(Error::ProfileRefused {
             file: file.to_path_buf(),

@@ -390,7 +390,7 @@ impl<'a> Push<'a> {
         };
         let ctx = manifest::image_context(self.name);
         let sealed = manifest
-            .seal(self.kms.as_ref(), self.key_id, &ctx)
+            .seal(self.provider, self.kms.as_ref(), self.key_id, &ctx)
             .await
             .map_err(|e| Error::SealManifest {
                 name: self.name.to_string(),
@@ -424,7 +424,7 @@ impl<'a> Push<'a> {
 
         // The old profiles/NAME was bound to the manifest just replaced:
         // replace it with the layout's profile, or delete it.
-        let digest = hex::encode(sealed.public_digest());
+        let digest = hex::encode(sealed.public_digest(self.provider));
         let profile = summary.image.hot_region.as_ref().and_then(|h| {
             crate::profile::layout_prefetch_profile(
                 self.name,

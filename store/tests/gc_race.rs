@@ -284,8 +284,9 @@ impl Fixture {
             .unwrap()
         });
         let keyring = dir.path().join("keyring");
-        new_keyring_with_key(&keyring, "default").unwrap();
-        let kms = Arc::new(LocalKms::open(&keyring).unwrap());
+        let crypto = &lode_store::chunk_core::RustCrypto;
+        new_keyring_with_key(crypto, &keyring, "default").unwrap();
+        let kms = Arc::new(LocalKms::open(crypto, &keyring).unwrap());
         let inner = Arc::new(InMemory::new());
         let world = Arc::new(World::default());
         let view = |actor| -> Store {

@@ -133,7 +133,7 @@ impl LazyImage {
         opts: LazyImageOptions,
     ) -> Result<Self> {
         let manifest = sealed
-            .open_with_context(kms, &manifest::image_context(name))
+            .open_with_context(opts.crypto, kms, &manifest::image_context(name))
             .await
             .map_err(Error::Manifest)?;
         Self::new(manifest.into(), source, opts)
@@ -517,9 +517,18 @@ mod tests {
             tool_version: "worker tests".into(),
             chunks: table.chunks,
         };
-        let kms = LocalKms::from_keys([("images".to_owned(), 1, [4u8; 32])]).unwrap();
+        let kms = LocalKms::from_keys(
+            &chunk_core::RustCrypto,
+            [("images".to_owned(), 1, [4u8; 32])],
+        )
+        .unwrap();
         let sealed = m
-            .seal(&kms, "images", &manifest::image_context("app"))
+            .seal(
+                &chunk_core::RustCrypto,
+                &kms,
+                "images",
+                &manifest::image_context("app"),
+            )
             .await
             .unwrap();
         let sealed = manifest::SealedManifest::decode(&sealed.encode()).unwrap();
@@ -530,7 +539,11 @@ mod tests {
         assert_eq!(image.read_at(0, &mut out).await.unwrap(), data.len());
         assert!(out == data);
 
-        let other = LocalKms::from_keys([("images".to_owned(), 1, [5u8; 32])]).unwrap();
+        let other = LocalKms::from_keys(
+            &chunk_core::RustCrypto,
+            [("images".to_owned(), 1, [5u8; 32])],
+        )
+        .unwrap();
         let err = LazyImage::open(&sealed, "app", &other, source.clone(), no_readahead())
             .await
             .unwrap_err();

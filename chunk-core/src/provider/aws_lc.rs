@@ -82,6 +82,13 @@ impl CryptoProvider for AwsLc {
         Ok(())
     }
 
+    fn fill_random(&self, out: &mut [u8]) -> Result<()> {
+        aws_lc_rs::rand::fill(out).map_err(|_| Error::Random {
+            provider: NAME,
+            source: None,
+        })
+    }
+
     fn name(&self) -> &'static str {
         NAME
     }

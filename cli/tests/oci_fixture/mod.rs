@@ -109,11 +109,14 @@ impl Env {
     pub fn pull_sha256(&self, name: &str) -> String {
         let bytes = std::fs::read(self.manifest_path(name)).expect("manifest file");
         let sealed = manifest::SealedManifest::decode(&bytes).expect("manifest decodes");
-        let kms = kms_envelope::LocalKms::open(self.keyring()).expect("keyring");
-        let m =
-            kms_envelope::block_on(sealed.open_with_context(&kms, &manifest::image_context(name)))
-                .expect("manifest opens");
         let provider = chunk_core::provider_by_name("aws-lc-rs").expect("aws-lc-rs");
+        let kms = kms_envelope::LocalKms::open(provider, self.keyring()).expect("keyring");
+        let m = kms_envelope::block_on(sealed.open_with_context(
+            provider,
+            &kms,
+            &manifest::image_context(name),
+        ))
+        .expect("manifest opens");
         let mut h = Sha256::new();
         let mut offset = 0u64;
         for c in &m.chunks {

@@ -1,17 +1,28 @@
 //! Helpers shared by the manifest integration tests.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+use chunk_core::CryptoProvider;
 use kms_envelope::{EncryptionContext, LocalKms, block_on};
 use manifest::{ChunkKey, ChunkName, ChunkRef, Manifest, SealedManifest, image_context};
 
 /// A byte that stands out in any rendering: hex `c3`, decimal `195`.
 pub const KEY_BYTE: u8 = 0xc3;
 
-pub fn kms() -> LocalKms {
-    LocalKms::from_keys([
-        ("k".to_owned(), 1, [0x42; 32]),
-        ("k2".to_owned(), 1, [0x43; 32]),
-    ])
+/// Every crypto backend compiled in: the tests run each body once per backend.
+pub fn providers() -> &'static [&'static dyn CryptoProvider] {
+    let all = chunk_core::enabled_providers();
+    assert!(!all.is_empty(), "no crypto backend compiled in");
+    all
+}
+
+pub fn kms(p: &'static dyn CryptoProvider) -> LocalKms {
+    LocalKms::from_keys(
+        p,
+        [
+            ("k".to_owned(), 1, [0x42; 32]),
+            ("k2".to_owned(), 1, [0x43; 32]),
+        ],
+    )
     .unwrap()
 }
 
@@ -41,8 +52,8 @@ pub fn small_manifest() -> Manifest {
     }
 }
 
-pub fn sealed_small(kms: &LocalKms) -> SealedManifest {
-    block_on(small_manifest().seal(kms, "k", &ctx())).unwrap()
+pub fn sealed_small(p: &dyn CryptoProvider, kms: &LocalKms) -> SealedManifest {
+    block_on(small_manifest().seal(p, kms, "k", &ctx())).unwrap()
 }
 
 /// Renderings of key bytes a careless message could contain.
