@@ -403,11 +403,16 @@ impl<'a> Push<'a> {
         let (from_version, replaced) = match prior {
             None => (ManifestVersion::Absent, None),
             Some(cur) => {
-                let same = cur.sealed.public_digest() == sealed.public_digest();
+                let same =
+                    cur.sealed.public_digest(self.provider) == sealed.public_digest(self.provider);
                 let retired = if same {
                     None
                 } else {
-                    Some(self.store.retire(self.name, &cur.sealed).await?)
+                    Some(
+                        self.store
+                            .retire(self.name, &cur.sealed, self.provider)
+                            .await?,
+                    )
                 };
                 let replaced = Replaced {
                     source_ref: cur.sealed.source_ref().to_string(),

@@ -227,13 +227,18 @@ impl Store {
 
     /// Keeps a copy of the replaced manifest `old` of `name` under
     /// `retired/NAME/SECS-DIGEST`.
-    pub async fn retire(&self, name: &str, old: &SealedManifest) -> Result<RetiredVersion> {
+    pub async fn retire(
+        &self,
+        name: &str,
+        old: &SealedManifest,
+        crypto: &dyn chunk_core::CryptoProvider,
+    ) -> Result<RetiredVersion> {
         check_image_name(name)?;
         let secs = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let digest = hex::encode(&old.public_digest()[..8]);
+        let digest = hex::encode(&old.public_digest(crypto)[..8]);
         let object = format!("{secs}-{digest}");
         self.put_under(
             &format!("{RETIRED}/{name}"),

@@ -38,8 +38,8 @@ fn a_3_gib_object_under_a_chunk_name_fails_the_read_naming_the_chunk_with_memory
     )
     .unwrap();
     let keyring = dir.path().join("keyring");
-    new_keyring_with_key(&keyring, "default").unwrap();
-    let kms = Arc::new(LocalKms::open(&keyring).unwrap());
+    new_keyring_with_key(&lode_store::chunk_core::RustCrypto, &keyring, "default").unwrap();
+    let kms = Arc::new(LocalKms::open(&lode_store::chunk_core::RustCrypto, &keyring).unwrap());
     let salt = lode_store::chunk_core::Salt::new(1, [7; 32]);
     let store_dir = dir.path().join("store");
     let url = StoreUrl::parse(&format!("file://{}", store_dir.display())).unwrap();

@@ -32,8 +32,8 @@ impl Fixture {
         )
         .unwrap();
         let keyring = dir.path().join("keyring");
-        new_keyring_with_key(&keyring, "default").unwrap();
-        let kms = Arc::new(LocalKms::open(&keyring).unwrap());
+        new_keyring_with_key(&lode_store::chunk_core::RustCrypto, &keyring, "default").unwrap();
+        let kms = Arc::new(LocalKms::open(&lode_store::chunk_core::RustCrypto, &keyring).unwrap());
         let store_dir = dir.path().join("store");
         let url = StoreUrl::parse(&format!("file://{}", store_dir.display())).unwrap();
         let store = Store::open_or_create(&url).unwrap();

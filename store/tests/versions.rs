@@ -18,8 +18,8 @@ fn check(url: &str, dir: &std::path::Path) {
         })
         .collect();
     let keyring = dir.join("keyring");
-    new_keyring_with_key(&keyring, "default").unwrap();
-    let kms = Arc::new(LocalKms::open(&keyring).unwrap());
+    new_keyring_with_key(&lode_store::chunk_core::RustCrypto, &keyring, "default").unwrap();
+    let kms = Arc::new(LocalKms::open(&lode_store::chunk_core::RustCrypto, &keyring).unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = Store::open_or_create(&StoreUrl::parse(url).unwrap()).unwrap();
