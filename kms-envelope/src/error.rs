@@ -51,7 +51,7 @@ pub enum Error {
     },
 
     /// Reading or writing a keyring file failed.
-    #[error("keyring {path}: {source}")]
+    #[error("keyring {path}")]
     KeyringIo {
         /// The keyring file.
         path: PathBuf,
