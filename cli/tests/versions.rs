@@ -66,7 +66,7 @@ fn a_mounted_image_reads_every_file_after_a_new_push_and_gc() {
     }
     let (files, failed, gc) = run_with_retain("7d");
     let gc: serde_json::Value = serde_json::from_str(&gc).unwrap();
-    assert!(files > 100, "busybox's links: {files}");
+    assert!(files >= 3, "busybox and its scripts: {files}");
     assert!(failed.is_empty(), "EIO on {failed:?} after {gc}");
     assert_eq!(gc["retired_versions"], 1, "{gc}");
     assert!(gc["retained_chunks"].as_u64().unwrap() > 0, "{gc}");
@@ -75,6 +75,6 @@ fn a_mounted_image_reads_every_file_after_a_new_push_and_gc() {
     // the old version's chunks and the mount fails reads: the test above
     // can fail.
     let (files, failed, gc) = run_with_retain("0s");
-    assert!(files > 100);
+    assert!(files >= 3);
     assert!(!failed.is_empty(), "nothing failed without retention: {gc}");
 }
