@@ -475,16 +475,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Ls { json } => {
             let store = settings.store()?;
-            let list = runtime()?.block_on(store.list_manifests())?;
+            let list = runtime()?.block_on(lode_store::list_images(&store))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                for m in list {
-                    println!(
-                        "{}\t{}\t{} bytes",
-                        m.name, m.last_modified, m.manifest_bytes
-                    );
-                }
+                print::image_list(&list);
             }
             Ok(())
         }

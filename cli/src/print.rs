@@ -4,7 +4,7 @@
 use lode_store::gc::GcMode;
 use lode_store::inspect::InspectReport;
 use lode_store::profile::ProfileSummary;
-use lode_store::{GcReport, PushSummary, VerifyReport};
+use lode_store::{GcReport, ImageListing, PushSummary, VerifyReport};
 
 fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64
@@ -246,6 +246,26 @@ pub fn profile_summary(name: &str, s: &ProfileSummary) {
     let head: Vec<String> = s.order.iter().take(32).map(u64::to_string).collect();
     let more = if s.order.len() > 32 { " ..." } else { "" };
     println!("  order         {}{more}", head.join(" "));
+}
+
+/// `lode ls`: a header, then one image a line.
+pub fn image_list(list: &[ImageListing]) {
+    let w = list.iter().map(|i| i.name.len()).max().unwrap_or(0).max(4);
+    println!(
+        "{:w$}  {:20}  {:>10}  {:>6}  {:>5}  SOURCE",
+        "NAME", "PUSHED", "IMAGE SIZE", "CHUNKS", "OLDER"
+    );
+    for i in list {
+        println!(
+            "{:w$}  {:20}  {:>6.1} MiB  {:>6}  {:>5}  {}",
+            i.name,
+            i.pushed_at,
+            mib(i.image_bytes),
+            i.stored_chunks,
+            i.older_versions,
+            i.source_ref
+        );
+    }
 }
 
 /// What `lode verify` found: each bad chunk, then a summary line.

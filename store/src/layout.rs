@@ -64,7 +64,7 @@ pub struct ListedManifest {
     pub name: String,
     /// Encoded manifest size in bytes.
     pub manifest_bytes: u64,
-    /// When it was written (RFC 3339).
+    /// When it was written (RFC 3339, UTC, to the second).
     pub last_modified: String,
 }
 
@@ -238,7 +238,7 @@ impl Store {
                 Some(ListedManifest {
                     name,
                     manifest_bytes: m.size,
-                    last_modified: m.last_modified.to_rfc3339(),
+                    last_modified: m.last_modified.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
                 })
             })
             .collect();

@@ -74,6 +74,7 @@ pub mod gc;
 pub mod inspect;
 pub mod layout;
 pub mod lease;
+pub mod list;
 mod name;
 pub mod open;
 pub mod profile;
@@ -89,6 +90,7 @@ pub use error::{BoxError, Error, Result};
 pub use gc::{GcMode, GcOptions, GcReport, gc};
 pub use layout::{ListedManifest, Store, StoredObject};
 pub use lease::{Lease, LeaseKind, push_lease};
+pub use list::{ImageListing, list_images};
 pub use name::check_image_name;
 pub use open::{
     L2Config, Opened, Prefetch, PrefetchStart, TierConfig, open_image, open_kms, start_prefetch,
