@@ -51,6 +51,10 @@ fn run_with_retain(retain: &str) -> (usize, Vec<String>, String) {
     // While it runs, the name moves on and gc collects what nothing names.
     let pushed = env.json(&["push", &v2, "--name", "app", "--json"]);
     assert_eq!(pushed["replaced"]["same_image"], false, "{pushed}");
+    let ls = env.json(&["ls", "--json"]);
+    assert_eq!(ls[0]["name"], "app");
+    assert_eq!(ls[0]["older_versions"], 1, "{ls}");
+    assert!(env.ok(&["ls"]).starts_with("NAME "), "ls prints a header");
     let gc = env.ok(&[
         "gc", "--delete", "--grace", "0s", "--retain", retain, "--json",
     ]);
