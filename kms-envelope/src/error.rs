@@ -15,8 +15,8 @@ pub enum Error {
     /// not match the one it was wrapped with, the caller may not use the key,
     /// or the blob was altered. These causes are deliberately indistinguishable.
     #[error(
-        "cannot unwrap the data key{}: wrong key, no access to it, wrong encryption context, or altered blob",
-        key_id.as_deref().map(|k| format!(" (key {k})")).unwrap_or_default()
+        "key {} cannot unwrap it: a keyring or key other than the one it was wrapped with, no access to the key, or an altered manifest",
+        key_id.as_deref().unwrap_or("(unnamed)")
     )]
     CannotUnwrap {
         /// The key the caller asked for, when it named one.

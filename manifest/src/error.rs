@@ -62,9 +62,7 @@ pub enum Error {
     /// material (another keyring or account), the caller may not use it, or
     /// the stored encryption context or wrapped key was altered. The KMS
     /// deliberately does not say which.
-    #[error(
-        "the KMS cannot unwrap this manifest's data key under key {key_id:?}: wrong key material, no access, or altered encryption context"
-    )]
+    #[error("unwrapping its data key")]
     Unwrap {
         /// The key id stored in the manifest.
         key_id: String,

@@ -108,7 +108,7 @@ pub enum Error {
         reason: String,
     },
     /// Opening a sealed manifest failed.
-    #[error("opening the manifest failed")]
+    #[error("opening the manifest")]
     Manifest(#[source] manifest::Error),
     /// `LazyImage::new` was called outside a tokio runtime.
     #[error("no tokio runtime: create the LazyImage inside one or pass a handle")]
