@@ -31,14 +31,21 @@ impl LazyImage {
     /// Writes the whole image to `path` (created or truncated), fetching up to
     /// `parallelism` chunks at once. Holes stay sparse holes. The plaintext
     /// cache is bypassed so a pull does not evict what mounted readers use.
+    /// The file holds the decrypted image: it is made mode 0600 (owner
+    /// only), whatever the umask and whatever mode an existing file had, as
+    /// `lode flatten` writes its output.
     pub async fn materialize(&self, path: &Path, parallelism: usize) -> Result<MaterializeReport> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let t0 = Instant::now();
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(path)
             .map_err(|e| Error::io("creating", path, e))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io("making private", path, e))?;
         file.set_len(self.size())
             .map_err(|e| Error::io("sizing", path, e))?;
         let file = Arc::new(file);
