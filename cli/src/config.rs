@@ -13,34 +13,54 @@ use serde::Deserialize;
 #[derive(Args, Debug, Clone, Default)]
 pub struct Settings {
     /// Chunk and manifest store: file:///abs/path, s3://bucket[/prefix] or memory://
-    #[arg(long, env = "LODE_STORE", global = true)]
+    #[arg(
+        long,
+        env = "LODE_STORE",
+        global = true,
+        help_heading = "Store and keys"
+    )]
     pub store: Option<String>,
     /// Key service: local:/path/to/keyring[#key] or aws:KEY_ID_OR_ARN
-    #[arg(long, env = "LODE_KMS", global = true)]
+    #[arg(long, env = "LODE_KMS", global = true, help_heading = "Store and keys")]
     pub kms: Option<String>,
     /// Pusher's secret salt file (workers never need it)
-    #[arg(long, env = "LODE_SALTS", global = true)]
+    #[arg(
+        long,
+        env = "LODE_SALTS",
+        global = true,
+        help_heading = "Store and keys"
+    )]
     pub salts: Option<PathBuf>,
     /// L1 disk cache directory (workers)
-    #[arg(long, env = "LODE_CACHE_DIR", global = true)]
+    #[arg(long, env = "LODE_CACHE_DIR", global = true, help_heading = "Caches")]
     pub cache_dir: Option<PathBuf>,
     /// L1 disk cache size, e.g. 2GiB
-    #[arg(long, env = "LODE_CACHE_SIZE", global = true)]
+    #[arg(long, env = "LODE_CACHE_SIZE", global = true, help_heading = "Caches")]
     pub cache_size: Option<String>,
     /// Optional L2 shared cache: memcached://host:port,host:port,...
-    #[arg(long, env = "LODE_L2", global = true)]
+    #[arg(long, env = "LODE_L2", global = true, help_heading = "Caches")]
     pub l2: Option<String>,
     /// L2 erasure code as data+parity shards, e.g. 4+1
-    #[arg(long, env = "LODE_L2_SHARDS", global = true)]
+    #[arg(long, env = "LODE_L2_SHARDS", global = true, help_heading = "Caches")]
     pub l2_shards: Option<String>,
     /// For benchmarks and fault tests: delay every chunk GET from the store
     /// (L3) by this much, e.g. 20ms, to make a local store behave like a remote one
-    #[arg(long, env = "LODE_STORE_LATENCY", global = true)]
+    #[arg(
+        long,
+        env = "LODE_STORE_LATENCY",
+        global = true,
+        help_heading = "Caches"
+    )]
     pub store_latency: Option<String>,
     /// TOML file with any of the settings above (keys: store, kms, salts,
     /// cache_dir, cache_size, l2, l2_shards, store_latency); default ~/.config/lode/config.toml
     /// or /etc/lode/config.toml when present
-    #[arg(long, env = "LODE_CONFIG", global = true)]
+    #[arg(
+        long,
+        env = "LODE_CONFIG",
+        global = true,
+        help_heading = "Store and keys"
+    )]
     pub config: Option<PathBuf>,
 }
 

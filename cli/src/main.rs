@@ -36,10 +36,10 @@ struct Cli {
     #[command(flatten)]
     settings: Settings,
     /// Crypto backend for sealing and opening chunks
-    #[arg(long, global = true, default_value = "aws-lc-rs", value_parser = ["aws-lc-rs", "rustcrypto"])]
+    #[arg(long, global = true, default_value = "aws-lc-rs", value_parser = ["aws-lc-rs", "rustcrypto"], help_heading = "Global")]
     crypto: String,
     /// More log lines on stderr (-v debug, -vv trace); `LODE_LOG` overrides
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global")]
     verbose: u8,
     #[command(subcommand)]
     command: Command,
