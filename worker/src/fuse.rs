@@ -47,8 +47,11 @@ impl ImageFs {
             flags: 0,
         };
         Self {
-            root: attr(INodeNo::ROOT, FileType::Directory, 0o555, 0, 2),
-            file: attr(FILE_INO, FileType::RegularFile, 0o444, image.size(), 1),
+            // Root only: the file is the whole decrypted image. Other users
+            // read the image's files through the kernel's ext4 on the loop
+            // device, which applies the image's own permissions.
+            root: attr(INodeNo::ROOT, FileType::Directory, 0o500, 0, 2),
+            file: attr(FILE_INO, FileType::RegularFile, 0o400, image.size(), 1),
             name: name.into(),
             image,
         }

@@ -99,7 +99,7 @@ pub use daemon::{Daemon, DaemonOptions, Readiness, spawn_daemon};
 pub use error::{
     ChunkError, Error, MountProblem, ProfileMismatch, ProfileProblem, Result, SourceError,
 };
-pub use hardening::{is_dumpable, make_undumpable};
+pub use hardening::{create_private_dir, is_dumpable, make_undumpable};
 pub use image::{
     BLOCK_SIZE, BlockLog, BlockRun, ChunkAccess, ChunkTable, LazyImage, LazyImageOptions,
     MaterializeReport, PrefetchReport, Verify,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::LazyImage;
+use crate::hardening::create_private_dir;
 use crate::error::{Chain, Error, MountProblem, Result};
 use crate::fuse::ImageFs;
 use crate::loopdev::LoopDevice;
@@ -43,7 +44,10 @@ pub struct MountOptions {
     pub source_name: String,
     /// FUSE request threads (reads themselves run on the tokio runtime).
     pub fuse_threads: usize,
-    /// Let other users read the FUSE file (`allow_other`).
+    /// Let other users reach the FUSE file system (`allow_other`). Default
+    /// off: only root (the mounting user) reaches it; the loop device reads
+    /// the file as root. Even with it, the file is mode 0400 owned by root
+    /// and the kernel checks that (`default_permissions`).
     pub allow_other: bool,
     /// ext4 mount data. Default `noload,inode_readahead_blks=0`: `noload`
     /// never replays a journal on a read-only image; without inode-table
@@ -109,7 +113,7 @@ impl Default for MountOptions {
             stats_path: None,
             source_name: "lode".into(),
             fuse_threads: 2,
-            allow_other: true,
+            allow_other: false,
             ext4_data: "noload,inode_readahead_blks=0".into(),
             record_profile: None,
             kernel_readahead_kb: Some(DEFAULT_KERNEL_READAHEAD_KB),
@@ -256,8 +260,7 @@ pub fn mount(image: LazyImage, mountpoint: &Path, opts: &MountOptions) -> Result
             problem: MountProblem::NotADirectory,
         });
     }
-    std::fs::create_dir_all(&opts.state_dir)
-        .map_err(|e| Error::io("creating state directory", &opts.state_dir, e))?;
+    create_private_dir(&opts.state_dir)?;
     let key = key_of(&mountpoint);
     let state_path = opts.state_dir.join(format!("{key}.json"));
     if let Ok(old) = read_state(&state_path) {
@@ -278,7 +281,7 @@ pub fn mount(image: LazyImage, mountpoint: &Path, opts: &MountOptions) -> Result
         (absolute(dir)?, false)
     } else {
         let dir = opts.state_dir.join(format!("{key}.fuse"));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        create_private_dir(&dir)?;
         (dir, true)
     };
     let image_file = fuse_dir.join(&opts.file_name);
@@ -288,6 +291,8 @@ pub fn mount(image: LazyImage, mountpoint: &Path, opts: &MountOptions) -> Result
         fuser::MountOption::RO,
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
+        // The kernel checks the file's mode (0400, root) on every access.
+        fuser::MountOption::DefaultPermissions,
         fuser::MountOption::FSName(opts.source_name.clone()),
         fuser::MountOption::Subtype("lode".into()),
     ];

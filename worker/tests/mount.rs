@@ -620,3 +620,90 @@ fn spawn_daemon_returns_once_mounted_and_reports_failures() {
         &state_dir,
     );
 }
+
+// ---- Other local users ----
+
+/// Runs `args` as user `nobody` (group `nogroup`, no supplementary groups).
+fn as_nobody(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .args(args)
+        .output()
+        .expect("running setpriv (util-linux)")
+}
+
+/// `(succeeded, stderr)` of `cat PATH` as `nobody`.
+fn nobody_cats(path: &Path) -> (bool, String) {
+    let out = as_nobody(&["cat".as_ref(), path.as_os_str()]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn other_users_read_image_files_through_ext4_but_not_the_fuse_file() {
+    use std::os::unix::fs::PermissionsExt;
+    if unavailable(true) {
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        skip("setpriv missing (util-linux)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Let `nobody` walk to the mountpoints (tempdirs are 0700).
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let files = test_files();
+    let data = build_ext4_with(tmp.path(), &files, |_| ());
+    let (table, source) = sealed_source(&data);
+    let rt = runtime();
+    let image = LazyImage::with_runtime(
+        table,
+        source,
+        LazyImageOptions::default(),
+        rt.handle().clone(),
+    )
+    .unwrap();
+
+    // The default layout: FUSE under the state directory, ext4 at `mnt`.
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let state_dir = tmp.path().join("state");
+    let opts = MountOptions::default().state_dir(&state_dir);
+    let handle = worker::mount(image.clone(), &mnt, &opts).unwrap();
+    let state = handle.state().clone();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&state_dir), 0o700);
+    let out = as_nobody(&["ls".as_ref(), state_dir.as_os_str()]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "nobody listed the state directory: {out:?}"
+    );
+    let (ok, err) = nobody_cats(&state.image_file);
+    assert!(!ok && err.contains("Permission denied"), "{ok} {err}");
+    // The kernel's ext4 serves every user by the image's own permissions.
+    let small = mnt.join("small.txt");
+    assert_eq!(mode(&small) & 0o004, 0o004, "small.txt is world-readable");
+    let out = as_nobody(&["cat".as_ref(), small.as_os_str()]);
+    assert!(out.status.success(), "nobody could not read small.txt: {out:?}");
+    assert_eq!(out.stdout, files["small.txt"]);
+    // Root still reads the FUSE file.
+    assert_eq!(
+        std::fs::read(&state.image_file).unwrap().len(),
+        data.len()
+    );
+    handle.unmount().unwrap();
+
+    // The FUSE file itself in a directory anyone may walk: still root's only.
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    let handle = worker::mount(image, &open, &opts.clone().file_only(true)).unwrap();
+    let file = open.join("image");
+    assert_eq!(mode(&file), 0o400);
+    let (ok, err) = nobody_cats(&file);
+    assert!(!ok && err.contains("Permission denied"), "{ok} {err}");
+    assert_eq!(std::fs::read(&file).unwrap(), data);
+    handle.unmount().unwrap();
+    assert_all_gone(&open, &open, None, &state_dir);
+}
