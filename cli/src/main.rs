@@ -137,13 +137,16 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Serve an image read-only over NBD (TCP or unix:/path)
+    /// Serve an image read-only over NBD (a Unix socket only root can reach,
+    /// or TCP when asked)
     ServeNbd {
         /// Image name in the store
         name: String,
-        /// 127.0.0.1:10809 (default), HOST:PORT, or unix:/path/to/socket
-        #[arg(long, default_value = "127.0.0.1:10809")]
-        listen: String,
+        /// unix:/path/to/socket or HOST:PORT. Default: a Unix socket of mode
+        /// 0600 at /run/lode/nbd/NAME.sock (path printed). TCP has no
+        /// authentication: anyone who can connect reads the image
+        #[arg(long)]
+        listen: Option<String>,
         #[command(flatten)]
         prefetch: PrefetchArgs,
     },
@@ -425,7 +428,7 @@ fn run(cli: Cli) -> Result<()> {
         } => runtime()?.block_on(mount::serve_nbd(
             &settings,
             &name,
-            &listen,
+            listen.as_deref(),
             prefetch.settings(),
             provider(&cli.crypto)?,
         )),

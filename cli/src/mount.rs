@@ -270,16 +270,30 @@ fn report_prefetch(name: &str, start: PrefetchStart) -> Option<u32> {
 pub async fn serve_nbd(
     settings: &Settings,
     name: &str,
-    listen: &str,
+    listen: Option<&str>,
     prefetch: Prefetch,
     crypto: &'static dyn chunk_core::CryptoProvider,
 ) -> Result<()> {
     use worker::nbd::{ListenAddr, NbdOptions, NbdServer};
     // The process will hold the image's keys: no core dumps, no ptrace.
     worker::make_undumpable()?;
-    let addr: ListenAddr = listen
-        .parse()
-        .with_context(|| format!("listen address {listen:?}"))?;
+    let addr = match listen {
+        Some(listen) => listen
+            .parse()
+            .with_context(|| format!("listen address {listen:?}"))?,
+        None => {
+            let dir = Path::new(worker::DEFAULT_STATE_DIR).join("nbd");
+            worker::create_private_dir(&dir)?;
+            ListenAddr::Unix(dir.join(format!("{}.sock", socket_file_stem(name))))
+        }
+    };
+    if let ListenAddr::Tcp(sa) = &addr {
+        eprintln!(
+            "lode: warning: NBD has no authentication: anyone who can connect to {sa} reads \
+             the decrypted image (the default, a Unix socket only root can reach, is safe)"
+        );
+    }
+    let listen = addr.to_string();
     let opened = open(
         settings,
         name,
@@ -321,9 +335,30 @@ pub async fn serve_nbd(
     Ok(())
 }
 
+/// An image name as a socket file name: characters other than ASCII
+/// letters, digits, `.`, `-` and `_` become `_` (names may hold `/` and `:`).
+fn socket_file_stem(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_names_stay_in_their_directory() {
+        assert_eq!(socket_file_stem("python-app:latest"), "python-app_latest");
+        assert_eq!(socket_file_stem("../etc/x"), ".._etc_x");
+        assert_eq!(socket_file_stem("a.b_c-d"), "a.b_c-d");
+    }
 
     #[test]
     fn kernel_readahead_flag_then_profile_then_default() {
