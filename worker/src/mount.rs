@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::LazyImage;
-use crate::hardening::create_private_dir;
 use crate::error::{Chain, Error, MountProblem, Result};
 use crate::fuse::ImageFs;
+use crate::hardening::create_private_dir;
 use crate::loopdev::LoopDevice;
 use crate::profile::{BlockMap, Profile};
 

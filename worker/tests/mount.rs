@@ -686,13 +686,13 @@ fn other_users_read_image_files_through_ext4_but_not_the_fuse_file() {
     let small = mnt.join("small.txt");
     assert_eq!(mode(&small) & 0o004, 0o004, "small.txt is world-readable");
     let out = as_nobody(&["cat".as_ref(), small.as_os_str()]);
-    assert!(out.status.success(), "nobody could not read small.txt: {out:?}");
+    assert!(
+        out.status.success(),
+        "nobody could not read small.txt: {out:?}"
+    );
     assert_eq!(out.stdout, files["small.txt"]);
     // Root still reads the FUSE file.
-    assert_eq!(
-        std::fs::read(&state.image_file).unwrap().len(),
-        data.len()
-    );
+    assert_eq!(std::fs::read(&state.image_file).unwrap().len(), data.len());
     handle.unmount().unwrap();
 
     // The FUSE file itself in a directory anyone may walk: still root's only.

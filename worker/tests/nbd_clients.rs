@@ -666,7 +666,8 @@ async fn unix_socket_raw_and_stale_socket() {
     let listen = format!("unix:{}", sock.display());
     let srv = Running::start(f.image.clone(), &listen, NbdOptions::new(NAME)).await;
     // Only the owner may connect: NBD has no authentication.
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
     // A second server on a live socket is refused.
     assert!(matches!(
