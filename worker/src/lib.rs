@@ -106,8 +106,8 @@ pub use image::{
 };
 #[cfg(feature = "fuse")]
 pub use mount::{
-    DEFAULT_KERNEL_READAHEAD_KB, DEFAULT_STATE_DIR, MountHandle, MountOptions, MountState,
-    ProfileTarget, is_mount_point, mount, mounts, state_path, unmount,
+    DEFAULT_KERNEL_READAHEAD_KB, DEFAULT_REQUEST_TIMEOUT, DEFAULT_STATE_DIR, MountHandle,
+    MountOptions, MountState, ProfileTarget, is_mount_point, mount, mounts, state_path, unmount,
 };
 pub use source::{ChunkSource, Fault, Fetched, MemorySource, TierId};
 pub use stats::{Percentiles, Stats, TierStats};

@@ -74,7 +74,22 @@ pub struct MountOptions {
     /// out by a profile (a hot region) wants 0, when recording the profile and
     /// when mounting: readahead in file order reaches the cold copies.
     pub kernel_readahead_kb: Option<u32>,
+    /// How long the kernel lets a FUSE request wait for this daemon before
+    /// it aborts the connection (Linux >= 6.14, FUSE_REQUEST_TIMEOUT): with
+    /// the daemon hung (stopped, deadlocked), readers then fail with an
+    /// error instead of hanging in D state, and every later read of the
+    /// mount fails too (the connection is gone; `lode umount` and a new
+    /// mount recover). Whole seconds; the kernel checks every 15 s and
+    /// raises a shorter timeout to that, and caps it at
+    /// `/proc/sys/fs/fuse/max_request_timeout` when set. Must exceed the
+    /// slowest honest read (a store timeout plus retries). `None`: no
+    /// timeout of ours (the kernel's `default_request_timeout`, if any,
+    /// applies). Default [`DEFAULT_REQUEST_TIMEOUT`].
+    pub request_timeout: Option<Duration>,
 }
+
+/// Default [`MountOptions::request_timeout`]: 60 s.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where and for which manifest a mount writes its prefetch profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +132,7 @@ impl Default for MountOptions {
             ext4_data: "noload,inode_readahead_blks=0".into(),
             record_profile: None,
             kernel_readahead_kb: Some(DEFAULT_KERNEL_READAHEAD_KB),
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
         }
     }
 }
@@ -173,6 +189,12 @@ impl MountOptions {
     #[must_use]
     pub fn kernel_readahead_kb(mut self, kb: Option<u32>) -> Self {
         self.kernel_readahead_kb = kb;
+        self
+    }
+    /// Sets [`request_timeout`](Self::request_timeout) (`None` or zero: none).
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.request_timeout = timeout.filter(|t| !t.is_zero());
         self
     }
     /// Sets [`source_name`](Self::source_name).
@@ -301,7 +323,7 @@ pub fn mount(image: LazyImage, mountpoint: &Path, opts: &MountOptions) -> Result
     }
     config.n_threads = Some(opts.fuse_threads.max(1));
     config.clone_fd = opts.fuse_threads > 1;
-    let fs = ImageFs::new(image.clone(), &opts.file_name);
+    let fs = ImageFs::new(image.clone(), &opts.file_name, opts.request_timeout);
     let session = fuser::Session::new(fs, &fuse_dir, &config)
         .map_err(|e| Error::io("mounting FUSE at", &fuse_dir, e))?;
     let (tx, rx) = mpsc::channel();
