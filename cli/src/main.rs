@@ -121,6 +121,13 @@ enum Command {
         /// How long after mounting the profile records (e.g. 60s, 2m, 500ms)
         #[arg(long, default_value = "60s", requires = "record_profile")]
         profile_window: String,
+        /// Fail readers (EIO) instead of letting them hang when this daemon
+        /// leaves a request unanswered this long (e.g. 60s, 5m; 0: never).
+        /// The kernel then ends the whole mount: `lode umount` and mount
+        /// again. Linux >= 6.14; it checks every 15 s (a shorter value acts
+        /// as 15 s)
+        #[arg(long, value_name = "DURATION", default_value = "60s")]
+        request_timeout: String,
         #[command(flatten)]
         prefetch: PrefetchArgs,
     },
@@ -394,6 +401,7 @@ fn run(cli: Cli) -> Result<()> {
             kernel_readahead_kb,
             record_profile,
             profile_window,
+            request_timeout,
             prefetch,
         } => mount::mount(
             &settings,
@@ -409,6 +417,10 @@ fn run(cli: Cli) -> Result<()> {
                 kernel_readahead_kb,
                 record_profile,
                 profile_window: parse_duration(&profile_window).context("--profile-window")?,
+                request_timeout: mount::request_timeout(
+                    parse_duration(&request_timeout).context("--request-timeout")?,
+                )
+                .context("--request-timeout")?,
                 prefetch: prefetch.settings(),
                 crypto: provider(&cli.crypto)?,
             },

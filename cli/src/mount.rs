@@ -73,10 +73,26 @@ pub struct MountRequest {
     pub record_profile: Option<PathBuf>,
     /// How long after opening the recording runs.
     pub profile_window: Duration,
+    /// FUSE request timeout (`--request-timeout`); `None`: never.
+    pub request_timeout: Option<Duration>,
     /// Prefetch of a stored profile.
     pub prefetch: Prefetch,
     /// Crypto backend for opening chunks (`--crypto`).
     pub crypto: &'static dyn chunk_core::CryptoProvider,
+}
+
+/// The FUSE request timeout of `--request-timeout`: whole seconds (a part
+/// second rounds up), `None` for zero, at most 65535 s (the kernel's limit).
+pub fn request_timeout(t: Duration) -> Result<Option<Duration>> {
+    if t.is_zero() {
+        return Ok(None);
+    }
+    let secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
+    anyhow::ensure!(
+        secs <= u64::from(u16::MAX),
+        "{secs} s is longer than the kernel allows (65535 s)"
+    );
+    Ok(Some(Duration::from_secs(secs)))
 }
 
 /// Mounts; as a daemon unless `foreground`, returning once the mount is ready.
@@ -155,6 +171,7 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
             .stats_path(req.stats.clone())
             .record_profile(target)
             .kernel_readahead_kb(Some(readahead_kb))
+            .request_timeout(req.request_timeout)
             .source_name(format!("lode:{}", req.name));
         let handle = {
             let _guard = rt.enter();
@@ -352,6 +369,20 @@ fn socket_file_stem(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_timeout_is_whole_seconds_zero_none() {
+        assert_eq!(request_timeout(Duration::ZERO).unwrap(), None);
+        assert_eq!(
+            request_timeout(Duration::from_millis(1500)).unwrap(),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            request_timeout(Duration::from_secs(60)).unwrap(),
+            Some(Duration::from_secs(60))
+        );
+        assert!(request_timeout(Duration::from_secs(65536)).is_err());
+    }
 
     #[test]
     fn socket_names_stay_in_their_directory() {
