@@ -1,5 +1,6 @@
 //! L1 on local disk.
 
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -17,6 +18,9 @@ const MAGIC: &[u8; 4] = b"LDT1";
 /// magic, key length (u32), value length (u64), checksum (u64), all little endian.
 const HEADER: usize = 4 + 4 + 8 + 8;
 const MAX_KEY: usize = 64 * 1024;
+/// A tier rescans its directory for other tiers' files each time it has put
+/// this fraction of its capacity.
+const RESCAN_FRACTION: u64 = 8;
 
 /// Files in a directory, bounded in bytes, least recently read evicted first.
 ///
@@ -31,11 +35,13 @@ const MAX_KEY: usize = 64 * 1024;
 /// - Several `DiskTier`s, in one process or several (two daemons of one
 ///   host), may share a directory: opening never touches the temp files of
 ///   a live writer, so no fill in flight is broken, and a value is written
-///   whole under its name by whichever put renames last. The byte bound is
-///   kept per `DiskTier`: each counts what it found at open plus what it put
-///   (a file another one evicted is a miss, then refetched), so N tiers on
-///   one directory may hold up to N times the capacity; give each its own
-///   directory, or share with that in mind.
+///   whole under its name by whichever put renames last. Each tier counts
+///   what it found at open plus what it put, and each time it has put an
+///   eighth of its capacity it rescans the directory, counting the files
+///   others added and forgetting those they evicted, then evicts down to
+///   its capacity: with N tiers of equal capacity on one directory, it holds
+///   at most about the capacity plus N eighths of it. Recency is each
+///   tier's own (another tier's files count as just used when found).
 /// - [`DiskTier::open`] rescans the directory, so the cache survives a
 ///   restart; recency comes from file modification times, which reads update.
 /// - A value larger than the whole capacity is not cached (the put succeeds).
@@ -52,6 +58,9 @@ struct DiskInner {
     sync: bool,
     next_gen: AtomicU64,
     corrupt_dropped: AtomicU64,
+    /// Bytes put since the directory was last rescanned for the files of
+    /// other tiers sharing it.
+    put_since_rescan: AtomicU64,
     index: Mutex<Index>,
 }
 
@@ -178,6 +187,7 @@ impl DiskTier {
             sync: false,
             next_gen: AtomicU64::new(generation + 1),
             corrupt_dropped: AtomicU64::new(0),
+            put_since_rescan: AtomicU64::new(0),
             index: Mutex::new(index),
         });
         let victims = inner.evict_over_budget();
@@ -241,6 +251,58 @@ impl DiskTier {
     /// Where the file of `key` lives.
     pub fn path_of<K: CacheKey>(&self, key: &K) -> PathBuf {
         self.inner.path_of(key.as_bytes())
+    }
+
+    /// Brings the index in line with the directory, which other tiers (other
+    /// processes) may share: files they added are counted (as most recently
+    /// used), files they evicted are forgotten. Then the byte bound holds
+    /// for the directory as a whole, not only for this tier's own puts.
+    async fn account_shared_files(&self) {
+        let inner = Arc::clone(&self.inner);
+        let known: HashMap<PathBuf, Box<[u8]>> = inner
+            .index()
+            .lru
+            .iter()
+            .map(|(k, _)| (inner.path_of(k), k.clone()))
+            .collect();
+        let dir = inner.dir.join("objects");
+        let listed = tokio::task::spawn_blocking(move || {
+            let mut seen = HashSet::new();
+            let mut added = Vec::new();
+            for path in list_objects(&dir) {
+                if known.contains_key(&path) {
+                    seen.insert(path);
+                } else if let Ok(Some((key, size, _))) = scan_file(&path)
+                    && path.file_name().and_then(|n| n.to_str())
+                        == Some(&*crate::key::default_storage_name(&key))
+                {
+                    added.push((key, size));
+                }
+            }
+            let gone: Vec<Box<[u8]>> = known
+                .into_iter()
+                .filter(|(p, _)| !seen.contains(p))
+                .map(|(_, k)| k)
+                .collect();
+            (added, gone)
+        })
+        .await;
+        let Ok((added, gone)) = listed else {
+            return;
+        };
+        let mut idx = inner.index();
+        for key in gone {
+            if let Some(e) = idx.lru.pop(&key) {
+                idx.used -= e.size;
+            }
+        }
+        for (key, size) in added {
+            if !idx.lru.contains(&key) {
+                let generation = inner.next_gen.fetch_add(1, Relaxed);
+                idx.lru.put(key, Entry { size, generation });
+                idx.used += size;
+            }
+        }
     }
 
     async fn delete_files(&self, victims: Vec<PathBuf>) {
@@ -416,6 +478,23 @@ fn scan(dir: &Path) -> Result<Vec<Found>> {
     Ok(found)
 }
 
+/// Every file under `objects/<fan>/` (unreadable directories are skipped:
+/// this only refreshes accounting).
+fn list_objects(objects: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(fans) = fs::read_dir(objects) else {
+        return out;
+    };
+    for fan in fans.flatten() {
+        if fan.file_type().is_ok_and(|t| t.is_dir())
+            && let Ok(files) = fs::read_dir(fan.path())
+        {
+            out.extend(files.flatten().map(|f| f.path()));
+        }
+    }
+    out
+}
+
 fn scan_file(path: &Path) -> io::Result<Option<Found>> {
     let mut f = fs::File::open(path)?;
     let meta = f.metadata()?;
@@ -527,6 +606,11 @@ impl<K: CacheKey> Tier<K, Bytes> for DiskTier {
                 idx.used -= old.size;
             }
             idx.used += size;
+        }
+        let written = inner.put_since_rescan.fetch_add(size, Relaxed) + size;
+        if written >= inner.capacity / RESCAN_FRACTION {
+            inner.put_since_rescan.store(0, Relaxed);
+            self.account_shared_files().await;
         }
         let victims = inner.evict_over_budget();
         self.delete_files(victims).await;
@@ -700,6 +784,44 @@ mod tests {
                     .as_ref(),
                 Some(&value)
             );
+        }
+    }
+
+    fn bytes_under(dir: &Path) -> u64 {
+        list_objects(&dir.join("objects"))
+            .iter()
+            .map(|p| fs::metadata(p).map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_holds_across_tiers_sharing_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = (HEADER + 3 + 1000) as u64;
+        let capacity = 16 * entry;
+        let a = DiskTier::open(dir.path(), capacity).await.unwrap();
+        let b = DiskTier::open(dir.path(), capacity).await.unwrap();
+        for i in 0..64 {
+            let (t, k) = if i % 2 == 0 { (&a, "a") } else { (&b, "b") };
+            Tier::put(t, &format!("{k}{i:02}"), Bytes::from(vec![1u8; 1000]))
+                .await
+                .unwrap();
+        }
+        let on_disk = bytes_under(dir.path());
+        // Each tier rescans every 2 entries: 16 + 2 per tier at most.
+        assert!(
+            on_disk <= capacity + 2 * (capacity / RESCAN_FRACTION + entry),
+            "{} entries on disk for a capacity of 16",
+            on_disk / entry
+        );
+        // After a rescan, what each tier counts is on disk (it forgot what
+        // the other evicted) and within its capacity.
+        for t in [&a, &b] {
+            t.account_shared_files().await;
+            assert!(t.used_bytes() <= on_disk);
+            for k in t.keys() {
+                assert!(t.inner.path_of(&k).exists(), "{k:?} counted but gone");
+            }
         }
     }
 }
