@@ -1,5 +1,6 @@
 //! L1 on local disk.
 
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -17,6 +18,9 @@ const MAGIC: &[u8; 4] = b"LDT1";
 /// magic, key length (u32), value length (u64), checksum (u64), all little endian.
 const HEADER: usize = 4 + 4 + 8 + 8;
 const MAX_KEY: usize = 64 * 1024;
+/// A tier rescans its directory for other tiers' files each time it has put
+/// this fraction of its capacity.
+const RESCAN_FRACTION: u64 = 8;
 
 /// Files in a directory, bounded in bytes, least recently read evicted first.
 ///
@@ -25,8 +29,19 @@ const MAX_KEY: usize = 64 * 1024;
 ///   value), the key and the value. A read checks length and checksum; a
 ///   truncated or corrupt file (or one holding another key) is deleted and
 ///   reported as a miss, never returned.
-/// - Writes go to `tmp/` and are renamed into place, so a crash leaves either
-///   the whole file or none (plus a temp file that the next open removes).
+/// - Writes go to `tmp/<pid>-<start time>.<random>` and are renamed into
+///   place, so a crash leaves either the whole file or none (plus a temp file
+///   that the next open removes once its writer is gone).
+/// - Several `DiskTier`s, in one process or several (two daemons of one
+///   host), may share a directory: opening never touches the temp files of
+///   a live writer, so no fill in flight is broken, and a value is written
+///   whole under its name by whichever put renames last. Each tier counts
+///   what it found at open plus what it put, and each time it has put an
+///   eighth of its capacity it rescans the directory, counting the files
+///   others added and forgetting those they evicted, then evicts down to
+///   its capacity: with N tiers of equal capacity on one directory, it holds
+///   at most about the capacity plus N eighths of it. Recency is each
+///   tier's own (another tier's files count as just used when found).
 /// - [`DiskTier::open`] rescans the directory, so the cache survives a
 ///   restart; recency comes from file modification times, which reads update.
 /// - A value larger than the whole capacity is not cached (the put succeeds).
@@ -43,6 +58,9 @@ struct DiskInner {
     sync: bool,
     next_gen: AtomicU64,
     corrupt_dropped: AtomicU64,
+    /// Bytes put since the directory was last rescanned for the files of
+    /// other tiers sharing it.
+    put_since_rescan: AtomicU64,
     index: Mutex<Index>,
 }
 
@@ -169,6 +187,7 @@ impl DiskTier {
             sync: false,
             next_gen: AtomicU64::new(generation + 1),
             corrupt_dropped: AtomicU64::new(0),
+            put_since_rescan: AtomicU64::new(0),
             index: Mutex::new(index),
         });
         let victims = inner.evict_over_budget();
@@ -234,6 +253,58 @@ impl DiskTier {
         self.inner.path_of(key.as_bytes())
     }
 
+    /// Brings the index in line with the directory, which other tiers (other
+    /// processes) may share: files they added are counted (as most recently
+    /// used), files they evicted are forgotten. Then the byte bound holds
+    /// for the directory as a whole, not only for this tier's own puts.
+    async fn account_shared_files(&self) {
+        let inner = Arc::clone(&self.inner);
+        let known: HashMap<PathBuf, Box<[u8]>> = inner
+            .index()
+            .lru
+            .iter()
+            .map(|(k, _)| (inner.path_of(k), k.clone()))
+            .collect();
+        let dir = inner.dir.join("objects");
+        let listed = tokio::task::spawn_blocking(move || {
+            let mut seen = HashSet::new();
+            let mut added = Vec::new();
+            for path in list_objects(&dir) {
+                if known.contains_key(&path) {
+                    seen.insert(path);
+                } else if let Ok(Some((key, size, _))) = scan_file(&path)
+                    && path.file_name().and_then(|n| n.to_str())
+                        == Some(&*crate::key::default_storage_name(&key))
+                {
+                    added.push((key, size));
+                }
+            }
+            let gone: Vec<Box<[u8]>> = known
+                .into_iter()
+                .filter(|(p, _)| !seen.contains(p))
+                .map(|(_, k)| k)
+                .collect();
+            (added, gone)
+        })
+        .await;
+        let Ok((added, gone)) = listed else {
+            return;
+        };
+        let mut idx = inner.index();
+        for key in gone {
+            if let Some(e) = idx.lru.pop(&key) {
+                idx.used -= e.size;
+            }
+        }
+        for (key, size) in added {
+            if !idx.lru.contains(&key) {
+                let generation = inner.next_gen.fetch_add(1, Relaxed);
+                idx.lru.put(key, Entry { size, generation });
+                idx.used += size;
+            }
+        }
+    }
+
     async fn delete_files(&self, victims: Vec<PathBuf>) {
         if victims.is_empty() {
             return;
@@ -292,8 +363,80 @@ impl DiskInner {
     }
 }
 
-/// Lists valid-looking files (header and length), removes temp files and
-/// files that cannot be ours; returns (key, size, mtime) oldest first.
+/// This process's start time (clock ticks after boot, field 22 of
+/// `/proc/<pid>/stat`), named in its temp files so that a reused pid is not
+/// mistaken for their writer.
+fn own_start() -> u64 {
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| process_start(std::process::id()).unwrap_or(0))
+}
+
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// The name of a temp file of this process: `<pid>-<start time>.<random>`.
+fn temp_name() -> String {
+    format!(
+        "{}-{}.{:016x}",
+        std::process::id(),
+        own_start(),
+        fastrand::u64(..)
+    )
+}
+
+/// Whether the temp file `name` may belong to a write still in flight: its
+/// writer (pid and start time from the name; a name of an older version,
+/// `<pid>.<random>`, has no start time) is still running.
+fn temp_writer_alive(name: &str) -> bool {
+    let Some((writer, _)) = name.split_once('.') else {
+        return false;
+    };
+    let (pid, start) = match writer.split_once('-') {
+        Some((pid, start)) => (pid, start.parse::<u64>().ok()),
+        None => (writer, None),
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    match (process_start(pid), start) {
+        (None, _) => false,
+        (Some(now), Some(then)) => then == 0 || now == then,
+        (Some(_), None) => true,
+    }
+}
+
+/// Removes the temp files whose writer is gone (a crash mid-write). Those of
+/// live processes (another `DiskTier` on this directory, in this process or
+/// another) are their fills in flight and stay.
+fn remove_dead_temp_files(tmp: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(tmp)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(temp_writer_alive) {
+            let path = entry.path();
+            let gone = if entry.file_type()?.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            match gone {
+                Ok(()) => {}
+                // Its writer or another opener removed it first.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lists valid-looking files (header and length), removes the temp files of
+/// dead writers and files that cannot be ours; returns (key, size, mtime)
+/// oldest first.
 /// A file found by a rescan: key bytes, file size, modification time.
 type Found = (Box<[u8]>, u64, SystemTime);
 
@@ -301,10 +444,8 @@ fn scan(dir: &Path) -> Result<Vec<Found>> {
     let err = |op, source| io_err("disk", &dir.display().to_string(), op, source);
     fs::create_dir_all(dir.join("objects")).map_err(|e| err("create", e))?;
     let tmp = dir.join("tmp");
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(|e| err("clean temp", e))?;
-    }
     fs::create_dir_all(&tmp).map_err(|e| err("create", e))?;
+    remove_dead_temp_files(&tmp).map_err(|e| err("clean temp", e))?;
     let mut found = Vec::new();
     for fan in fs::read_dir(dir.join("objects")).map_err(|e| err("scan", e))? {
         let fan = fan.map_err(|e| err("scan", e))?;
@@ -335,6 +476,23 @@ fn scan(dir: &Path) -> Result<Vec<Found>> {
     }
     found.sort_by_key(|(_, _, m)| *m);
     Ok(found)
+}
+
+/// Every file under `objects/<fan>/` (unreadable directories are skipped:
+/// this only refreshes accounting).
+fn list_objects(objects: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(fans) = fs::read_dir(objects) else {
+        return out;
+    };
+    for fan in fans.flatten() {
+        if fan.file_type().is_ok_and(|t| t.is_dir())
+            && let Ok(files) = fs::read_dir(fan.path())
+        {
+            out.extend(files.flatten().map(|f| f.path()));
+        }
+    }
+    out
 }
 
 fn scan_file(path: &Path) -> io::Result<Option<Found>> {
@@ -410,11 +568,7 @@ impl<K: CacheKey> Tier<K, Bytes> for DiskTier {
         let kb: Box<[u8]> = kb.into();
         let name = key.storage_name().into_owned();
         let path = inner.path_of(&kb);
-        let tmp = inner.dir.join("tmp").join(format!(
-            "{}.{:016x}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
+        let tmp = inner.dir.join("tmp").join(temp_name());
         let sync = inner.sync;
         let k2 = kb.clone();
         tokio::task::spawn_blocking(move || -> io::Result<()> {
@@ -452,6 +606,11 @@ impl<K: CacheKey> Tier<K, Bytes> for DiskTier {
                 idx.used -= old.size;
             }
             idx.used += size;
+        }
+        let written = inner.put_since_rescan.fetch_add(size, Relaxed) + size;
+        if written >= inner.capacity / RESCAN_FRACTION {
+            inner.put_since_rescan.store(0, Relaxed);
+            self.account_shared_files().await;
         }
         let victims = inner.evict_over_budget();
         self.delete_files(victims).await;
@@ -563,5 +722,106 @@ mod tests {
         keys.sort();
         assert_eq!(keys, vec![b"a".to_vec(), b"c".to_vec(), b"d".to_vec()]);
         assert!(!t.path_of(&"b".to_string()).exists());
+    }
+
+    #[tokio::test]
+    async fn opening_spares_temp_files_of_live_writers_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = DiskTier::open(dir.path(), 1 << 20).await.unwrap();
+        let tmp = dir.path().join("tmp");
+        // A fill of this (live) process in flight.
+        let live = tmp.join(temp_name());
+        fs::write(&live, b"half a value").unwrap();
+        // A writer that is gone, in the old and the new naming.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let dead_old = tmp.join(format!("{dead_pid}.0123456789abcdef"));
+        let dead_new = tmp.join(format!("{dead_pid}-12345.0123456789abcdef"));
+        // This pid, but another start time: a writer whose pid was reused.
+        let reused = tmp.join(format!("{}-{}.00", std::process::id(), own_start() + 1));
+        let junk = tmp.join("junk");
+        for p in [&dead_old, &dead_new, &reused, &junk] {
+            fs::write(p, b"x").unwrap();
+        }
+        let _second = DiskTier::open(dir.path(), 1 << 20).await.unwrap();
+        assert!(live.exists(), "a live writer's temp file was removed");
+        for p in [&dead_old, &dead_new, &reused, &junk] {
+            assert!(!p.exists(), "{} left behind", p.display());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_tiers_on_one_dir_do_not_break_each_others_fills() {
+        let dir = tempfile::tempdir().unwrap();
+        let filler = DiskTier::open(dir.path(), 64 << 20).await.unwrap();
+        let path = dir.path().to_path_buf();
+        let opener = tokio::spawn(async move {
+            for _ in 0..50 {
+                DiskTier::open(&path, 64 << 20).await.unwrap();
+            }
+        });
+        let value = Bytes::from(vec![7u8; 256 << 10]);
+        let mut failed = Vec::new();
+        for i in 0..200 {
+            if let Err(e) = Tier::put(&filler, &format!("k{i}"), value.clone()).await {
+                failed.push(e.to_string());
+            }
+        }
+        opener.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} fills failed: {:?}",
+            failed.len(),
+            failed.first()
+        );
+        let reopened = DiskTier::open(dir.path(), 64 << 20).await.unwrap();
+        for i in 0..200 {
+            assert_eq!(
+                Tier::get(&reopened, &format!("k{i}"))
+                    .await
+                    .unwrap()
+                    .as_ref(),
+                Some(&value)
+            );
+        }
+    }
+
+    fn bytes_under(dir: &Path) -> u64 {
+        list_objects(&dir.join("objects"))
+            .iter()
+            .map(|p| fs::metadata(p).map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_holds_across_tiers_sharing_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = (HEADER + 3 + 1000) as u64;
+        let capacity = 16 * entry;
+        let a = DiskTier::open(dir.path(), capacity).await.unwrap();
+        let b = DiskTier::open(dir.path(), capacity).await.unwrap();
+        for i in 0..64 {
+            let (t, k) = if i % 2 == 0 { (&a, "a") } else { (&b, "b") };
+            Tier::put(t, &format!("{k}{i:02}"), Bytes::from(vec![1u8; 1000]))
+                .await
+                .unwrap();
+        }
+        let on_disk = bytes_under(dir.path());
+        // Each tier rescans every 2 entries: 16 + 2 per tier at most.
+        assert!(
+            on_disk <= capacity + 2 * (capacity / RESCAN_FRACTION + entry),
+            "{} entries on disk for a capacity of 16",
+            on_disk / entry
+        );
+        // After a rescan, what each tier counts is on disk (it forgot what
+        // the other evicted) and within its capacity.
+        for t in [&a, &b] {
+            t.account_shared_files().await;
+            assert!(t.used_bytes() <= on_disk);
+            for k in t.keys() {
+                assert!(t.inner.path_of(&k).exists(), "{k:?} counted but gone");
+            }
+        }
     }
 }

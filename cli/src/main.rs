@@ -121,6 +121,13 @@ enum Command {
         /// How long after mounting the profile records (e.g. 60s, 2m, 500ms)
         #[arg(long, default_value = "60s", requires = "record_profile")]
         profile_window: String,
+        /// Fail readers (EIO) instead of letting them hang when this daemon
+        /// leaves a request unanswered this long (e.g. 60s, 5m; 0: never).
+        /// The kernel then ends the whole mount: `lode umount` and mount
+        /// again. Linux >= 6.14; it checks every 15 s (a shorter value acts
+        /// as 15 s)
+        #[arg(long, value_name = "DURATION", default_value = "60s")]
+        request_timeout: String,
         #[command(flatten)]
         prefetch: PrefetchArgs,
     },
@@ -137,13 +144,16 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Serve an image read-only over NBD (TCP or unix:/path)
+    /// Serve an image read-only over NBD (a Unix socket only root can reach,
+    /// or TCP when asked)
     ServeNbd {
         /// Image name in the store
         name: String,
-        /// 127.0.0.1:10809 (default), HOST:PORT, or unix:/path/to/socket
-        #[arg(long, default_value = "127.0.0.1:10809")]
-        listen: String,
+        /// unix:/path/to/socket or HOST:PORT. Default: a Unix socket of mode
+        /// 0600 at /run/lode/nbd/NAME.sock (path printed). TCP has no
+        /// authentication: anyone who can connect reads the image
+        #[arg(long)]
+        listen: Option<String>,
         #[command(flatten)]
         prefetch: PrefetchArgs,
     },
@@ -395,6 +405,7 @@ fn run(cli: Cli) -> Result<()> {
             kernel_readahead_kb,
             record_profile,
             profile_window,
+            request_timeout,
             prefetch,
         } => mount::mount(
             &settings,
@@ -410,6 +421,10 @@ fn run(cli: Cli) -> Result<()> {
                 kernel_readahead_kb,
                 record_profile,
                 profile_window: parse_duration(&profile_window).context("--profile-window")?,
+                request_timeout: mount::request_timeout(
+                    parse_duration(&request_timeout).context("--request-timeout")?,
+                )
+                .context("--request-timeout")?,
                 prefetch: prefetch.settings(),
                 crypto: provider(&cli.crypto)?,
             },
@@ -429,7 +444,7 @@ fn run(cli: Cli) -> Result<()> {
         } => runtime()?.block_on(mount::serve_nbd(
             &settings,
             &name,
-            &listen,
+            listen.as_deref(),
             prefetch.settings(),
             provider(&cli.crypto)?,
         )),

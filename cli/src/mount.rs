@@ -73,10 +73,26 @@ pub struct MountRequest {
     pub record_profile: Option<PathBuf>,
     /// How long after opening the recording runs.
     pub profile_window: Duration,
+    /// FUSE request timeout (`--request-timeout`); `None`: never.
+    pub request_timeout: Option<Duration>,
     /// Prefetch of a stored profile.
     pub prefetch: Prefetch,
     /// Crypto backend for opening chunks (`--crypto`).
     pub crypto: &'static dyn chunk_core::CryptoProvider,
+}
+
+/// The FUSE request timeout of `--request-timeout`: whole seconds (a part
+/// second rounds up), `None` for zero, at most 65535 s (the kernel's limit).
+pub fn request_timeout(t: Duration) -> Result<Option<Duration>> {
+    if t.is_zero() {
+        return Ok(None);
+    }
+    let secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
+    anyhow::ensure!(
+        secs <= u64::from(u16::MAX),
+        "{secs} s is longer than the kernel allows (65535 s)"
+    );
+    Ok(Some(Duration::from_secs(secs)))
 }
 
 /// Mounts; as a daemon unless `foreground`, returning once the mount is ready.
@@ -155,6 +171,7 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
             .stats_path(req.stats.clone())
             .record_profile(target)
             .kernel_readahead_kb(Some(readahead_kb))
+            .request_timeout(req.request_timeout)
             .source_name(format!("lode:{}", req.name));
         let handle = {
             let _guard = rt.enter();
@@ -270,16 +287,30 @@ fn report_prefetch(name: &str, start: PrefetchStart) -> Option<u32> {
 pub async fn serve_nbd(
     settings: &Settings,
     name: &str,
-    listen: &str,
+    listen: Option<&str>,
     prefetch: Prefetch,
     crypto: &'static dyn chunk_core::CryptoProvider,
 ) -> Result<()> {
     use worker::nbd::{ListenAddr, NbdOptions, NbdServer};
     // The process will hold the image's keys: no core dumps, no ptrace.
     worker::make_undumpable()?;
-    let addr: ListenAddr = listen
-        .parse()
-        .with_context(|| format!("listen address {listen:?}"))?;
+    let addr = match listen {
+        Some(listen) => listen
+            .parse()
+            .with_context(|| format!("listen address {listen:?}"))?,
+        None => {
+            let dir = Path::new(worker::DEFAULT_STATE_DIR).join("nbd");
+            worker::create_private_dir(&dir)?;
+            ListenAddr::Unix(dir.join(format!("{}.sock", socket_file_stem(name))))
+        }
+    };
+    if let ListenAddr::Tcp(sa) = &addr {
+        eprintln!(
+            "lode: warning: NBD has no authentication: anyone who can connect to {sa} reads \
+             the decrypted image (the default, a Unix socket only root can reach, is safe)"
+        );
+    }
+    let listen = addr.to_string();
     let opened = open(
         settings,
         name,
@@ -321,9 +352,44 @@ pub async fn serve_nbd(
     Ok(())
 }
 
+/// An image name as a socket file name: characters other than ASCII
+/// letters, digits, `.`, `-` and `_` become `_` (names may hold `/` and `:`).
+fn socket_file_stem(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_timeout_is_whole_seconds_zero_none() {
+        assert_eq!(request_timeout(Duration::ZERO).unwrap(), None);
+        assert_eq!(
+            request_timeout(Duration::from_millis(1500)).unwrap(),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            request_timeout(Duration::from_secs(60)).unwrap(),
+            Some(Duration::from_secs(60))
+        );
+        assert!(request_timeout(Duration::from_secs(65536)).is_err());
+    }
+
+    #[test]
+    fn socket_names_stay_in_their_directory() {
+        assert_eq!(socket_file_stem("python-app:latest"), "python-app_latest");
+        assert_eq!(socket_file_stem("../etc/x"), ".._etc_x");
+        assert_eq!(socket_file_stem("a.b_c-d"), "a.b_c-d");
+    }
 
     #[test]
     fn kernel_readahead_flag_then_profile_then_default() {

@@ -133,3 +133,101 @@ fn missing_corrupt_or_unreadable_chunk_is_eio_and_a_log_line_naming_it() {
     // Nothing about the intact chunk.
     assert!(!text.contains(&format!("chunk_index={good_ix} ")), "{text}");
 }
+
+/// The pid of the daemon serving `mnt`, from its state file in /run/lode.
+fn daemon_pid(mnt: &Path) -> u32 {
+    for entry in std::fs::read_dir("/run/lode").expect("/run/lode") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let state: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).expect("state file"))
+                    .expect("state JSON");
+            if state["mountpoint"].as_str() == mnt.to_str() {
+                return state["pid"].as_u64().expect("pid") as u32;
+            }
+        }
+    }
+    panic!("no state file for {}", mnt.display());
+}
+
+fn kill(sig: &str, pid: u32) {
+    let st = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill {sig} {pid}");
+}
+
+#[test]
+fn a_stopped_daemon_fails_readers_after_request_timeout_and_umount_cleans_up() {
+    use std::time::{Duration, Instant};
+    if !oci_fixture::can_mount() {
+        return;
+    }
+    let env = Env::new();
+    let image = oci_image(
+        &env.dir.path().join("oci"),
+        &[vec![
+            ("small", b"hello".to_vec()),
+            ("data/blob", noise(12, 3 << 20)),
+        ]],
+    );
+    env.ok(&["push", &image, "--name", "hung", "--json"]);
+    let mnt = env.dir.path().join("mnt");
+    env.ok(&[
+        "mount",
+        "hung",
+        mnt.to_str().expect("utf-8"),
+        "--readahead-chunks",
+        "0",
+        "--request-timeout",
+        "3s",
+    ]);
+    let mounted = Mounted(&env, &mnt);
+    assert_eq!(std::fs::read(mnt.join("small")).expect("small"), b"hello");
+    let pid = daemon_pid(&mnt);
+
+    kill("-STOP", pid);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let blob = mnt.join("data/blob");
+    let t0 = Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read(blob));
+    });
+    // 3 s acts as the kernel's 15 s check period; it fires within two.
+    let result = rx.recv_timeout(Duration::from_secs(45));
+    let waited = t0.elapsed();
+    kill("-CONT", pid);
+    match result {
+        Err(_) => panic!("a reader still hangs after {waited:?}"),
+        Ok(Ok(v)) => panic!("the stopped daemon's mount returned {} bytes", v.len()),
+        Ok(Err(e)) => {
+            eprintln!("reader failed after {waited:?}: {e}");
+            assert_eq!(e.raw_os_error(), Some(libc_eio()), "{e}");
+        }
+    }
+
+    let out = env.run(&["umount", mnt.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "lode umount: {out:?}");
+    std::mem::forget(mounted);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(mnt.to_str().expect("utf-8")),
+        "still mounted: {mounts}"
+    );
+    let t1 = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))
+    {
+        assert!(
+            t1.elapsed() < Duration::from_secs(20),
+            "daemon {pid} still runs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// EIO (the tests do not depend on libc).
+fn libc_eio() -> i32 {
+    5
+}

@@ -37,17 +37,35 @@ fn nbdsh() -> Command {
 struct Server {
     child: Child,
     uri: String,
+    /// What it wrote to stderr so far (also passed on to ours).
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
-    fn start(env: &Env, name: &str, listen: &str) -> Self {
-        let mut child = env
-            .cmd()
-            .args(["serve-nbd", name, "--listen", listen])
+    /// `lode serve-nbd NAME [--listen LISTEN]`, once it printed its URI.
+    fn start(env: &Env, name: &str, listen: Option<&str>) -> Self {
+        let mut cmd = env.cmd();
+        cmd.args(["serve-nbd", name]);
+        if let Some(listen) = listen {
+            cmd.args(["--listen", listen]);
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("starting lode serve-nbd");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let pipe = child.stderr.take().expect("stderr");
+        let seen = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                let mut s = seen.lock().expect("stderr lock");
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
@@ -59,7 +77,11 @@ impl Server {
             .filter(|w| w.starts_with("nbd://") || w.starts_with("nbd+unix://"))
             .unwrap_or_else(|| panic!("serve-nbd printed no URI: {line:?}"))
             .to_owned();
-        Self { child, uri }
+        Self { child, uri, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
     }
 
     /// SIGTERM, then the exit status within 20 s.
@@ -207,14 +229,24 @@ fn serve_nbd_to_real_clients_over_tcp_and_unix() {
     let sha = sha_of(&pulled);
     assert!(size > 4 << 20, "image of {size} bytes");
 
-    let srv = Server::start(&env, "nbd-img", "127.0.0.1:0");
+    let srv = Server::start(&env, "nbd-img", Some("127.0.0.1:0"));
     assert!(srv.uri.starts_with("nbd://127.0.0.1:"), "{}", srv.uri);
+    // TCP only when asked, and never without a warning.
+    let warned = Instant::now();
+    while !srv.stderr().contains("NBD has no authentication") {
+        assert!(
+            warned.elapsed() < Duration::from_secs(10),
+            "no warning on TCP: {:?}",
+            srv.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     check_clients(env.dir.path(), &srv.uri, size, &sha, "tcp");
     let st = srv.stop();
     assert!(st.success(), "serve-nbd exited with {st} on SIGTERM");
 
     let sock = env.dir.path().join("nbd.sock");
-    let srv = Server::start(&env, "nbd-img", &format!("unix:{}", sock.display()));
+    let srv = Server::start(&env, "nbd-img", Some(&format!("unix:{}", sock.display())));
     assert!(
         srv.uri.starts_with("nbd+unix:///nbd-img?socket="),
         "{}",
@@ -223,4 +255,66 @@ fn serve_nbd_to_real_clients_over_tcp_and_unix() {
     check_clients(env.dir.path(), &srv.uri, size, &sha, "unix");
     let st = srv.stop();
     assert!(st.success(), "serve-nbd exited with {st} on SIGTERM");
+}
+
+/// `nbdinfo --size URI` as user `nobody`: (succeeded, stderr).
+fn nobody_nbdinfo(uri: &str) -> (bool, String) {
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .args(["nbdinfo", "--size", uri])
+        .output()
+        .expect("running setpriv (util-linux)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn default_listen_is_a_unix_socket_only_root_reaches() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let tools = runs(Command::new("nbdinfo").arg("--version"))
+        && runs(Command::new("setpriv").arg("--version"));
+    if !require(
+        tools && oci_fixture::is_root(),
+        "needs root, nbdinfo (libnbd-bin) and setpriv (util-linux)",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let image = oci_image(
+        &env.dir.path().join("oci"),
+        &[vec![("app/blob", noise(23, 1 << 20))]],
+    );
+    let name = format!("nbd-default-{}", std::process::id());
+    env.ok(&["push", &image, "--name", &name, "--json"]);
+    let srv = Server::start(&env, &name, None);
+    let sock = format!("/run/lode/nbd/{name}.sock");
+    assert!(
+        srv.uri.starts_with("nbd+unix:///") && srv.uri.ends_with(&format!("socket={sock}")),
+        "{}",
+        srv.uri
+    );
+    let meta = std::fs::metadata(&sock).expect("socket file");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let dir = std::fs::metadata("/run/lode/nbd").expect("socket directory");
+    assert_eq!(dir.permissions().mode() & 0o777, 0o700);
+    // Root is served; `nobody` cannot even connect.
+    let out = Command::new("nbdinfo")
+        .args(["--size", &srv.uri])
+        .output()
+        .expect("nbdinfo");
+    assert!(out.status.success(), "{out:?}");
+    let (ok, err) = nobody_nbdinfo(&srv.uri);
+    assert!(!ok, "nobody connected to {}", srv.uri);
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(
+        !srv.stderr().contains("no authentication"),
+        "{}",
+        srv.stderr()
+    );
+    let st = srv.stop();
+    assert!(st.success(), "serve-nbd exited with {st} on SIGTERM");
+    assert!(!Path::new(&sock).exists(), "socket file removed on exit");
 }

@@ -21,13 +21,18 @@ const MAX_REQUEST: u32 = 1 << 20;
 
 pub(crate) struct ImageFs {
     image: LazyImage,
+    /// Asked of the kernel at FUSE_INIT (seconds; 0: none).
+    request_timeout: u16,
     name: OsString,
     root: FileAttr,
     file: FileAttr,
 }
 
 impl ImageFs {
-    pub(crate) fn new(image: LazyImage, name: &str) -> Self {
+    /// The file system of `image` as the file `name`; the kernel is asked
+    /// to abort the connection when a request waits `request_timeout`
+    /// (whole seconds, at most 65535; `None` or zero: never).
+    pub(crate) fn new(image: LazyImage, name: &str, request_timeout: Option<Duration>) -> Self {
         let now = SystemTime::now();
         let attr = |ino, kind, perm, size, nlink| FileAttr {
             ino,
@@ -47,9 +52,14 @@ impl ImageFs {
             flags: 0,
         };
         Self {
-            root: attr(INodeNo::ROOT, FileType::Directory, 0o555, 0, 2),
-            file: attr(FILE_INO, FileType::RegularFile, 0o444, image.size(), 1),
+            // Root only: the file is the whole decrypted image. Other users
+            // read the image's files through the kernel's ext4 on the loop
+            // device, which applies the image's own permissions.
+            root: attr(INodeNo::ROOT, FileType::Directory, 0o500, 0, 2),
+            file: attr(FILE_INO, FileType::RegularFile, 0o400, image.size(), 1),
             name: name.into(),
+            request_timeout: request_timeout
+                .map_or(0, |t| u16::try_from(t.as_secs()).unwrap_or(u16::MAX)),
             image,
         }
     }
@@ -67,6 +77,18 @@ impl Filesystem for ImageFs {
         // Let many readahead requests be in flight at once (the default is 12).
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        if self.request_timeout > 0 {
+            match config.set_request_timeout(self.request_timeout) {
+                Ok(()) => tracing::debug!(
+                    seconds = self.request_timeout,
+                    "FUSE request timeout set: a request unanswered that long aborts the connection"
+                ),
+                Err(_) => tracing::warn!(
+                    seconds = self.request_timeout,
+                    "the kernel has no FUSE request timeout (Linux >= 6.14): readers wait for a hung daemon"
+                ),
+            }
+        }
         Ok(())
     }
 

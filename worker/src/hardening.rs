@@ -1,6 +1,8 @@
 //! Process hardening for the long-running processes that hold keys (the
 //! mount daemon, the NBD server).
 
+use std::path::Path;
+
 use crate::error::{Error, Result};
 
 /// Marks this process not dumpable (`prctl(PR_SET_DUMPABLE, 0)`): no core
@@ -37,11 +39,42 @@ pub fn is_dumpable() -> Result<bool> {
     }
 }
 
+/// Creates `dir` (and its parents) if missing and makes it mode 0700, for
+/// what only root may reach: the mount state directory (`/run/lode`) holds
+/// the FUSE mounts whose files are whole decrypted images, and the default
+/// NBD sockets live in `/run/lode/nbd`. An existing directory (one made by
+/// an older version with mode 0755) is tightened too.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("creating directory", dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io("restricting to its owner (mode 0700)", dir, e))
+}
+
 #[cfg(test)]
 mod tests {
     use std::process::Command;
 
     use super::*;
+
+    #[test]
+    fn private_dir_is_0700_even_when_it_existed_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let fresh = tmp.path().join("a/b");
+        create_private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        let old = tmp.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&old).unwrap();
+        assert_eq!(mode(&old), 0o700);
+    }
 
     const CHILD_ENV: &str = "LODE_WORKER_TEST_UNDUMPABLE_CHILD";
 

@@ -99,15 +99,15 @@ pub use daemon::{Daemon, DaemonOptions, Readiness, spawn_daemon};
 pub use error::{
     ChunkError, Error, MountProblem, ProfileMismatch, ProfileProblem, Result, SourceError,
 };
-pub use hardening::{is_dumpable, make_undumpable};
+pub use hardening::{create_private_dir, is_dumpable, make_undumpable};
 pub use image::{
     BLOCK_SIZE, BlockLog, BlockRun, ChunkAccess, ChunkTable, LazyImage, LazyImageOptions,
     MaterializeReport, PrefetchReport, Verify,
 };
 #[cfg(feature = "fuse")]
 pub use mount::{
-    DEFAULT_KERNEL_READAHEAD_KB, DEFAULT_STATE_DIR, MountHandle, MountOptions, MountState,
-    ProfileTarget, is_mount_point, mount, mounts, state_path, unmount,
+    DEFAULT_KERNEL_READAHEAD_KB, DEFAULT_REQUEST_TIMEOUT, DEFAULT_STATE_DIR, MountHandle,
+    MountOptions, MountState, ProfileTarget, is_mount_point, mount, mounts, state_path, unmount,
 };
 pub use source::{ChunkSource, Fault, Fetched, MemorySource, TierId};
 pub use stats::{Percentiles, Stats, TierStats};

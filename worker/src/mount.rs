@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::LazyImage;
 use crate::error::{Chain, Error, MountProblem, Result};
 use crate::fuse::ImageFs;
+use crate::hardening::create_private_dir;
 use crate::loopdev::LoopDevice;
 use crate::profile::{BlockMap, Profile};
 
@@ -43,7 +44,10 @@ pub struct MountOptions {
     pub source_name: String,
     /// FUSE request threads (reads themselves run on the tokio runtime).
     pub fuse_threads: usize,
-    /// Let other users read the FUSE file (`allow_other`).
+    /// Let other users reach the FUSE file system (`allow_other`). Default
+    /// off: only root (the mounting user) reaches it; the loop device reads
+    /// the file as root. Even with it, the file is mode 0400 owned by root
+    /// and the kernel checks that (`default_permissions`).
     pub allow_other: bool,
     /// ext4 mount data. Default `noload,inode_readahead_blks=0`: `noload`
     /// never replays a journal on a read-only image; without inode-table
@@ -70,7 +74,22 @@ pub struct MountOptions {
     /// out by a profile (a hot region) wants 0, when recording the profile and
     /// when mounting: readahead in file order reaches the cold copies.
     pub kernel_readahead_kb: Option<u32>,
+    /// How long the kernel lets a FUSE request wait for this daemon before
+    /// it aborts the connection (Linux >= 6.14, FUSE_REQUEST_TIMEOUT): with
+    /// the daemon hung (stopped, deadlocked), readers then fail with an
+    /// error instead of hanging in D state, and every later read of the
+    /// mount fails too (the connection is gone; `lode umount` and a new
+    /// mount recover). Whole seconds; the kernel checks every 15 s and
+    /// raises a shorter timeout to that, and caps it at
+    /// `/proc/sys/fs/fuse/max_request_timeout` when set. Must exceed the
+    /// slowest honest read (a store timeout plus retries). `None`: no
+    /// timeout of ours (the kernel's `default_request_timeout`, if any,
+    /// applies). Default [`DEFAULT_REQUEST_TIMEOUT`].
+    pub request_timeout: Option<Duration>,
 }
+
+/// Default [`MountOptions::request_timeout`]: 60 s.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where and for which manifest a mount writes its prefetch profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,10 +128,11 @@ impl Default for MountOptions {
             stats_path: None,
             source_name: "lode".into(),
             fuse_threads: 2,
-            allow_other: true,
+            allow_other: false,
             ext4_data: "noload,inode_readahead_blks=0".into(),
             record_profile: None,
             kernel_readahead_kb: Some(DEFAULT_KERNEL_READAHEAD_KB),
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
         }
     }
 }
@@ -169,6 +189,12 @@ impl MountOptions {
     #[must_use]
     pub fn kernel_readahead_kb(mut self, kb: Option<u32>) -> Self {
         self.kernel_readahead_kb = kb;
+        self
+    }
+    /// Sets [`request_timeout`](Self::request_timeout) (`None` or zero: none).
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.request_timeout = timeout.filter(|t| !t.is_zero());
         self
     }
     /// Sets [`source_name`](Self::source_name).
@@ -256,8 +282,7 @@ pub fn mount(image: LazyImage, mountpoint: &Path, opts: &MountOptions) -> Result
             problem: MountProblem::NotADirectory,
         });
     }
-    std::fs::create_dir_all(&opts.state_dir)
-        .map_err(|e| Error::io("creating state directory", &opts.state_dir, e))?;
+    create_private_dir(&opts.state_dir)?;
     let key = key_of(&mountpoint);
     let state_path = opts.state_dir.join(format!("{key}.json"));
     if let Ok(old) = read_state(&state_path) {
@@ -278,7 +303,7 @@ pub fn mount(image: LazyImage, mountpoint: &Path, opts: &MountOptions) -> Result
         (absolute(dir)?, false)
     } else {
         let dir = opts.state_dir.join(format!("{key}.fuse"));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        create_private_dir(&dir)?;
         (dir, true)
     };
     let image_file = fuse_dir.join(&opts.file_name);
@@ -288,6 +313,8 @@ pub fn mount(image: LazyImage, mountpoint: &Path, opts: &MountOptions) -> Result
         fuser::MountOption::RO,
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
+        // The kernel checks the file's mode (0400, root) on every access.
+        fuser::MountOption::DefaultPermissions,
         fuser::MountOption::FSName(opts.source_name.clone()),
         fuser::MountOption::Subtype("lode".into()),
     ];
@@ -296,7 +323,7 @@ pub fn mount(image: LazyImage, mountpoint: &Path, opts: &MountOptions) -> Result
     }
     config.n_threads = Some(opts.fuse_threads.max(1));
     config.clone_fd = opts.fuse_threads > 1;
-    let fs = ImageFs::new(image.clone(), &opts.file_name);
+    let fs = ImageFs::new(image.clone(), &opts.file_name, opts.request_timeout);
     let session = fuser::Session::new(fs, &fuse_dir, &config)
         .map_err(|e| Error::io("mounting FUSE at", &fuse_dir, e))?;
     let (tx, rx) = mpsc::channel();

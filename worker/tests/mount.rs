@@ -237,6 +237,8 @@ fn file_only_mount_serves_the_exact_image() {
 
 const CHILD_ENV: &str = "LODE_WORKER_TEST_CHILD";
 const DAEMONIZE_ENV: &str = "LODE_WORKER_TEST_DAEMONIZE";
+/// The daemon's FUSE request timeout in seconds.
+const REQUEST_TIMEOUT_ENV: &str = "LODE_WORKER_TEST_REQUEST_TIMEOUT";
 /// The daemon exits with status 3 without reporting.
 const EXIT_EARLY_ENV: &str = "LODE_WORKER_TEST_EXIT_EARLY";
 
@@ -372,9 +374,12 @@ fn daemon_child() {
         rt.handle().clone(),
     )
     .unwrap();
-    let opts = MountOptions::default()
+    let mut opts = MountOptions::default()
         .state_dir(dir.join("state"))
         .stats_path(Some(dir.join("stats.json")));
+    if let Ok(secs) = std::env::var(REQUEST_TIMEOUT_ENV) {
+        opts = opts.request_timeout(Some(Duration::from_secs(secs.parse().unwrap())));
+    }
     let mnt = std::env::var_os("LODE_WORKER_TEST_MNT").map_or(dir.join("mnt"), PathBuf::from);
     let handle = match (worker::mount(image, &mnt, &opts), readiness) {
         (Ok(h), Some(r)) => {
@@ -411,6 +416,10 @@ impl Drop for Daemon {
 }
 
 fn start_daemon(dir: &Path) -> Daemon {
+    start_daemon_with(dir, &[])
+}
+
+fn start_daemon_with(dir: &Path, env: &[(&str, &str)]) -> Daemon {
     std::fs::create_dir_all(dir.join("mnt")).unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -421,6 +430,7 @@ fn start_daemon(dir: &Path) -> Daemon {
             "--test-threads=1",
         ])
         .env(CHILD_ENV, dir)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -541,6 +551,78 @@ fn killed_daemon_fails_reads_quickly_and_unmount_cleans_up() {
     );
 }
 
+/// Sends `signal` to `pid`.
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) with plain integers, to our own child.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
+}
+
+#[test]
+fn hung_daemon_fails_readers_after_the_request_timeout_and_unmount_cleans_up() {
+    if unavailable(true) {
+        return;
+    }
+    // The kernel checks for expired requests every 15 s and raises a shorter
+    // timeout to that (FUSE_TIMEOUT_TIMER_FREQ): a 3 s timeout fires after
+    // 15 to 30 s.
+    const TIMEOUT_S: u64 = 3;
+    const KERNEL_PERIOD_S: u64 = 15;
+    let tmp = tempfile::tempdir().unwrap();
+    let files = prepare(tmp.path());
+    let daemon = start_daemon_with(tmp.path(), &[(REQUEST_TIMEOUT_ENV, "3")]);
+    let mnt = tmp.path().join("mnt");
+    let state_dir = tmp.path().join("state");
+    assert_eq!(
+        std::fs::read(mnt.join("small.txt")).unwrap(),
+        files["small.txt"]
+    );
+    let state = worker::mounts(&state_dir)
+        .unwrap()
+        .pop()
+        .expect("state file");
+
+    let pid = daemon.child.id();
+    signal(pid, libc::SIGSTOP);
+    // A file never read before: its blocks must come from the stopped daemon.
+    let path = mnt.join("data/late");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t0 = Instant::now();
+    std::thread::spawn(move || {
+        let r = std::fs::File::open(&path).and_then(|mut f| {
+            let mut v = Vec::new();
+            f.read_to_end(&mut v).map(|_| v)
+        });
+        let _ = tx.send(r);
+    });
+    let limit = Duration::from_secs(TIMEOUT_S.max(KERNEL_PERIOD_S) + KERNEL_PERIOD_S + 15);
+    let result = rx.recv_timeout(limit);
+    let waited = t0.elapsed();
+    signal(pid, libc::SIGCONT);
+    match result {
+        Err(_) => panic!("a reader of a stopped daemon's mount still hangs after {waited:?}"),
+        Ok(Ok(v)) => panic!(
+            "read of a stopped daemon's mount returned {} bytes",
+            v.len()
+        ),
+        Ok(Err(e)) => eprintln!("reader failed after {waited:?}: {e}"),
+    }
+    // The kernel aborted the whole connection: later reads fail at once.
+    let t1 = Instant::now();
+    assert!(std::fs::read(mnt.join("bin/odd")).is_err());
+    assert!(t1.elapsed() < Duration::from_secs(10), "{:?}", t1.elapsed());
+
+    // The daemon, running again, is told (or finds its connection gone);
+    // `unmount` leaves nothing behind either way.
+    worker::unmount(&mnt, &state_dir).unwrap();
+    assert_all_gone(
+        &mnt,
+        &state.fuse_dir,
+        state.loop_device.as_deref(),
+        &state_dir,
+    );
+    drop(daemon);
+}
+
 fn run_daemonizing_child(dir: &Path, mnt: &Path) -> String {
     run_daemonizing_child_with(dir, mnt, &[])
 }
@@ -619,4 +701,91 @@ fn spawn_daemon_returns_once_mounted_and_reports_failures() {
         state.loop_device.as_deref(),
         &state_dir,
     );
+}
+
+// ---- Other local users ----
+
+/// Runs `args` as user `nobody` (group `nogroup`, no supplementary groups).
+fn as_nobody(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .args(args)
+        .output()
+        .expect("running setpriv (util-linux)")
+}
+
+/// `(succeeded, stderr)` of `cat PATH` as `nobody`.
+fn nobody_cats(path: &Path) -> (bool, String) {
+    let out = as_nobody(&["cat".as_ref(), path.as_os_str()]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn other_users_read_image_files_through_ext4_but_not_the_fuse_file() {
+    use std::os::unix::fs::PermissionsExt;
+    if unavailable(true) {
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        skip("setpriv missing (util-linux)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Let `nobody` walk to the mountpoints (tempdirs are 0700).
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let files = test_files();
+    let data = build_ext4_with(tmp.path(), &files, |_| ());
+    let (table, source) = sealed_source(&data);
+    let rt = runtime();
+    let image = LazyImage::with_runtime(
+        table,
+        source,
+        LazyImageOptions::default(),
+        rt.handle().clone(),
+    )
+    .unwrap();
+
+    // The default layout: FUSE under the state directory, ext4 at `mnt`.
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let state_dir = tmp.path().join("state");
+    let opts = MountOptions::default().state_dir(&state_dir);
+    let handle = worker::mount(image.clone(), &mnt, &opts).unwrap();
+    let state = handle.state().clone();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&state_dir), 0o700);
+    let out = as_nobody(&["ls".as_ref(), state_dir.as_os_str()]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "nobody listed the state directory: {out:?}"
+    );
+    let (ok, err) = nobody_cats(&state.image_file);
+    assert!(!ok && err.contains("Permission denied"), "{ok} {err}");
+    // The kernel's ext4 serves every user by the image's own permissions.
+    let small = mnt.join("small.txt");
+    assert_eq!(mode(&small) & 0o004, 0o004, "small.txt is world-readable");
+    let out = as_nobody(&["cat".as_ref(), small.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "nobody could not read small.txt: {out:?}"
+    );
+    assert_eq!(out.stdout, files["small.txt"]);
+    // Root still reads the FUSE file.
+    assert_eq!(std::fs::read(&state.image_file).unwrap().len(), data.len());
+    handle.unmount().unwrap();
+
+    // The FUSE file itself in a directory anyone may walk: still root's only.
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    let handle = worker::mount(image, &open, &opts.clone().file_only(true)).unwrap();
+    let file = open.join("image");
+    assert_eq!(mode(&file), 0o400);
+    let (ok, err) = nobody_cats(&file);
+    assert!(!ok && err.contains("Permission denied"), "{ok} {err}");
+    assert_eq!(std::fs::read(&file).unwrap(), data);
+    handle.unmount().unwrap();
+    assert_all_gone(&open, &open, None, &state_dir);
 }

@@ -665,6 +665,10 @@ async fn unix_socket_raw_and_stale_socket() {
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     let listen = format!("unix:{}", sock.display());
     let srv = Running::start(f.image.clone(), &listen, NbdOptions::new(NAME)).await;
+    // Only the owner may connect: NBD has no authentication.
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
     // A second server on a live socket is refused.
     assert!(matches!(
         NbdServer::bind(&listen.parse().unwrap()).await,

@@ -43,7 +43,8 @@
 //! let source = Arc::new(MemorySource::new(TierId::untrusted("store")));
 //! let image = LazyImage::new(table, source, LazyImageOptions::default())?;
 //!
-//! // Port 0: any free port. The default is 127.0.0.1:10809; "unix:/path" works too.
+//! // Port 0: any free port. NBD has no authentication: prefer "unix:/path"
+//! // (the socket file gets mode 0600); `lode serve-nbd` does by default.
 //! let listen: ListenAddr = "127.0.0.1:0".parse()?;
 //! let server = NbdServer::bind(&listen).await?;
 //! let ListenAddr::Tcp(addr) = server.local_addr().clone() else { unreachable!() };
@@ -102,7 +103,9 @@ pub enum ListenAddr {
 }
 
 impl Default for ListenAddr {
-    /// `127.0.0.1:10809`: loopback only.
+    /// `127.0.0.1:10809` (what a bare `localhost` means): loopback, but any
+    /// local user can connect. `lode serve-nbd` listens on a Unix socket of
+    /// mode 0600 unless told otherwise.
     fn default() -> Self {
         Self::Tcp(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), DEFAULT_PORT))
     }

@@ -115,8 +115,10 @@ impl Drop for SocketFile {
 }
 
 impl NbdServer {
-    /// Binds the listening socket. A stale Unix socket file (no process
-    /// answers on it) is replaced; a live one is [`NbdError::SocketInUse`].
+    /// Binds the listening socket. A Unix socket file gets mode 0600 (only
+    /// its owner may connect: NBD has no authentication) before it appears
+    /// at its path. A stale Unix socket file (no process answers on it) is
+    /// replaced; a live one is [`NbdError::SocketInUse`].
     pub async fn bind(addr: &ListenAddr) -> Result<Self, NbdError> {
         let bind_err = |source| NbdError::Bind {
             addr: addr.to_string(),
@@ -134,7 +136,7 @@ impl NbdServer {
             }
             ListenAddr::Unix(path) => {
                 remove_stale_socket(path).await?;
-                let l = UnixListener::bind(path).map_err(bind_err)?;
+                let l = bind_private(path).map_err(bind_err)?;
                 Ok(Self {
                     listener: Listener::Unix(l),
                     addr: addr.clone(),
@@ -256,6 +258,27 @@ impl NbdServer {
 enum Conn {
     Tcp(TcpStream),
     Unix(UnixStream),
+}
+
+/// Binds a Unix socket at `path` that only its owner can connect to (mode
+/// 0600): NBD has no authentication, and the image is served decrypted.
+/// The socket is bound under a temporary name in the same directory, made
+/// 0600, then renamed into place, so it is never connectable by others,
+/// not even for an instant (and the process umask is left alone).
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    let l = UnixListener::bind(&tmp)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(l)
 }
 
 async fn remove_stale_socket(path: &Path) -> Result<(), NbdError> {
