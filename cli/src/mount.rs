@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use lode_store::layout::PROFILES;
-use lode_store::{Opened, Prefetch, PrefetchStart, open_image, open_kms, start_prefetch};
+use lode_store::{
+    Opened, Prefetch, PrefetchStart, ReadaheadSource, kernel_readahead, open_image, open_kms,
+    start_prefetch,
+};
 use worker::LazyImageOptions;
 
 use crate::config::Settings;
@@ -21,31 +24,6 @@ async fn open(
     let kms = open_kms(&settings.kms()?, opts.crypto)?;
     let tiers = settings.tiers(cache_dir)?;
     Ok(open_image(&store, name, kms.as_ref(), &tiers, opts).await?)
-}
-
-/// Kernel readahead of the loop device when neither the flag nor the
-/// image's profile says otherwise (KiB).
-pub use worker::DEFAULT_KERNEL_READAHEAD_KB;
-
-/// Why a kernel readahead was chosen (logged).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadaheadSource {
-    /// `--kernel-readahead-kb` or `LODE_KERNEL_READAHEAD_KB`.
-    Flag,
-    /// The `kernel_readahead_kb` hint of the image's stored profile.
-    Profile,
-    /// Neither: [`DEFAULT_KERNEL_READAHEAD_KB`].
-    Default,
-}
-
-/// The kernel readahead to use: the flag (or its env variable) if given,
-/// else the stored profile's hint, else [`DEFAULT_KERNEL_READAHEAD_KB`].
-pub fn kernel_readahead(flag: Option<u32>, profile_hint: Option<u32>) -> (u32, ReadaheadSource) {
-    match (flag, profile_hint) {
-        (Some(kb), _) => (kb, ReadaheadSource::Flag),
-        (None, Some(kb)) => (kb, ReadaheadSource::Profile),
-        (None, None) => (DEFAULT_KERNEL_READAHEAD_KB, ReadaheadSource::Default),
-    }
 }
 
 /// Everything `lode mount` was asked.
@@ -389,22 +367,5 @@ mod tests {
         assert_eq!(socket_file_stem("python-app:latest"), "python-app_latest");
         assert_eq!(socket_file_stem("../etc/x"), ".._etc_x");
         assert_eq!(socket_file_stem("a.b_c-d"), "a.b_c-d");
-    }
-
-    #[test]
-    fn kernel_readahead_flag_then_profile_then_default() {
-        assert_eq!(
-            kernel_readahead(Some(64), Some(0)),
-            (64, ReadaheadSource::Flag)
-        );
-        assert_eq!(kernel_readahead(Some(0), None), (0, ReadaheadSource::Flag));
-        assert_eq!(
-            kernel_readahead(None, Some(0)),
-            (0, ReadaheadSource::Profile)
-        );
-        assert_eq!(
-            kernel_readahead(None, None),
-            (DEFAULT_KERNEL_READAHEAD_KB, ReadaheadSource::Default)
-        );
     }
 }

@@ -93,7 +93,8 @@ pub use lease::{Lease, LeaseKind, push_lease};
 pub use list::{ImageListing, list_images};
 pub use name::check_image_name;
 pub use open::{
-    L2Config, Opened, Prefetch, PrefetchStart, TierConfig, open_image, open_kms, start_prefetch,
+    L2Config, Opened, Prefetch, PrefetchStart, ReadaheadSource, TierConfig, kernel_readahead,
+    open_image, open_kms, start_prefetch,
 };
 pub use push::{ChunkCounts, NoProgress, Push, PushProgress, PushSummary, Replaced};
 pub use url::{KmsUrl, StoreUrl};

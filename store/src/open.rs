@@ -302,3 +302,52 @@ pub async fn start_prefetch(opened: &Opened, name: &str, prefetch: Prefetch) -> 
         kernel_readahead_kb: profile.kernel_readahead_kb,
     }
 }
+
+/// Why a kernel readahead was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadaheadSource {
+    /// `--kernel-readahead-kb` or `LODE_KERNEL_READAHEAD_KB`.
+    Flag,
+    /// The `kernel_readahead_kb` hint of the image's stored profile.
+    Profile,
+    /// Neither: [`worker::DEFAULT_KERNEL_READAHEAD_KB`].
+    Default,
+}
+
+/// The kernel readahead to use: the flag (or its env variable) if given,
+/// else the stored profile's hint, else [`worker::DEFAULT_KERNEL_READAHEAD_KB`].
+pub fn kernel_readahead(flag: Option<u32>, profile_hint: Option<u32>) -> (u32, ReadaheadSource) {
+    match (flag, profile_hint) {
+        (Some(kb), _) => (kb, ReadaheadSource::Flag),
+        (None, Some(kb)) => (kb, ReadaheadSource::Profile),
+        (None, None) => (
+            worker::DEFAULT_KERNEL_READAHEAD_KB,
+            ReadaheadSource::Default,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_readahead_flag_then_profile_then_default() {
+        assert_eq!(
+            kernel_readahead(Some(64), Some(0)),
+            (64, ReadaheadSource::Flag)
+        );
+        assert_eq!(kernel_readahead(Some(0), None), (0, ReadaheadSource::Flag));
+        assert_eq!(
+            kernel_readahead(None, Some(0)),
+            (0, ReadaheadSource::Profile)
+        );
+        assert_eq!(
+            kernel_readahead(None, None),
+            (
+                worker::DEFAULT_KERNEL_READAHEAD_KB,
+                ReadaheadSource::Default
+            )
+        );
+    }
+}
