@@ -104,10 +104,14 @@ pub use image::{
     BLOCK_SIZE, BlockLog, BlockRun, ChunkAccess, ChunkTable, LazyImage, LazyImageOptions,
     MaterializeReport, PrefetchReport, Verify,
 };
+/// Default kernel readahead of the loop device over a mounted image (KiB;
+/// the kernel's usual default for disks, measured best for plain images).
+pub const DEFAULT_KERNEL_READAHEAD_KB: u32 = 128;
+
 #[cfg(feature = "fuse")]
 pub use mount::{
-    DEFAULT_KERNEL_READAHEAD_KB, DEFAULT_REQUEST_TIMEOUT, DEFAULT_STATE_DIR, MountHandle,
-    MountOptions, MountState, ProfileTarget, is_mount_point, mount, mounts, state_path, unmount,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_STATE_DIR, MountHandle, MountOptions, MountState,
+    ProfileTarget, is_mount_point, mount, mounts, state_path, unmount,
 };
 pub use source::{ChunkSource, Fault, Fetched, MemorySource, TierId};
 pub use stats::{Percentiles, Stats, TierStats};

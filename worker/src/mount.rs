@@ -20,9 +20,7 @@ use crate::profile::{BlockMap, Profile};
 /// Where mount state files live unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/run/lode";
 
-/// Default [`MountOptions::kernel_readahead_kb`] (KiB; the kernel's usual
-/// default for disks, measured best for plain images).
-pub const DEFAULT_KERNEL_READAHEAD_KB: u32 = 128;
+use crate::DEFAULT_KERNEL_READAHEAD_KB;
 
 /// How to mount an image.
 #[derive(Debug, Clone)]
