@@ -355,11 +355,21 @@ where
             }
             Err(e) => {
                 slot.counters.errors.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    tier = slot.tier.name(),
-                    error = e as &dyn std::error::Error,
-                    "tier get failed; trying the next tier"
-                );
+                // Too few cache nodes answered: the nodes log their own
+                // state changes once, so this is not worth a line per key.
+                if matches!(e, Error::Unavailable { .. }) {
+                    tracing::debug!(
+                        tier = slot.tier.name(),
+                        error = e as &dyn std::error::Error,
+                        "tier get failed; trying the next tier"
+                    );
+                } else {
+                    tracing::warn!(
+                        tier = slot.tier.name(),
+                        error = e as &dyn std::error::Error,
+                        "tier get failed; trying the next tier"
+                    );
+                }
             }
         }
         r

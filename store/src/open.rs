@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cache_tiers::{
-    Delayed, DiskTier, ErasureCodedTier, FillPolicy, MemcachedConfig, MemcachedNode, Node, Tier,
-    Tiered,
+    Delayed, DiskTier, ErasureCodedTier, FillPolicy, MemcachedConfig, MemcachedNode, Node,
+    QueuedPuts, Tier, Tiered,
 };
 use kms_envelope::{Kms, LocalKms};
 use worker::{LazyImage, LazyImageOptions, TieredSource};
@@ -160,7 +160,8 @@ pub async fn open_image(
             .parity_shards(l2.parity)
             .build()
             .map_err(tiers_err("configuring the L2 cache".into()))?;
-        builder = builder.tier(tier);
+        // Fills of L2 never delay a read: queued, dropped when the queue is full.
+        builder = builder.tier(QueuedPuts::new(Arc::new(tier), 1024, 32));
     }
     // A chunk GET reads at most one sealed chunk of this image.
     let l3: Arc<dyn Tier<String, Bytes>> = Arc::new(

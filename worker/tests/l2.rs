@@ -3,11 +3,13 @@
 //! from the store are counted and fail the read.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cache_tiers::testing::{FaultyTier, MemcachedServer};
 use cache_tiers::{
-    ErasureCodedTier, FillPolicy, MemcachedConfig, MemcachedNode, MemoryTier, Node, Tier, Tiered,
+    Delayed, ErasureCodedTier, FillPolicy, MemcachedConfig, MemcachedNode, MemoryTier, Node,
+    QueuedPuts, Tier, Tiered,
 };
 use chunk_core::Salt;
 use worker::{LazyImage, LazyImageOptions, MemorySource, TierId, TieredSource};
@@ -123,4 +125,175 @@ async fn bad_bytes_from_l2_are_refetched_from_the_store_in_the_same_read() {
     );
     // Nothing bad was cached in L2.
     assert_eq!(Tier::get(&*l2, &name(3).to_hex()).await.unwrap(), None);
+}
+
+/// One cold read of every chunk of an image through a fresh L2 namespace
+/// (`prefix`) over `servers` (`None` = L2 off) on a store that answers after
+/// 20 ms, the worker's way (verified fills, L2 fills queued).
+struct ColdRun {
+    total: Duration,
+    slowest_read: Duration,
+    store_gets: u64,
+}
+
+struct Image {
+    data: Vec<u8>,
+    table: worker::ChunkTable,
+    store: Arc<dyn Tier<String, Bytes>>,
+}
+
+async fn image(chunks: usize, seed: u64) -> Image {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let data: Vec<u8> = (0..chunks * CHUNK).map(|_| rng.u8(..)).collect();
+    let sealed = MemorySource::new(TierId::untrusted("sealer"));
+    let table = sealed
+        .insert_image(&data, CHUNK as u32, &Salt::new(1, [5; 32]))
+        .unwrap();
+    let store: Arc<dyn Tier<String, Bytes>> = Arc::new(MemoryTier::new(1 << 30));
+    for r in table.chunks.iter().flatten() {
+        store
+            .put(&r.name.to_hex(), sealed.get(&r.name).unwrap())
+            .await
+            .unwrap();
+    }
+    Image { data, table, store }
+}
+
+const STORE_DELAY: Duration = Duration::from_millis(20);
+const OP_TIMEOUT: Duration = Duration::from_millis(500);
+
+async fn cold_read(img: &Image, servers: Option<&[MemcachedServer]>, prefix: &str) -> ColdRun {
+    let counted = Arc::new(FaultyTier::new(img.store.clone(), "store"));
+    let store = Delayed::new(counted.clone() as Arc<dyn Tier<String, Bytes>>, STORE_DELAY);
+    let mut builder = Tiered::builder().fill_policy(FillPolicy::None);
+    if let Some(servers) = servers {
+        let config = MemcachedConfig::default()
+            .with_timeouts(OP_TIMEOUT, OP_TIMEOUT)
+            .with_key_prefix(prefix);
+        let nodes: Vec<Node> = servers
+            .iter()
+            .map(|s| Arc::new(MemcachedNode::new(s.addr().to_string(), config.clone())) as Node)
+            .collect();
+        let l2 = ErasureCodedTier::builder(nodes).name("l2").build().unwrap();
+        builder = builder.tier(QueuedPuts::new(Arc::new(l2), 1024, 32));
+    }
+    let tiered = builder.tier(store).build().unwrap();
+    let source = Arc::new(TieredSource::new(tiered, 0));
+    let opts = LazyImageOptions::default()
+        .readahead_chunks(0)
+        .plaintext_cache_bytes(0);
+    let image = LazyImage::new(img.table.clone(), source, opts).unwrap();
+    let mut buf = vec![0u8; CHUNK];
+    let mut slowest_read = Duration::ZERO;
+    let t0 = Instant::now();
+    for i in 0..img.data.len() / CHUNK {
+        let t = Instant::now();
+        image.read_at((i * CHUNK) as u64, &mut buf).await.unwrap();
+        slowest_read = slowest_read.max(t.elapsed());
+        assert!(
+            buf == img.data[i * CHUNK..(i + 1) * CHUNK],
+            "chunk {i} read wrong bytes"
+        );
+    }
+    ColdRun {
+        total: t0.elapsed(),
+        slowest_read,
+        store_gets: counted.gets(),
+    }
+}
+
+/// The fault cases, in order: the same servers, one more fault each time.
+const CASES: [&str; 4] = ["all up", "one hung", "one hung + one dead", "L2 off"];
+
+/// Runs every case `reps` times on fresh L2 namespaces; results per case.
+async fn fault_cases(chunks: usize, reps: usize) -> Option<Vec<Vec<ColdRun>>> {
+    let mut servers = servers()?;
+    let img = image(chunks, 17).await;
+    let mut out: Vec<Vec<ColdRun>> = (0..CASES.len()).map(|_| Vec::new()).collect();
+    for (case, runs) in out.iter_mut().enumerate() {
+        match case {
+            1 => servers[0].set_running(false),
+            2 => servers[1].stop(),
+            _ => {}
+        }
+        for rep in 0..reps {
+            let l2 = (case < 3).then_some(&servers[..]);
+            runs.push(cold_read(&img, l2, &format!("c{case}r{rep}:")).await);
+        }
+    }
+    servers[0].set_running(true);
+    Some(out)
+}
+
+fn median(runs: &[ColdRun]) -> Duration {
+    let mut t: Vec<Duration> = runs.iter().map(|r| r.total).collect();
+    t.sort();
+    t[t.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_l2_node_costs_a_cold_read_nothing() {
+    let Some(cases) = fault_cases(24, 1).await else {
+        return;
+    };
+    let [up, hung, hung_dead, off] = [0, 1, 2, 3].map(|c| median(&cases[c]));
+    for (name, runs) in CASES.iter().zip(&cases) {
+        for r in runs {
+            eprintln!(
+                "{name}: {:?}, slowest read {:?}, {} store gets",
+                r.total, r.slowest_read, r.store_gets
+            );
+            // Every chunk once from the store, cold; no read waited for a
+            // hung node's timeout.
+            assert_eq!(r.store_gets, 24, "{name}");
+            assert!(
+                r.slowest_read < OP_TIMEOUT,
+                "{name}: a read took {:?}",
+                r.slowest_read
+            );
+        }
+    }
+    // Generous margins (a shared 2-core machine); the bench
+    // (bench/l2-faults.sh) measures the real ratios.
+    assert!(hung <= up * 2, "one hung node: {hung:?} vs all up {up:?}");
+    assert!(
+        hung_dead <= off * 2,
+        "hung + dead: {hung_dead:?} vs L2 off {off:?}"
+    );
+}
+
+/// The table of bench/l2-faults.sh: `LODE_BENCH_CHUNKS` chunks of 64 KiB
+/// (default 128), `LODE_BENCH_REPS` runs per case (default 5), medians.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bench/l2-faults.sh runs it"]
+async fn l2_fault_table() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (chunks, reps) = (env("LODE_BENCH_CHUNKS", 128), env("LODE_BENCH_REPS", 5));
+    let Some(cases) = fault_cases(chunks, reps).await else {
+        return;
+    };
+    let up = median(&cases[0]);
+    println!("cold read of {chunks} chunks, 4+1 L2, store +{STORE_DELAY:?}, median of {reps}");
+    println!("| case | time | ratio to all up | slowest read | store GETs |");
+    println!("|---|---|---|---|---|");
+    for (name, runs) in CASES.iter().zip(&cases) {
+        let m = median(runs);
+        let slowest = runs
+            .iter()
+            .map(|r| r.slowest_read)
+            .max()
+            .unwrap_or_default();
+        println!(
+            "| {name} | {:.0} ms | {:.2} | {:.1} ms | {} |",
+            m.as_secs_f64() * 1e3,
+            m.as_secs_f64() / up.as_secs_f64(),
+            slowest.as_secs_f64() * 1e3,
+            runs[0].store_gets
+        );
+    }
 }
