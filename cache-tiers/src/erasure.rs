@@ -10,7 +10,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use crate::{CacheKey, Error, Result, Tier};
+use crate::{CacheKey, Claim, Error, Result, Tier};
 
 const MAGIC: &[u8; 4] = b"LEC1";
 /// magic, k, m, index, reserved, value length, value checksum, key checksum, shard checksum.
@@ -818,6 +818,23 @@ impl<K: CacheKey> Tier<K, Bytes> for ErasureCodedTier {
             });
         }
         Ok(())
+    }
+
+    /// Claims on the node that holds shard 0 of the key; `Unsupported` when
+    /// a node of the key is down (a degraded fleet may not be able to store
+    /// the value, so waiting for it could be in vain).
+    async fn claim(&self, key: &K, ttl: Duration) -> Result<Claim> {
+        let placement = self.placement(key);
+        if placement.iter().any(|&i| self.nodes[i].is_down()) {
+            return Ok(Claim::Unsupported);
+        }
+        let node = &self.nodes[placement[0]];
+        node.claim(&key.storage_name().into_owned(), ttl).await
+    }
+
+    fn is_down(&self) -> bool {
+        let down = self.nodes.iter().filter(|n| n.is_down()).count();
+        self.nodes.len() - down < self.k
     }
 
     async fn remove(&self, key: &K) -> Result<()> {

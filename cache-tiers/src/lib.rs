@@ -145,5 +145,5 @@ pub use memory::MemoryTier;
 pub use object::{ObjectInfo, ObjectStoreTier, RetryPolicy, S3Config};
 pub use queued::{QueueStats, QueuedPuts};
 pub use stats::{LatencyHistogram, LatencySummary, TierStats};
-pub use tier::Tier;
-pub use tiered::{FillPolicy, Tiered, TieredBuilder};
+pub use tier::{Claim, Tier};
+pub use tiered::{FillPolicy, MarkerStats, Tiered, TieredBuilder};

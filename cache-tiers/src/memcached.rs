@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
-use crate::{CacheKey, Error, Result, Tier};
+use crate::{CacheKey, Claim, Error, Result, Tier};
 
 /// Settings of a [`MemcachedNode`].
 #[derive(Debug, Clone)]
@@ -455,6 +455,25 @@ impl MemcachedNode {
         .await
     }
 
+    /// Stores raw bytes under a raw key only if the key is absent, with an
+    /// expiry of `ttl_secs`: `true` if stored, `false` if the key existed.
+    pub async fn add_raw(&self, key: &str, value: Bytes, ttl_secs: i64) -> Result<bool> {
+        let k = key.to_owned();
+        self.with_conn(key, "add", move |mut c| {
+            Box::pin(async move {
+                let r = match c.add(&k, &value[..], Some(ttl_secs), None).await {
+                    Ok(()) => Ok(true),
+                    Err(async_memcached::Error::Protocol(Status::NotStored | Status::Exists)) => {
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                };
+                (c, r)
+            })
+        })
+        .await
+    }
+
     /// Deletes a raw key (absent is fine).
     pub async fn delete_raw(&self, key: &str) -> Result<()> {
         let k = key.to_owned();
@@ -490,5 +509,26 @@ impl<K: CacheKey> Tier<K, Bytes> for MemcachedNode {
     async fn remove(&self, key: &K) -> Result<()> {
         let k = self.key_of(key);
         self.delete_raw(&k).await
+    }
+
+    /// A memcached `add` of `fetching:<key_prefix><storage name>`, expiring
+    /// after `ttl` rounded up to whole seconds, plus one: memcached's clock
+    /// ticks once a second, so an item with an expiry of `n` seconds may
+    /// live only a little more than `n - 1`.
+    async fn claim(&self, key: &K, ttl: Duration) -> Result<Claim> {
+        let k = format!("fetching:{}", self.key_of(key));
+        let secs = i64::try_from(ttl.as_millis().div_ceil(1000))
+            .unwrap_or(i64::MAX - 1)
+            .max(1)
+            + 1;
+        Ok(if self.add_raw(&k, Bytes::from_static(b"1"), secs).await? {
+            Claim::Won
+        } else {
+            Claim::Taken
+        })
+    }
+
+    fn is_down(&self) -> bool {
+        self.health.is_down()
     }
 }

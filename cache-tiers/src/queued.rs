@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::{Result, Tier};
+use crate::{Claim, Result, Tier};
 
 type Inner = Arc<dyn Tier<String, Bytes>>;
 
@@ -155,6 +155,14 @@ impl Tier<String, Bytes> for QueuedPuts {
 
     async fn remove(&self, key: &String) -> Result<()> {
         self.inner.remove(key).await
+    }
+
+    async fn claim(&self, key: &String, ttl: std::time::Duration) -> Result<Claim> {
+        self.inner.claim(key, ttl).await
+    }
+
+    fn is_down(&self) -> bool {
+        self.inner.is_down()
     }
 }
 

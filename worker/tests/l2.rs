@@ -16,6 +16,10 @@ use worker::{LazyImage, LazyImageOptions, MemorySource, TierId, TieredSource};
 
 const CHUNK: usize = 64 * 1024;
 
+/// The timing tests run one at a time (the test harness runs tests in
+/// parallel, and a herd of workers would slow the others' reads).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Five memcached servers, or `None` (skipped) when memcached is missing.
 fn servers() -> Option<Vec<MemcachedServer>> {
     (0..5).map(|_| MemcachedServer::start(16)).collect()
@@ -160,7 +164,8 @@ async fn image(chunks: usize, seed: u64) -> Image {
 }
 
 const STORE_DELAY: Duration = Duration::from_millis(20);
-const OP_TIMEOUT: Duration = Duration::from_millis(500);
+/// Long, so that a read that waited for it stands out from a loaded machine's noise.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn cold_read(img: &Image, servers: Option<&[MemcachedServer]>, prefix: &str) -> ColdRun {
     let counted = Arc::new(FaultyTier::new(img.store.clone(), "store"));
@@ -233,6 +238,7 @@ fn median(runs: &[ColdRun]) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_l2_node_costs_a_cold_read_nothing() {
+    let _serial = SERIAL.lock().await;
     let Some(cases) = fault_cases(24, 1).await else {
         return;
     };
@@ -267,6 +273,7 @@ async fn a_hung_l2_node_costs_a_cold_read_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: bench/l2-faults.sh runs it"]
 async fn l2_fault_table() {
+    let _serial = SERIAL.lock().await;
     let env = |k: &str, d: usize| {
         std::env::var(k)
             .ok()
@@ -296,4 +303,180 @@ async fn l2_fault_table() {
             runs[0].store_gets
         );
     }
+}
+
+/// How long a worker waits for another worker's fetch of a chunk (what
+/// `lode` uses).
+const MARKER_WAIT: Duration = Duration::from_millis(500);
+/// The same, generous: a herd of 32 debug-built workers on a loaded 2-core
+/// machine can take longer than `MARKER_WAIT` to fill L2, and a wait that
+/// runs out is a fallback to the store (tested on its own below), not the
+/// coalescing under test.
+const HERD_MARKER_WAIT: Duration = Duration::from_secs(3);
+
+/// One worker of a herd: its own L2 client (nodes, breaker, fill queue)
+/// over the shared servers, the shared store.
+fn herd_worker(
+    img: &Image,
+    servers: &[MemcachedServer],
+    store: Arc<dyn Tier<String, Bytes>>,
+    prefix: &str,
+    markers: Option<Duration>,
+) -> (LazyImage, Arc<TieredSource>) {
+    let config = MemcachedConfig::default().with_key_prefix(prefix);
+    let nodes: Vec<Node> = servers
+        .iter()
+        .map(|s| Arc::new(MemcachedNode::new(s.addr().to_string(), config.clone())) as Node)
+        .collect();
+    let l2 = ErasureCodedTier::builder(nodes).name("l2").build().unwrap();
+    let tiered = Tiered::builder()
+        .fill_policy(FillPolicy::None)
+        .fetch_markers(markers)
+        .tier_arc(Arc::new(QueuedPuts::new(Arc::new(l2), 1024, 32)))
+        .tier(Delayed::new(store, STORE_DELAY))
+        .build()
+        .unwrap();
+    let source = Arc::new(TieredSource::new(tiered, 0));
+    let opts = LazyImageOptions::default()
+        .readahead_chunks(0)
+        .plaintext_cache_bytes(0);
+    (
+        LazyImage::new(img.table.clone(), source.clone(), opts).unwrap(),
+        source,
+    )
+}
+
+/// `workers` cold workers read the whole image at once through one fresh
+/// L2; store GETs per distinct chunk, and the slowest worker's time.
+async fn cold_herd(
+    img: &Arc<Image>,
+    servers: &[MemcachedServer],
+    workers: usize,
+    prefix: &str,
+    markers: Option<Duration>,
+) -> (f64, Duration) {
+    let counted = Arc::new(FaultyTier::new(img.store.clone(), "store"));
+    let chunks = img.data.len() / CHUNK;
+    let t0 = Instant::now();
+    let mut sources = Vec::new();
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (image, source) = herd_worker(img, servers, counted.clone(), prefix, markers);
+            sources.push(source);
+            let img = Arc::clone(img);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; CHUNK];
+                for i in 0..chunks {
+                    image.read_at((i * CHUNK) as u64, &mut buf).await.unwrap();
+                    assert!(buf == img.data[i * CHUNK..(i + 1) * CHUNK], "chunk {i}");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let m = sources
+        .iter()
+        .map(|s| s.tiered().marker_stats())
+        .fold([0u64; 4], |a, m| {
+            [
+                a[0] + m.won,
+                a[1] + m.waited,
+                a[2] + m.filled,
+                a[3] + m.fell_back,
+            ]
+        });
+    eprintln!("{workers} workers, markers [won, waited, filled, fell back]: {m:?}");
+    let l2 = sources
+        .iter()
+        .map(|s| s.tiered().stats()[0].clone())
+        .fold([0u64; 3], |a, t| {
+            [a[0] + t.hits, a[1] + t.misses, a[2] + t.errors]
+        });
+    eprintln!("{workers} workers, l2 [hits, misses, errors]: {l2:?}");
+    (counted.gets() as f64 / chunks as f64, t0.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_herd_makes_one_store_get_per_chunk() {
+    let _serial = SERIAL.lock().await;
+    let Some(servers) = servers() else { return };
+    let img = Arc::new(image(16, 23).await);
+    let (ratio, took) = cold_herd(&img, &servers, 8, "herd8:", Some(HERD_MARKER_WAIT)).await;
+    eprintln!("8 workers: {ratio:.2} store GETs per chunk, {took:?}");
+    assert!(
+        ratio <= 1.1,
+        "8 cold workers made {ratio:.2} store GETs per chunk"
+    );
+    // One worker alone: markers cost an `add` per miss, not a wait.
+    let (ratio, with) = cold_herd(&img, &servers, 1, "solo-m:", Some(HERD_MARKER_WAIT)).await;
+    let (_, without) = cold_herd(&img, &servers, 1, "solo:", None).await;
+    eprintln!("one worker: {with:?} with markers, {without:?} without");
+    assert!(ratio <= 1.0);
+    assert!(with <= without * 2, "{with:?} vs {without:?}");
+}
+
+/// The cold-herd table of bench/l2-faults.sh: 1, 8 and 32 workers, markers
+/// off (before) and on (the `lode` wait of 500 ms), `LODE_BENCH_CHUNKS`
+/// chunks (default 64).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bench/l2-faults.sh runs it"]
+async fn cold_herd_table() {
+    let _serial = SERIAL.lock().await;
+    let chunks = std::env::var("LODE_BENCH_CHUNKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let Some(servers) = servers() else { return };
+    let img = Arc::new(image(chunks, 31).await);
+    println!("cold herd: {chunks} chunks, 4+1 L2, store +{STORE_DELAY:?}");
+    println!("| workers | markers | store GETs per distinct chunk | time |");
+    println!("|---|---|---|---|");
+    for workers in [1, 8, 32] {
+        for markers in [None, Some(MARKER_WAIT)] {
+            let prefix = format!("t{workers}{}:", markers.is_some());
+            let (ratio, took) = cold_herd(&img, &servers, workers, &prefix, markers).await;
+            let m = if markers.is_some() { "on" } else { "off" };
+            println!(
+                "| {workers} | {m} | {ratio:.2} | {:.0} ms |",
+                took.as_secs_f64() * 1e3
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_coalescing_partner_died_falls_back_to_the_store() {
+    let _serial = SERIAL.lock().await;
+    let Some(servers) = servers() else { return };
+    let img = Arc::new(image(2, 29).await);
+    let counted = Arc::new(FaultyTier::new(img.store.clone(), "store"));
+    let (image, source) = herd_worker(&img, &servers, counted.clone(), "dead:", Some(MARKER_WAIT));
+    // A partner claimed chunk 1 and died: its marker is set, never filled.
+    let (_, partner) = herd_worker(&img, &servers, counted.clone(), "dead:", Some(MARKER_WAIT));
+    let l2 = partner.tiered().tiers()[0].clone();
+    let key = image.chunk_name(1).unwrap().to_hex();
+    assert_eq!(
+        l2.claim(&key, MARKER_WAIT).await.unwrap(),
+        cache_tiers::Claim::Won
+    );
+    drop(partner);
+    let mut buf = vec![0u8; CHUNK];
+    let t0 = Instant::now();
+    image.read_at(CHUNK as u64, &mut buf).await.unwrap();
+    let took = t0.elapsed();
+    assert!(buf == img.data[CHUNK..], "chunk 1 read wrong bytes");
+    assert!(
+        took >= MARKER_WAIT && took < MARKER_WAIT + Duration::from_millis(400),
+        "fell back after {took:?} (wait {MARKER_WAIT:?})"
+    );
+    assert_eq!(counted.gets(), 1);
+    let m = source.tiered().marker_stats();
+    assert_eq!((m.waited, m.filled, m.fell_back), (1, 0, 1), "{m:?}");
+    // A chunk nobody claimed: this worker wins the marker and does not wait.
+    let t0 = Instant::now();
+    image.read_at(0, &mut buf).await.unwrap();
+    assert!(t0.elapsed() < MARKER_WAIT, "{:?}", t0.elapsed());
+    assert_eq!(source.tiered().marker_stats().won, 1);
 }
