@@ -820,15 +820,19 @@ impl<K: CacheKey> Tier<K, Bytes> for ErasureCodedTier {
         Ok(())
     }
 
-    /// Claims on the node that holds shard 0 of the key; `Unsupported` when
-    /// a node of the key is down (a degraded fleet may not be able to store
-    /// the value, so waiting for it could be in vain).
+    /// Claims on the first node of the key's placement that is not down;
+    /// `Unsupported` when more than `m` of them are down (the fill could not
+    /// store `k` shards, so waiting for it would be in vain).
     async fn claim(&self, key: &K, ttl: Duration) -> Result<Claim> {
         let placement = self.placement(key);
-        if placement.iter().any(|&i| self.nodes[i].is_down()) {
+        let up: Vec<usize> = placement
+            .into_iter()
+            .filter(|&i| !self.nodes[i].is_down())
+            .collect();
+        if up.len() < self.k {
             return Ok(Claim::Unsupported);
         }
-        let node = &self.nodes[placement[0]];
+        let node = &self.nodes[up[0]];
         node.claim(&key.storage_name().into_owned(), ttl).await
     }
 

@@ -81,9 +81,12 @@ pub struct MarkerStats {
     pub fell_back: u64,
 }
 
-/// Longest wait for a claim (a memcached `add`): a slower answer means the
-/// cache is in trouble, and the get goes on without coalescing.
-const CLAIM_TIMEOUT: Duration = Duration::from_millis(250);
+/// Bounds of the wait for a claim (a memcached `add`, well under a
+/// millisecond when healthy): four times the p99 of the tier's gets, within
+/// these. A slower answer means the node is in trouble, and the get goes on
+/// to the tiers below without coalescing.
+const CLAIM_TIMEOUT_MIN: Duration = Duration::from_millis(50);
+const CLAIM_TIMEOUT_MAX: Duration = Duration::from_millis(250);
 
 /// Tiers read in order, top (fastest) first; the last one is usually the authority.
 ///
@@ -191,8 +194,12 @@ where
     /// the tiers below (and its fill reaches the shared tier); the others
     /// poll the shared tier with backoff (2 ms doubling up to 20 ms) for up
     /// to `wait`, then fetch from below themselves, so a client that died
-    /// holding a marker costs the others at most `wait`. Markers expire
-    /// after `wait` rounded up to whole seconds. `None` turns this off.
+    /// holding a marker costs the others at most `wait`. Markers expire by
+    /// themselves after about `wait` (memcached: rounded up to whole
+    /// seconds, plus one). A claim slower than four times the p99 of the
+    /// tier's gets (within 50..250 ms) is abandoned and the get fetches from
+    /// below. The claim and the polls are spawned tasks: gets need a tokio
+    /// runtime. `None` turns this off.
     pub fn fetch_markers(mut self, wait: Option<Duration>) -> Self {
         self.markers = wait;
         self
@@ -471,9 +478,19 @@ where
         }
         let tier = &self.tiers[i].tier;
         let c = &self.marker_counters;
-        match tokio::time::timeout(CLAIM_TIMEOUT, tier.claim(key, wait)).await {
-            Ok(Ok(Claim::Taken)) => {}
-            Ok(Ok(Claim::Won)) => {
+        // Spawned, so that a claim this get stops waiting for still ends
+        // (answer or timeout) and a hung node's circuit breaker sees it.
+        let claim = {
+            let (tier, key) = (Arc::clone(tier), key.clone());
+            tokio::spawn(async move { tier.claim(&key, wait).await })
+        };
+        // As patient as this tier's gets have needed (p99 of all of them, so
+        // a slow machine does not give up on healthy nodes), within bounds.
+        let p99 = self.tiers[i].counters.get_latency.snapshot().p99;
+        let patience = (p99 * 4).clamp(CLAIM_TIMEOUT_MIN, CLAIM_TIMEOUT_MAX);
+        match tokio::time::timeout(patience, claim).await {
+            Ok(Ok(Ok(Claim::Taken))) => {}
+            Ok(Ok(Ok(Claim::Won))) => {
                 c.won.fetch_add(1, Relaxed);
                 return None;
             }
