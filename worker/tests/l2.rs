@@ -167,7 +167,12 @@ const STORE_DELAY: Duration = Duration::from_millis(20);
 /// Long, so that a read that waited for it stands out from a loaded machine's noise.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
-async fn cold_read(img: &Image, servers: Option<&[MemcachedServer]>, prefix: &str) -> ColdRun {
+async fn cold_read(
+    img: &Image,
+    servers: Option<&[MemcachedServer]>,
+    prefix: &str,
+    op_timeout: Duration,
+) -> ColdRun {
     let counted = Arc::new(FaultyTier::new(img.store.clone(), "store"));
     let store = Delayed::new(counted.clone() as Arc<dyn Tier<String, Bytes>>, STORE_DELAY);
     // As `lode` opens L2: fills queued, fetch markers on.
@@ -176,7 +181,7 @@ async fn cold_read(img: &Image, servers: Option<&[MemcachedServer]>, prefix: &st
         .fetch_markers(Some(MARKER_WAIT));
     if let Some(servers) = servers {
         let config = MemcachedConfig::default()
-            .with_timeouts(OP_TIMEOUT, OP_TIMEOUT)
+            .with_timeouts(op_timeout, op_timeout)
             .with_key_prefix(prefix);
         let nodes: Vec<Node> = servers
             .iter()
@@ -214,7 +219,11 @@ async fn cold_read(img: &Image, servers: Option<&[MemcachedServer]>, prefix: &st
 const CASES: [&str; 4] = ["all up", "one hung", "one hung + one dead", "L2 off"];
 
 /// Runs every case `reps` times on fresh L2 namespaces; results per case.
-async fn fault_cases(chunks: usize, reps: usize) -> Option<Vec<Vec<ColdRun>>> {
+async fn fault_cases(
+    chunks: usize,
+    reps: usize,
+    op_timeout: Duration,
+) -> Option<Vec<Vec<ColdRun>>> {
     let mut servers = servers()?;
     let img = image(chunks, 17).await;
     let mut out: Vec<Vec<ColdRun>> = (0..CASES.len()).map(|_| Vec::new()).collect();
@@ -226,7 +235,7 @@ async fn fault_cases(chunks: usize, reps: usize) -> Option<Vec<Vec<ColdRun>>> {
         }
         for rep in 0..reps {
             let l2 = (case < 3).then_some(&servers[..]);
-            runs.push(cold_read(&img, l2, &format!("c{case}r{rep}:")).await);
+            runs.push(cold_read(&img, l2, &format!("c{case}r{rep}:"), op_timeout).await);
         }
     }
     servers[0].set_running(true);
@@ -242,7 +251,7 @@ fn median(runs: &[ColdRun]) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_l2_node_costs_a_cold_read_nothing() {
     let _serial = SERIAL.lock().await;
-    let Some(cases) = fault_cases(24, 1).await else {
+    let Some(cases) = fault_cases(24, 1, OP_TIMEOUT).await else {
         return;
     };
     let [up, hung, hung_dead, off] = [0, 1, 2, 3].map(|c| median(&cases[c]));
@@ -272,7 +281,8 @@ async fn a_hung_l2_node_costs_a_cold_read_nothing() {
 }
 
 /// The table of bench/l2-faults.sh: `LODE_BENCH_CHUNKS` chunks of 64 KiB
-/// (default 128), `LODE_BENCH_REPS` runs per case (default 5), medians.
+/// (default 128), `LODE_BENCH_REPS` runs per case (default 5), medians;
+/// memcached timeouts as `lode` sets them (the defaults, 500 ms).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: bench/l2-faults.sh runs it"]
 async fn l2_fault_table() {
@@ -284,7 +294,7 @@ async fn l2_fault_table() {
             .unwrap_or(d)
     };
     let (chunks, reps) = (env("LODE_BENCH_CHUNKS", 128), env("LODE_BENCH_REPS", 5));
-    let Some(cases) = fault_cases(chunks, reps).await else {
+    let Some(cases) = fault_cases(chunks, reps, MemcachedConfig::default().op_timeout).await else {
         return;
     };
     let up = median(&cases[0]);
