@@ -10,7 +10,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use crate::{CacheKey, Error, Result, Tier};
+use crate::{CacheKey, Claim, Error, Result, Tier};
 
 const MAGIC: &[u8; 4] = b"LEC1";
 /// magic, k, m, index, reserved, value length, value checksum, key checksum, shard checksum.
@@ -131,8 +131,9 @@ struct Counters {
 ///   and tries the other `k`-subsets as shards arrive (at most 32 rebuilds).
 ///   With 4+1 one such shard costs the wait for the fifth shard, never a
 ///   wrong value; a value no subset rebuilds is a miss.
-/// - **Put** writes all shards concurrently and succeeds when at least `k`
-///   were stored.
+/// - **Put** writes all shards concurrently (spawned tasks) and succeeds
+///   when at least `k` were stored; once `k` are, it waits at most 50 ms for
+///   the others and leaves a slow node's put to finish in the background.
 /// - **Errors**: a get that cannot gather `k` shards returns `Ok(None)` when
 ///   more than `m` nodes lack the key, and [`Error::Unavailable`] when node
 ///   failures are why.
@@ -285,6 +286,10 @@ impl ErasureCodedBuilder {
         })
     }
 }
+
+/// How long a put that stored `k` shards still waits for the others before
+/// leaving them to finish in the background.
+const PUT_GRACE: Duration = Duration::from_millis(50);
 
 /// At most this many Reed-Solomon rebuilds per get. With 4+1 a get needs at
 /// most 5 (one per 4-subset of 5 shards); wide codes with several wrong but
@@ -760,16 +765,50 @@ impl<K: CacheKey> Tier<K, Bytes> for ErasureCodedTier {
         let shards =
             encode_shards(key.as_bytes(), &value, k, m).map_err(|e| self.coding_err(key, e))?;
         let placement = self.placement(key);
-        let puts = shards.into_iter().enumerate().map(|(i, shard)| {
-            let node = Arc::clone(&self.nodes[placement[i]]);
-            let skey = Self::shard_key(key, i);
-            async move { node.put(&skey, shard).await }
-        });
-        let results = futures::future::join_all(puts).await;
-        let stored = results.iter().filter(|r| r.is_ok()).count();
+        // Each shard put is its own task: once `k` shards are stored the put
+        // waits at most PUT_GRACE for the rest, so a slow or hung node's put
+        // finishes (or times out) in the background instead of holding the
+        // caller for its timeout.
+        let mut puts: FuturesUnordered<_> = shards
+            .into_iter()
+            .enumerate()
+            .map(|(i, shard)| {
+                let node = Arc::clone(&self.nodes[placement[i]]);
+                let skey = Self::shard_key(key, i);
+                tokio::spawn(async move { node.put(&skey, shard).await })
+            })
+            .collect();
+        let n = k + m;
+        let (mut stored, mut errors) = (0usize, Vec::new());
+        let mut grace = None;
+        loop {
+            let next = match grace.as_mut() {
+                None => puts.next().await,
+                Some(g) => tokio::select! {
+                    r = puts.next() => r,
+                    () = g => break,
+                },
+            };
+            let Some(r) = next else { break };
+            match r {
+                Ok(Ok(())) => stored += 1,
+                Ok(Err(e)) => errors.push(e),
+                Err(join) => errors.push(Error::Task {
+                    tier: self.name.clone(),
+                    key: key.storage_name().into_owned(),
+                    source: Box::new(join),
+                }),
+            }
+            if n - errors.len() < k {
+                break;
+            }
+            if stored >= k && grace.is_none() {
+                grace = Some(Box::pin(tokio::time::sleep(PUT_GRACE)));
+            }
+        }
         if stored < k {
-            for e in results.into_iter().filter_map(|r| r.err()) {
-                tracing::warn!(tier = %self.name, error = &e as &dyn std::error::Error, "shard put failed");
+            for e in &errors {
+                tracing::debug!(tier = %self.name, error = e as &dyn std::error::Error, "shard put failed");
             }
             return Err(Error::NotEnoughShards {
                 tier: self.name.clone(),
@@ -779,6 +818,27 @@ impl<K: CacheKey> Tier<K, Bytes> for ErasureCodedTier {
             });
         }
         Ok(())
+    }
+
+    /// Claims on the first node of the key's placement that is not down;
+    /// `Unsupported` when more than `m` of them are down (the fill could not
+    /// store `k` shards, so waiting for it would be in vain).
+    async fn claim(&self, key: &K, ttl: Duration) -> Result<Claim> {
+        let placement = self.placement(key);
+        let up: Vec<usize> = placement
+            .into_iter()
+            .filter(|&i| !self.nodes[i].is_down())
+            .collect();
+        if up.len() < self.k {
+            return Ok(Claim::Unsupported);
+        }
+        let node = &self.nodes[up[0]];
+        node.claim(&key.storage_name().into_owned(), ttl).await
+    }
+
+    fn is_down(&self) -> bool {
+        let down = self.nodes.iter().filter(|n| n.is_down()).count();
+        self.nodes.len() - down < self.k
     }
 
     async fn remove(&self, key: &K) -> Result<()> {

@@ -21,6 +21,8 @@
 //!   ([`S3Config`]: explicit endpoint and credentials, or
 //!   [`S3Config::from_env`] for region, endpoint, credentials and session
 //!   token from the standard `AWS_*` environment variables).
+//! - [`QueuedPuts`]: puts (fills) through a bounded queue that drops when
+//!   full, so a slow shared cache never delays the caller.
 //! - [`Delayed`]: adds a fixed latency to every get of a tier (for
 //!   benchmarks and fault tests, e.g. a local store that behaves like S3).
 //! - [`CacheKey`]: what a key must offer (a stable byte form).
@@ -88,6 +90,8 @@
 //!   arrived finish in the background.
 //! - [`Tiered`] with [`background_fill(true)`](TieredBuilder::background_fill)
 //!   fills the upper tiers in a spawned task.
+//! - [`ErasureCodedTier::put`](Tier::put) also spawns one task per shard,
+//!   and [`QueuedPuts`] spawns its worker task on the first put.
 //! - [`DiskTier`] does its file I/O with `spawn_blocking` (the runtime's
 //!   blocking pool).
 //! - [`MemcachedNode`], [`ObjectStoreTier`] and [`Delayed`] use tokio timers
@@ -112,6 +116,7 @@ mod delayed;
 mod error;
 mod key;
 mod memory;
+mod queued;
 mod stats;
 mod tier;
 mod tiered;
@@ -138,6 +143,7 @@ pub use memcached::{MemcachedConfig, MemcachedNode};
 pub use memory::MemoryTier;
 #[cfg(feature = "object-store")]
 pub use object::{ObjectInfo, ObjectStoreTier, RetryPolicy, S3Config};
+pub use queued::{QueueStats, QueuedPuts};
 pub use stats::{LatencyHistogram, LatencySummary, TierStats};
-pub use tier::Tier;
-pub use tiered::{FillPolicy, Tiered, TieredBuilder};
+pub use tier::{Claim, Tier};
+pub use tiered::{FillPolicy, MarkerStats, Tiered, TieredBuilder};

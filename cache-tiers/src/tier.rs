@@ -1,6 +1,23 @@
 //! The tier trait.
 
+use std::time::Duration;
+
 use crate::Result;
+
+/// What [`Tier::claim`] answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Claim {
+    /// This caller holds the marker: it fetches the value from the tiers
+    /// below and fills this tier.
+    Won,
+    /// Another client holds the marker and is fetching the value: poll this
+    /// tier for a while before fetching it too.
+    Taken,
+    /// The tier keeps no markers (or is too degraded to coalesce fetches):
+    /// fetch from below at once.
+    Unsupported,
+}
 
 /// One level of a cache: memory, disk, a shared cache fleet or the object store.
 ///
@@ -42,4 +59,21 @@ where
 
     /// Drops `key` if present.
     async fn remove(&self, key: &K) -> Result<()>;
+
+    /// Claims, for about `ttl`, the fetch of `key` from the tiers below this
+    /// one, so that clients of one shared cache that miss the same key at
+    /// once make one fetch instead of one each (a "being fetched" marker;
+    /// see [`TieredBuilder::fetch_markers`](crate::TieredBuilder::fetch_markers)).
+    /// The marker is only a hint: it expires by itself, is never released
+    /// early, and a client that waited in vain fetches anyway.
+    /// Default: [`Claim::Unsupported`].
+    async fn claim(&self, _key: &K, _ttl: Duration) -> Result<Claim> {
+        Ok(Claim::Unsupported)
+    }
+
+    /// Whether the tier knows itself to be down right now (e.g. a node's
+    /// circuit breaker is open). Default: `false`.
+    fn is_down(&self) -> bool {
+        false
+    }
 }

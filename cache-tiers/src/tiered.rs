@@ -1,16 +1,17 @@
 //! Reading through a stack of tiers.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
 use crate::key::{CacheKey, Weight};
 use crate::stats::{TierCounters, TierStats};
-use crate::{Error, Result, Tier};
+use crate::{Claim, Error, Result, Tier};
 
 /// Which upper tiers receive a value found in a lower tier.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -52,7 +53,40 @@ struct Inner<K, V> {
     inflight: Mutex<HashMap<K, SharedFetch<V>>>,
     /// Gets that joined another get's fetch.
     coalesced: std::sync::atomic::AtomicU64,
+    /// How long a get waits for another client's fetch (see `fetch_markers`).
+    markers: Option<Duration>,
+    marker_counters: MarkerCounters,
 }
+
+#[derive(Default)]
+struct MarkerCounters {
+    won: AtomicU64,
+    waited: AtomicU64,
+    filled: AtomicU64,
+    fell_back: AtomicU64,
+}
+
+/// Counters of cross-client fetch markers
+/// ([`TieredBuilder::fetch_markers`]) of a [`Tiered`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MarkerStats {
+    /// Misses whose marker this client set (it fetched from below).
+    pub won: u64,
+    /// Misses that found another client's marker and waited.
+    pub waited: u64,
+    /// Of those, the waits that ended with the value filled by the other client.
+    pub filled: u64,
+    /// Of those, the waits that timed out (this client fetched from below).
+    pub fell_back: u64,
+}
+
+/// Bounds of the wait for a claim (a memcached `add`, well under a
+/// millisecond when healthy): four times the p99 of the tier's gets, within
+/// these. A slower answer means the node is in trouble, and the get goes on
+/// to the tiers below without coalescing.
+const CLAIM_TIMEOUT_MIN: Duration = Duration::from_millis(50);
+const CLAIM_TIMEOUT_MAX: Duration = Duration::from_millis(250);
 
 /// Tiers read in order, top (fastest) first; the last one is usually the authority.
 ///
@@ -101,6 +135,7 @@ pub struct TieredBuilder<K, V> {
     fill: FillPolicy,
     background_fill: bool,
     coalesce: bool,
+    markers: Option<Duration>,
 }
 
 impl<K, V> Default for TieredBuilder<K, V> {
@@ -110,6 +145,7 @@ impl<K, V> Default for TieredBuilder<K, V> {
             fill: FillPolicy::All,
             background_fill: false,
             coalesce: true,
+            markers: None,
         }
     }
 }
@@ -151,6 +187,24 @@ where
         self
     }
 
+    /// Coalesce misses across clients of a shared cache tier (default off):
+    /// after a miss in a tier that keeps markers ([`Tier::claim`], e.g. the
+    /// erasure-coded L2 over memcached), a get claims the fetch with a
+    /// short-lived "being fetched" marker. The client that wins fetches from
+    /// the tiers below (and its fill reaches the shared tier); the others
+    /// poll the shared tier with backoff (2 ms doubling up to 20 ms) for up
+    /// to `wait`, then fetch from below themselves, so a client that died
+    /// holding a marker costs the others at most `wait`. Markers expire by
+    /// themselves after about `wait` (memcached: rounded up to whole
+    /// seconds, plus one). A claim slower than four times the p99 of the
+    /// tier's gets (within 50..250 ms) is abandoned and the get fetches from
+    /// below. The claim and the polls are spawned tasks: gets need a tokio
+    /// runtime. `None` turns this off.
+    pub fn fetch_markers(mut self, wait: Option<Duration>) -> Self {
+        self.markers = wait;
+        self
+    }
+
     /// Builds; fails without tiers or with a fill index out of range.
     pub fn build(self) -> Result<Tiered<K, V>> {
         if self.tiers.is_empty() {
@@ -183,6 +237,8 @@ where
                 coalesce: self.coalesce,
                 inflight: Mutex::new(HashMap::new()),
                 coalesced: Default::default(),
+                markers: self.markers,
+                marker_counters: MarkerCounters::default(),
             }),
         })
     }
@@ -298,6 +354,17 @@ where
             .collect()
     }
 
+    /// Counters of cross-client fetch markers ([`TieredBuilder::fetch_markers`]).
+    pub fn marker_stats(&self) -> MarkerStats {
+        let c = &self.inner.marker_counters;
+        MarkerStats {
+            won: c.won.load(Relaxed),
+            waited: c.waited.load(Relaxed),
+            filled: c.filled.load(Relaxed),
+            fell_back: c.fell_back.load(Relaxed),
+        }
+    }
+
     /// How many gets joined a fetch already under way for their key
     /// instead of fetching themselves.
     pub fn coalesced(&self) -> u64 {
@@ -355,18 +422,31 @@ where
             }
             Err(e) => {
                 slot.counters.errors.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    tier = slot.tier.name(),
-                    error = e as &dyn std::error::Error,
-                    "tier get failed; trying the next tier"
-                );
+                // Too few cache nodes answered: the nodes log their own
+                // state changes once, so this is not worth a line per key.
+                if matches!(e, Error::Unavailable { .. }) {
+                    tracing::debug!(
+                        tier = slot.tier.name(),
+                        error = e as &dyn std::error::Error,
+                        "tier get failed; trying the next tier"
+                    );
+                } else {
+                    tracing::warn!(
+                        tier = slot.tier.name(),
+                        error = e as &dyn std::error::Error,
+                        "tier get failed; trying the next tier"
+                    );
+                }
             }
         }
         r
     }
 
-    /// Tiers 1.. in order, then fills.
+    /// Tiers 1.. in order, then fills (tier 0 missed already).
     async fn fetch_lower(self: Arc<Self>, key: K) -> Result<Option<(V, usize)>> {
+        if let Some(v) = self.wait_for_other(0, &key).await {
+            return Ok(Some((v, 0)));
+        }
         let mut last_err = None;
         for i in 1..self.tiers.len() {
             match self.get_from(i, &key).await {
@@ -377,10 +457,60 @@ where
                 Ok(None) => last_err = None,
                 Err(e) => last_err = Some(e),
             }
+            if let Some(v) = self.wait_for_other(i, &key).await {
+                self.fill_above(i, &key, &v).await;
+                return Ok(Some((v, i)));
+            }
         }
         match last_err {
             Some(e) => Err(e),
             None => Ok(None),
+        }
+    }
+
+    /// After a miss in tier `i` (not the last): claims the fetch with a
+    /// marker; when another client holds it, polls tier `i` until its value
+    /// appears or the wait is over (`None`: fetch from below).
+    async fn wait_for_other(&self, i: usize, key: &K) -> Option<V> {
+        let wait = self.markers?;
+        if i + 1 >= self.tiers.len() {
+            return None;
+        }
+        let tier = &self.tiers[i].tier;
+        let c = &self.marker_counters;
+        // Spawned, so that a claim this get stops waiting for still ends
+        // (answer or timeout) and a hung node's circuit breaker sees it.
+        let claim = {
+            let (tier, key) = (Arc::clone(tier), key.clone());
+            tokio::spawn(async move { tier.claim(&key, wait).await })
+        };
+        // As patient as this tier's gets have needed (p99 of all of them, so
+        // a slow machine does not give up on healthy nodes), within bounds.
+        let p99 = self.tiers[i].counters.get_latency.snapshot().p99;
+        let patience = (p99 * 4).clamp(CLAIM_TIMEOUT_MIN, CLAIM_TIMEOUT_MAX);
+        match tokio::time::timeout(patience, claim).await {
+            Ok(Ok(Ok(Claim::Taken))) => {}
+            Ok(Ok(Ok(Claim::Won))) => {
+                c.won.fetch_add(1, Relaxed);
+                return None;
+            }
+            _ => return None,
+        }
+        c.waited.fetch_add(1, Relaxed);
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                c.fell_back.fetch_add(1, Relaxed);
+                return None;
+            }
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+            if let Ok(Some(v)) = self.get_from(i, key).await {
+                c.filled.fetch_add(1, Relaxed);
+                return Some(v);
+            }
         }
     }
 

@@ -323,6 +323,18 @@ async fn a_dead_node_is_skipped_for_a_while_then_retried() {
     assert!(matches!(e, cache_tiers::Error::NodeDown { .. }), "{e}");
     server.restart();
     tokio::time::sleep(Duration::from_millis(350)).await;
+    // The first operation after the backoff still fails at once and starts
+    // a background probe; the probe's answer marks the node up.
+    let e = Tier::get(&node, &k).await.unwrap_err();
+    assert!(matches!(e, cache_tiers::Error::NodeDown { .. }), "{e}");
+    let t0 = Instant::now();
+    while node.is_down() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the probe never marked it up"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // Back (empty after the restart): a clean miss, then a stored value.
     assert_eq!(Tier::get(&node, &k).await.unwrap(), None);
     assert!(!node.is_down());
@@ -330,4 +342,54 @@ async fn a_dead_node_is_skipped_for_a_while_then_retried() {
         .await
         .unwrap();
     assert_eq!(Tier::get(&node, &k).await.unwrap().unwrap(), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_node_is_marked_down_by_its_timeouts_and_up_by_a_probe() {
+    let Some(server) = MemcachedServer::start(16) else {
+        return;
+    };
+    let timeout = Duration::from_millis(200);
+    let node = Arc::new(MemcachedNode::new(
+        server.addr().to_string(),
+        MemcachedConfig::default()
+            .with_timeouts(timeout, timeout)
+            .with_down_backoff(Duration::from_millis(100)),
+    ));
+    let k = "alive".to_string();
+    Tier::put(&*node, &k, Bytes::from_static(b"1"))
+        .await
+        .unwrap();
+    // SIGSTOP: connections are accepted, nothing is answered.
+    server.set_running(false);
+    for _ in 0..2 {
+        let e = Tier::get(&*node, &k).await.unwrap_err();
+        assert!(matches!(e, cache_tiers::Error::Timeout { .. }), "{e}");
+    }
+    assert!(
+        node.is_down(),
+        "two timeouts in a row mark a hung node down"
+    );
+    // Now every operation fails at once, probes included (they run in the
+    // background while the server stays hung).
+    let t0 = Instant::now();
+    for _ in 0..50 {
+        let e = Tier::get(&*node, &k).await.unwrap_err();
+        assert!(matches!(e, cache_tiers::Error::NodeDown { .. }), "{e}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(50 * 5 + 150),
+        "operations on a down node waited: {:?}",
+        t0.elapsed()
+    );
+    assert!(node.is_down(), "a hung server's probes time out");
+    server.set_running(true);
+    let t0 = Instant::now();
+    while node.is_down() {
+        let _ = Tier::get(&*node, &k).await; // lets a probe start
+        assert!(t0.elapsed() < Duration::from_secs(10), "never marked up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(Tier::get(&*node, &k).await.unwrap().unwrap(), "1");
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cache_tiers::{
-    Delayed, DiskTier, ErasureCodedTier, FillPolicy, MemcachedConfig, MemcachedNode, Node, Tier,
-    Tiered,
+    Delayed, DiskTier, ErasureCodedTier, FillPolicy, MemcachedConfig, MemcachedNode, Node,
+    QueuedPuts, Tier, Tiered,
 };
 use chunk_core::CryptoProvider;
 use kms_envelope::{Kms, LocalKms};
@@ -123,6 +123,11 @@ impl Opened {
     }
 }
 
+/// How long a worker that missed a chunk in L2 waits for another worker
+/// already fetching it from the store (its "being fetched" marker) before
+/// fetching it itself: several store round trips, well under a read's patience.
+const L2_MARKER_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Opens the image `name` of `store` lazily over L1 disk (when configured),
 /// the optional L2 and the store, its keys unwrapped by `kms`.
 pub async fn open_image(
@@ -166,7 +171,11 @@ pub async fn open_image(
             .parity_shards(l2.parity)
             .build()
             .map_err(tiers_err("configuring the L2 cache".into()))?;
-        builder = builder.tier(tier);
+        // Fills of L2 never delay a read: queued, dropped when the queue is full.
+        builder = builder.tier(QueuedPuts::new(Arc::new(tier), 1024, 32));
+        // Cold workers missing the same chunk at once make one store GET: the
+        // others wait (up to L2_MARKER_WAIT) for its fill of L2.
+        builder = builder.fetch_markers(Some(L2_MARKER_WAIT));
     }
     // A chunk GET reads at most one sealed chunk of this image.
     let l3: Arc<dyn Tier<String, Bytes>> = Arc::new(

@@ -69,6 +69,15 @@ pub trait ChunkSource: Send + Sync + 'static {
     /// untrusted tiers) and decrypted: the moment a tiered source may fill
     /// its trusted tiers, so they only ever hold verified bytes. Default: nothing.
     async fn accepted(&self, _name: &ChunkName, _fetched: &Fetched) {}
+
+    /// Whether `tier` is the authority for chunks (the store, the last
+    /// tier): bad bytes from it cannot be healed by fetching again, while
+    /// bad bytes from an untrusted cache (L2) are dropped and fetched from
+    /// the tiers below in the same read. Default: every untrusted tier is
+    /// the authority (a source with one tier).
+    fn is_authority(&self, tier: &TierId) -> bool {
+        !tier.trusted
+    }
 }
 
 /// Faults a [`MemorySource`] can inject, for tests.

@@ -104,6 +104,15 @@ pub struct Stats {
     pub chunk_errors: u64,
     /// Of those, bytes that failed the name check or decryption.
     pub verify_failures: u64,
+    /// Chunks whose bytes from an untrusted cache (L2) failed the name check
+    /// or decryption: the entry was dropped and the chunk fetched from the
+    /// tiers below in the same read (counted once per bad answer).
+    #[serde(default)]
+    pub l2_integrity_failures: u64,
+    /// Chunks whose bytes from the authority (the store, L3) were bad: those
+    /// reads failed; `lode verify` finds and deletes such chunks.
+    #[serde(default)]
+    pub store_integrity_failures: u64,
     /// Per tier label.
     pub tiers: BTreeMap<String, TierStats>,
     /// Latency of `read_at` calls.
@@ -136,12 +145,23 @@ pub(crate) struct Counters {
     pub(crate) demand_fetches: AtomicU64,
     pub(crate) chunk_errors: AtomicU64,
     pub(crate) verify_failures: AtomicU64,
+    pub(crate) l2_integrity_failures: AtomicU64,
+    pub(crate) store_integrity_failures: AtomicU64,
+    /// Chunk indexes (and whether from the authority) already logged as an
+    /// integrity event, so each is logged once.
+    integrity_logged: Mutex<std::collections::HashSet<(u64, bool)>>,
     pub(crate) read_latency: LatencyHistogram,
     pub(crate) chunk_latency: LatencyHistogram,
     tiers: Mutex<BTreeMap<String, std::sync::Arc<TierCounters>>>,
 }
 
 impl Counters {
+    /// `true` the first time an integrity event of chunk `index` (from the
+    /// authority or not) is seen: the caller logs it then, and only then.
+    pub(crate) fn first_integrity_event(&self, index: u64, authority: bool) -> bool {
+        lock(&self.integrity_logged).insert((index, authority))
+    }
+
     pub(crate) fn tier_fetched(&self, label: &str, bytes: u64, latency: Duration) {
         let tier = {
             let mut tiers = lock(&self.tiers);
@@ -185,6 +205,8 @@ impl Counters {
             prefetch: None,
             chunk_errors: l(&self.chunk_errors),
             verify_failures: l(&self.verify_failures),
+            l2_integrity_failures: l(&self.l2_integrity_failures),
+            store_integrity_failures: l(&self.store_integrity_failures),
             tiers: lock(&self.tiers)
                 .iter()
                 .map(|(k, t)| {

@@ -105,6 +105,10 @@ impl ChunkSource for TieredSource {
         }
     }
 
+    fn is_authority(&self, tier: &TierId) -> bool {
+        self.labels.last() == Some(tier)
+    }
+
     async fn accepted(&self, name: &ChunkName, fetched: &Fetched) {
         let Some(answered) = self.labels.iter().position(|l| *l == fetched.tier) else {
             return;

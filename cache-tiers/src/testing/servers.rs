@@ -82,6 +82,19 @@ impl MemcachedServer {
         self.addr
     }
 
+    /// Stops the process with SIGSTOP (`false`) or resumes it with SIGCONT
+    /// (`true`): a stopped server still accepts connections (the kernel
+    /// completes the handshake) but never answers, like a hung node.
+    pub fn set_running(&self, running: bool) {
+        let Some(child) = &self.child else { return };
+        let signal = if running { "-CONT" } else { "-STOP" };
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("running kill {signal}: {e}"));
+        assert!(status.success(), "kill {signal} failed: {status}");
+    }
+
     /// Kills the server (its data is lost).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -1,6 +1,7 @@
 //! Loading one chunk: fetch from the source (with a timeout), name check
-//! for untrusted tiers, decryption, one retry when a trusted tier's bytes
-//! are bad, and the log line that names a chunk that cannot be served.
+//! for untrusted tiers, decryption, a refetch from the tiers below when a
+//! cache tier's bytes are bad, and the log lines that name a bad or
+//! unavailable chunk.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,8 +14,10 @@ use super::{Inner, Verify, set_bit};
 use crate::crypto;
 use crate::error::{Chain, ChunkError};
 
-/// Fetches, verifies and decrypts one chunk; retries once from the lower
-/// tiers when bytes from a trusted tier turn out bad.
+/// Fetches, verifies and decrypts one chunk; when bytes from a cache tier
+/// (trusted L1 or untrusted L2) turn out bad, drops them and fetches again
+/// from the tiers below, in the same load. Bad bytes from the authority
+/// (the store) fail the load and are logged once per chunk.
 pub(super) async fn load(inner: &Arc<Inner>, index: u64) -> Result<Bytes, ChunkError> {
     let Some(chunk) = inner.table.chunks[index as usize].clone() else {
         return Err(ChunkError::TaskFailed("hole fetched".into()));
@@ -22,7 +25,8 @@ pub(super) async fn load(inner: &Arc<Inner>, index: u64) -> Result<Bytes, ChunkE
     let expected = inner.table.chunk_len(index);
     let c = &inner.counters;
     let t0 = Instant::now();
-    let mut retried = false;
+    // Tiers that answered bad bytes in this load (each is skipped once).
+    let mut failed: Vec<String> = Vec::new();
     loop {
         let t_fetch = Instant::now();
         let timeout = inner.opts.fetch_timeout;
@@ -77,11 +81,42 @@ pub(super) async fn load(inner: &Arc<Inner>, index: u64) -> Result<Bytes, ChunkE
             Err(e) => e,
         };
         c.verify_failures.fetch_add(1, Relaxed);
-        log_chunk_error(inner, index, &chunk, &err);
         // Bad bytes must not stay in a cache tier.
         inner.source.invalidate(&chunk.name).await;
-        if fetched.tier.trusted && !retried {
-            retried = true;
+        let tier = &fetched.tier;
+        if tier.trusted {
+            log_chunk_error(inner, index, &chunk, &err);
+        } else if !inner.source.is_authority(tier) {
+            // An untrusted cache (L2) answered wrong bytes: its entry is
+            // dropped above and the tiers below answer in this same read.
+            c.l2_integrity_failures.fetch_add(1, Relaxed);
+            if c.first_integrity_event(index, false) {
+                tracing::warn!(
+                    chunk = %chunk.name,
+                    chunk_index = index,
+                    offset = index * u64::from(inner.table.chunk_size),
+                    tier = %tier.label,
+                    error = %Chain(&err),
+                    "L2 integrity event: cached chunk had bad bytes; dropped it and fetching from the store"
+                );
+            }
+        } else {
+            c.store_integrity_failures.fetch_add(1, Relaxed);
+            if c.first_integrity_event(index, true) {
+                tracing::error!(
+                    chunk = %chunk.name,
+                    chunk_index = index,
+                    offset = index * u64::from(inner.table.chunk_size),
+                    tier = %tier.label,
+                    error = %Chain(&err),
+                    "bad chunk in the store: reads of it fail; run `lode verify NAME` (or `lode verify --all`) to find the images that use it and `--delete-bad` so the next push uploads it again"
+                );
+            }
+        }
+        // Each tier below the authority gets one chance to be wrong per load.
+        let retry = !inner.source.is_authority(tier) && !failed.contains(&tier.label);
+        if retry {
+            failed.push(tier.label.clone());
             continue;
         }
         c.chunk_errors.fetch_add(1, Relaxed);
