@@ -8,6 +8,9 @@
 use std::io;
 use std::path::PathBuf;
 
+/// A foreign error, boxed so this crate's API does not expose other crates' types.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Everything that can go wrong while flattening an image.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -99,6 +102,18 @@ pub enum Error {
     /// The ext4 writer failed.
     #[error("writing the ext4 image")]
     Write(#[source] crate::ext4::WriteError),
+    /// A registry request failed (after retries), or the registry has no
+    /// such repository, tag or digest.
+    #[error("{reference}: {what}")]
+    Registry {
+        /// The image (`docker://...`).
+        reference: String,
+        /// What was asked for.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
     /// A worker thread panicked (a bug; reported instead of crashing).
     #[error("internal error: {0}")]
     Internal(String),

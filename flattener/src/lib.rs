@@ -81,7 +81,7 @@ use sha2::{Digest as _, Sha256};
 pub use error::{Error, LayerError, Result};
 pub use ext4::{HotEntry, HotList, HotRegion};
 pub use layers::FileSpool;
-pub use oci::{Digest, ImageRef, ImageSource, Platform};
+pub use oci::{Digest, ImageRef, ImageSource, Platform, RegistryOptions};
 
 /// What [`build_tree`] and the flatten functions report while they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +134,8 @@ pub struct FlattenOptions<'a> {
     /// a hot region after the layer regions; the layer regions stay
     /// byte-identical to a flatten without a list. Default `None`.
     pub hot: Option<&'a HotList>,
+    /// How a `docker://` image's registry is reached (TLS, credentials).
+    pub registry: RegistryOptions,
 }
 
 impl Default for FlattenOptions<'_> {
@@ -145,6 +147,7 @@ impl Default for FlattenOptions<'_> {
             spool_dir: None,
             deleted_data: ext4::DeletedData::Keep,
             hot: None,
+            registry: RegistryOptions::default(),
         }
     }
 }
@@ -165,6 +168,12 @@ impl<'a> FlattenOptions<'a> {
     /// These options with this platform, which the image must be built for.
     pub fn with_platform(mut self, p: Platform) -> Self {
         self.platform = Some(p);
+        self
+    }
+
+    /// These options reaching a registry with `registry`.
+    pub fn with_registry(mut self, registry: RegistryOptions) -> Self {
+        self.registry = registry;
         self
     }
 
@@ -513,7 +522,7 @@ pub fn flatten(image: &ImageRef, opts: &FlattenOptions<'_>, out: &Path) -> Resul
         let path = path.to_owned();
         move |e| Error::Io { path, source: e }
     };
-    let source = image.open(&spool_dir)?;
+    let source = image.open_with(&spool_dir, &opts.registry)?;
     let f = build_tree(&*source, opts, &spool_dir)?;
     drop(source);
     report(opts, Phase::Writing, &f);
@@ -582,7 +591,7 @@ pub fn flatten_to_writer<W: Write + Send>(
     out: W,
 ) -> Result<FlattenSummary> {
     let spool_dir = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let source = image.open(&spool_dir)?;
+    let source = image.open_with(&spool_dir, &opts.registry)?;
     let f = build_tree(&*source, opts, &spool_dir)?;
     drop(source);
     report(opts, Phase::Writing, &f);

@@ -1,0 +1,279 @@
+//! `docker://` against a real registry on loopback: Debian's
+//! `docker-registry` (distribution), loaded by `skopeo copy`.
+//!
+//! Needs `docker-registry`, `skopeo` (and `htpasswd` for the auth test) and
+//! the corpus (`LODE_CORPUS`); without them the tests say they were skipped,
+//! unless `LODE_REQUIRE_SERVERS=1`.
+#![cfg(feature = "registry")]
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::fs::required;
+use flattener::{Error, FlattenOptions, ImageRef, RegistryOptions, flatten};
+
+fn skip(why: &str) -> bool {
+    assert!(!required(), "{why} (LODE_REQUIRE_SERVERS=1)");
+    println!("skipped: {why}");
+    true
+}
+
+fn tool(name: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()));
+    found || !skip(&format!("{name} not installed"))
+}
+
+fn corpus() -> Option<PathBuf> {
+    match std::env::var_os("LODE_CORPUS") {
+        Some(c) => Some(PathBuf::from(c).join("oci")),
+        None => {
+            skip("LODE_CORPUS not set");
+            None
+        }
+    }
+}
+
+/// A `docker-registry serve` on a random loopback port, killed on drop.
+struct RegistryServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RegistryServer {
+    /// Starts a registry; with `htpasswd`, basic auth with that user and password.
+    fn start(htpasswd: Option<(&str, &str)>) -> Option<Self> {
+        if !tool("docker-registry") || !tool("skopeo") {
+            return None;
+        }
+        if htpasswd.is_some() && !tool("htpasswd") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, password)) = htpasswd {
+            let file = dir.path().join("htpasswd");
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "htpasswd failed");
+            std::fs::write(&file, &out.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: lode-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(&cfg, config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "docker-registry did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(server)
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `skopeo copy` of a corpus image into `repo:tag`.
+    fn load(&self, corpus: &Path, image: &str, repo_tag: &str, creds: Option<&str>) {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if let Some(c) = creds {
+            cmd.args(["--dest-creds", c]);
+        }
+        let out = cmd
+            .arg(format!("oci:{}:{image}", corpus.display()))
+            .arg(format!("docker://{}/{repo_tag}", self.host()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo copy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for RegistryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn plain_http() -> RegistryOptions {
+    RegistryOptions::default().with_tls_verify(false)
+}
+
+fn flatten_to(reference: &str, registry: RegistryOptions, out: &Path) -> flattener::Result<String> {
+    let r = ImageRef::parse(reference)?;
+    let opts = FlattenOptions::default().with_registry(registry);
+    Ok(flatten(&r, &opts, out)?.sha256)
+}
+
+#[test]
+fn registry_image_equals_layout_image_byte_for_byte() {
+    let Some(corpus) = corpus() else { return };
+    let Some(server) = RegistryServer::start(None) else {
+        return;
+    };
+    server.load(&corpus, "python-app", "python-app:latest", None);
+    let dir = tempfile::tempdir().unwrap();
+    let from_layout = flatten_to(
+        &format!("oci:{}:python-app", corpus.display()),
+        RegistryOptions::default(),
+        &dir.path().join("layout.ext4"),
+    )
+    .unwrap();
+    let by_tag = dir.path().join("registry.ext4");
+    let from_registry = flatten_to(
+        &format!("docker://{}/python-app:latest", server.host()),
+        plain_http(),
+        &by_tag,
+    )
+    .unwrap();
+    assert_eq!(
+        from_registry, from_layout,
+        "registry and layout images differ"
+    );
+    assert_eq!(
+        common::sha256_hex(&std::fs::read(&by_tag).unwrap()),
+        from_layout
+    );
+
+    // The same image by manifest digest.
+    let idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(corpus.join("index.json")).unwrap()).unwrap();
+    let digest = idx["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "python-app")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let by_digest = flatten_to(
+        &format!("docker://{}/python-app@{digest}", server.host()),
+        plain_http(),
+        &dir.path().join("digest.ext4"),
+    )
+    .unwrap();
+    assert_eq!(by_digest, from_layout);
+}
+
+#[test]
+fn unknown_tag_and_repository_are_clear_errors() {
+    let Some(corpus) = corpus() else { return };
+    let Some(server) = RegistryServer::start(None) else {
+        return;
+    };
+    server.load(&corpus, "debian-base", "base:v1", None);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ext4");
+    for (reference, wanted) in [
+        (
+            format!("docker://{}/base:v2", server.host()),
+            "no image tagged \"v2\" in repository base",
+        ),
+        (
+            format!("docker://{}/nosuchrepo:v1", server.host()),
+            "no image tagged \"v1\" in repository nosuchrepo",
+        ),
+    ] {
+        let e = flatten_to(&reference, plain_http(), &out).unwrap_err();
+        assert!(matches!(e, Error::Registry { .. }), "{e:?}");
+        let text = common::chain(&e);
+        assert!(text.starts_with(&reference), "{text}");
+        assert!(text.contains(wanted), "{text}");
+        assert!(!out.exists());
+    }
+    // HTTPS against a plain-HTTP registry: an error, not a hang.
+    let e = flatten_to(
+        &format!("docker://{}/base:v1", server.host()),
+        RegistryOptions::default(),
+        &out,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Registry { .. }), "{e:?}");
+}
+
+#[test]
+fn basic_auth_reads_the_credentials_file() {
+    let Some(corpus) = corpus() else { return };
+    let Some(server) = RegistryServer::start(Some(("lode", "p4ss:word"))) else {
+        return;
+    };
+    server.load(&corpus, "debian-base", "base:v1", Some("lode:p4ss:word"));
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("docker://{}/base:v1", server.host());
+    let expected = flatten_to(
+        &format!("oci:{}:debian-base", corpus.display()),
+        RegistryOptions::default(),
+        &dir.path().join("layout.ext4"),
+    )
+    .unwrap();
+
+    // Without credentials: refused, and the message says so.
+    let empty = dir.path().join("empty.json");
+    std::fs::write(&empty, br#"{"auths":{}}"#).unwrap();
+    let e = flatten_to(
+        &reference,
+        plain_http().with_auth_file(empty),
+        &dir.path().join("x.ext4"),
+    )
+    .unwrap_err();
+    let text = common::chain(&e);
+    assert!(text.to_lowercase().contains("auth"), "{text}");
+
+    // With a podman/skopeo auth.json.
+    let auth = dir.path().join("auth.json");
+    let token = base64::engine::general_purpose::STANDARD.encode("lode:p4ss:word");
+    std::fs::write(
+        &auth,
+        serde_json::to_vec(&serde_json::json!({"auths": {server.host(): {"auth": token}}}))
+            .unwrap(),
+    )
+    .unwrap();
+    let got = flatten_to(
+        &reference,
+        plain_http().with_auth_file(auth),
+        &dir.path().join("auth.ext4"),
+    )
+    .unwrap();
+    assert_eq!(got, expected);
+}
