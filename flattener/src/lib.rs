@@ -1,7 +1,8 @@
 //! Flattens OCI images into deterministic, dedup-friendly read-only ext4
 //! images.
 //!
-//! An image (`oci:DIR[:TAG]` or `docker-archive:FILE`) is read through an
+//! An image (`oci:DIR[:TAG]`, `docker-archive:FILE`, or with the `registry`
+//! feature `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`) is read through an
 //! [`oci::ImageSource`]; its layers are decompressed (gzip, zstd or plain),
 //! verified (blob digest and `rootfs.diff_ids`) and parsed in parallel,
 //! file contents go to an on-disk spool ([`FileSpool`]), and the layers are
@@ -58,8 +59,13 @@
 //! assert!(opts.hot.is_some());
 //! ```
 //!
-//! Features: none; gzip uses flate2 with the pure-Rust zlib-rs backend,
-//! zstd uses ruzstd (pure Rust).
+//! Features: `registry` (off by default) adds the `docker://` source
+//! (`oci::Registry`, via `oci-client`; [`RegistryOptions`] says how the
+//! registry is reached). gzip uses flate2 with the pure-Rust zlib-rs
+//! backend, zstd uses ruzstd (pure Rust).
+//!
+//! Errors ([`Error`]) say what failed and where; the cause is returned from
+//! [`source()`](std::error::Error::source), never repeated in the message.
 //!
 //! Layer semantics and the choices made where the spec leaves room are
 //! documented in the crate README (`flattener/README.md`).

@@ -277,3 +277,85 @@ fn basic_auth_reads_the_credentials_file() {
     .unwrap();
     assert_eq!(got, expected);
 }
+
+#[test]
+fn multi_platform_index_is_picked_with_platform() {
+    let Some(server) = RegistryServer::start(None) else {
+        return;
+    };
+    // A layout whose tag names an image index of an amd64 and an arm64 image.
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("multi");
+    std::fs::create_dir_all(&layout).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let amd = common::add_image(
+        &layout,
+        &[(
+            common::tar(&[common::E::file("amd", b"x86")]),
+            common::Comp::Gzip,
+        )],
+        "amd64",
+    );
+    let arm = common::add_image(
+        &layout,
+        &[(
+            common::tar(&[common::E::file("arm", b"aarch64")]),
+            common::Comp::Gzip,
+        )],
+        "arm64",
+    );
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [amd, arm],
+    }))
+    .unwrap();
+    let idig = common::put_blob(&layout, &index);
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": idig, "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }]}))
+        .unwrap(),
+    )
+    .unwrap();
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--all", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:multi", layout.display()))
+        .arg(format!("docker://{}/multi:latest", server.host()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy --all: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let remote = ImageRef::parse(&format!("docker://{}/multi:latest", server.host())).unwrap();
+    let local = ImageRef::parse(&format!("oci:{}:multi", layout.display())).unwrap();
+    let flat = |r: &ImageRef, platform: Option<&str>, name: &str| {
+        let mut opts = FlattenOptions::default().with_registry(plain_http());
+        if let Some(p) = platform {
+            opts = opts.with_platform(flattener::Platform::parse(p).unwrap());
+        }
+        flatten(r, &opts, &dir.path().join(name)).map(|s| s.sha256)
+    };
+    let arm_remote = flat(&remote, Some("linux/arm64"), "a").unwrap();
+    let arm_local = flat(&local, Some("linux/arm64"), "b").unwrap();
+    assert_eq!(arm_remote, arm_local);
+    // No --platform: linux/amd64, as from the layout.
+    let amd_remote = flat(&remote, None, "c").unwrap();
+    assert_eq!(amd_remote, flat(&local, None, "d").unwrap());
+    assert_ne!(amd_remote, arm_remote);
+    let e = flat(&remote, Some("linux/s390x"), "e").unwrap_err();
+    assert!(
+        common::chain(&e).contains("no manifest for platform linux/s390x"),
+        "{e}"
+    );
+}

@@ -414,7 +414,7 @@ fn media(c: Comp) -> &'static str {
     }
 }
 
-fn put_blob(dir: &Path, bytes: &[u8]) -> String {
+pub fn put_blob(dir: &Path, bytes: &[u8]) -> String {
     let hex = sha256_hex(bytes);
     let p = dir.join("blobs/sha256");
     std::fs::create_dir_all(&p).unwrap();
