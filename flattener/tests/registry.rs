@@ -359,3 +359,104 @@ fn multi_platform_index_is_picked_with_platform() {
         "{e}"
     );
 }
+
+/// A TCP proxy to `upstream` that cuts the first connection whose answer
+/// passes `cut_after` bytes (once), and notes whether a client asked for
+/// a range that does not start at 0 (a resumed blob).
+struct CuttingProxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    resumed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CuttingProxy {
+    fn start(upstream: u16, cut_after: usize) -> Self {
+        use std::io::{Read as _, Write as _};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let resumed = Arc::new(AtomicBool::new(false));
+        let (cut2, resumed2) = (cut.clone(), resumed.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                let (mut c_read, mut s_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let resumed = resumed2.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 << 10];
+                    while let Ok(n) = c_read.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let text = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                        if text.contains("range: bytes=") && !text.contains("range: bytes=0-") {
+                            resumed.store(true, Ordering::SeqCst);
+                        }
+                        if s_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_write.shutdown(std::net::Shutdown::Write);
+                });
+                let cut = cut2.clone();
+                let (mut s_read, mut c_write) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 << 10];
+                    let mut sent = 0;
+                    while let Ok(n) = s_read.read(&mut buf) {
+                        if n == 0 || c_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n;
+                        if sent > cut_after && !cut.swap(true, Ordering::SeqCst) {
+                            let _ = c_write.shutdown(std::net::Shutdown::Both);
+                            let _ = s_read.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                    }
+                    let _ = c_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Self { port, cut, resumed }
+    }
+}
+
+#[test]
+fn a_blob_cut_mid_stream_is_resumed_and_still_verified() {
+    use std::sync::atomic::Ordering;
+    let Some(corpus) = corpus() else { return };
+    let Some(server) = RegistryServer::start(None) else {
+        return;
+    };
+    server.load(&corpus, "debian-base", "base:v1", None);
+    let proxy = CuttingProxy::start(server.port, 1 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let expected = flatten_to(
+        &format!("oci:{}:debian-base", corpus.display()),
+        RegistryOptions::default(),
+        &dir.path().join("layout.ext4"),
+    )
+    .unwrap();
+    let got = flatten_to(
+        &format!("docker://127.0.0.1:{}/base:v1", proxy.port),
+        plain_http(),
+        &dir.path().join("proxied.ext4"),
+    )
+    .unwrap();
+    assert!(
+        proxy.cut.load(Ordering::SeqCst),
+        "the proxy never cut a connection"
+    );
+    assert!(
+        proxy.resumed.load(Ordering::SeqCst),
+        "the cut blob was not resumed by a range request"
+    );
+    assert_eq!(got, expected);
+}
