@@ -221,6 +221,11 @@ mod tests {
                 offset: 4096,
                 source: io(),
             }),
+            Error::Registry {
+                reference: "docker://h/r:t".into(),
+                what: "fetching manifest h/r:t".into(),
+                source: Box::new(io()),
+            },
         ];
         for e in &all {
             let mut cur: &dyn std::error::Error = e;
