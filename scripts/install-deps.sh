@@ -15,6 +15,9 @@ APT_PACKAGES=(
   umoci              # independent reference unpacker in flattener tests
   time               # peak RSS in bench scripts
   openssl            # `openssl speed`: the baseline of bench/crypto-limit.sh
+  docker-registry    # a real registry on loopback for the docker:// source tests
+  skopeo             # loads corpus images into that registry
+  apache2-utils      # htpasswd: the registry's basic-auth test
   pkg-config
   python3-pip
 )

@@ -45,11 +45,36 @@ struct Cli {
     command: Command,
 }
 
+/// How `docker://` images are fetched (as skopeo's flags).
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// Use HTTPS and verify certificates; `--tls-verify=false` speaks plain
+    /// HTTP (a registry on loopback)
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          help_heading = "Registry (docker://)")]
+    tls_verify: bool,
+    /// Credentials file (auth.json / docker config.json). Default:
+    /// $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json,
+    /// ~/.config/containers/auth.json, ~/.docker/config.json
+    #[arg(long, value_name = "FILE", help_heading = "Registry (docker://)")]
+    authfile: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    fn options(self) -> flattener::RegistryOptions {
+        let mut o = flattener::RegistryOptions::default().with_tls_verify(self.tls_verify);
+        if let Some(f) = self.authfile {
+            o = o.with_auth_file(f);
+        }
+        o
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Flatten an OCI image into a deterministic ext4 image file
     Flatten {
-        /// `oci:DIR[:TAG]` or `docker-archive:FILE`
+        /// `oci:DIR[:TAG]`, `docker-archive:FILE` or `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`
         image: String,
         /// Output image file
         #[arg(short, long)]
@@ -57,13 +82,15 @@ enum Command {
         /// Platform to pick from a multi-platform index (os/arch[/variant])
         #[arg(long)]
         platform: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
         /// Profile-guided layout from a profile recorded with `lode mount --record-profile`
         #[arg(long, value_name = "FILE")]
         layout_profile: Option<PathBuf>,
     },
     /// Flatten, chunk, seal and upload an image, then write its manifest
     Push {
-        /// `oci:DIR[:TAG]` or `docker-archive:FILE`
+        /// `oci:DIR[:TAG]`, `docker-archive:FILE` or `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`
         image: String,
         /// Name of the image in the store
         #[arg(long)]
@@ -71,6 +98,8 @@ enum Command {
         /// Platform to pick from a multi-platform index (os/arch[/variant])
         #[arg(long)]
         platform: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
         /// Concurrent chunk uploads
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
@@ -345,17 +374,20 @@ fn run(cli: Cli) -> Result<()> {
             image,
             output,
             platform,
+            registry,
             layout_profile,
         } => flatten(
             &image,
             &output,
             platform.as_deref(),
+            registry.options(),
             layout_profile.as_deref(),
         ),
         Command::Push {
             image,
             name,
             platform,
+            registry,
             concurrency,
             json,
             layout_profile,
@@ -385,6 +417,7 @@ fn run(cli: Cli) -> Result<()> {
             .upload_concurrency(concurrency)
             .spool_dir(lode_store::push::spool_dir(spool_dir)?)
             .hot(hot)
+            .registry(registry.options())
             .progress(bars);
             let summary = runtime()?.block_on(push.run())?;
             if json {
@@ -617,6 +650,7 @@ fn flatten(
     image: &str,
     output: &std::path::Path,
     platform: Option<&str>,
+    registry: flattener::RegistryOptions,
     layout_profile: Option<&std::path::Path>,
 ) -> Result<()> {
     use flattener::ImageRef;
@@ -633,7 +667,9 @@ fn flatten(
         progress_bar.set_length(p.bytes_total);
         progress_bar.set_position(p.bytes_read);
     };
-    let mut opts = flattener::FlattenOptions::default().with_progress(&progress);
+    let mut opts = flattener::FlattenOptions::default()
+        .with_progress(&progress)
+        .with_registry(registry);
     if let Some(p) = platform {
         opts = opts.with_platform(lode_store::push::parse_platform(p)?);
     }

@@ -1,7 +1,15 @@
 //! Errors of the flattener.
+//!
+//! A variant's message says what failed and where (path, image, layer,
+//! blob); the underlying error is returned from
+//! [`source()`](std::error::Error::source), never repeated in the message.
+//! Print the whole chain (e.g. `anyhow`'s `{:#}`) to see the cause.
 
 use std::io;
 use std::path::PathBuf;
+
+/// A foreign error, boxed so this crate's API does not expose other crates' types.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong while flattening an image.
 #[derive(Debug, thiserror::Error)]
@@ -16,7 +24,7 @@ pub enum Error {
         reason: String,
     },
     /// A file of the image source or the output could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -33,7 +41,7 @@ pub enum Error {
         reason: String,
     },
     /// A JSON document (index, manifest, config) does not parse.
-    #[error("{source_name}: malformed {what}: {source}")]
+    #[error("{source_name}: malformed {what}")]
     Json {
         /// The image source.
         source_name: String,
@@ -68,7 +76,7 @@ pub enum Error {
         actual: String,
     },
     /// A layer could not be decompressed, parsed or applied.
-    #[error("layer {index} (blob {blob}): {source}")]
+    #[error("layer {index} (blob {blob})")]
     Layer {
         /// Layer index, 0 = bottom.
         index: usize,
@@ -92,8 +100,20 @@ pub enum Error {
         limit: u64,
     },
     /// The ext4 writer failed.
-    #[error("writing the ext4 image: {0}")]
+    #[error("writing the ext4 image")]
     Write(#[source] crate::ext4::WriteError),
+    /// A registry request failed (after retries), or the registry has no
+    /// such repository, tag or digest.
+    #[error("{reference}: {what}")]
+    Registry {
+        /// The image (`docker://...`).
+        reference: String,
+        /// What was asked for.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
     /// A worker thread panicked (a bug; reported instead of crashing).
     #[error("internal error: {0}")]
     Internal(String),
@@ -104,7 +124,7 @@ pub enum Error {
 #[non_exhaustive]
 pub enum LayerError {
     /// The compressed stream is corrupt.
-    #[error("corrupt {codec} stream: {source}")]
+    #[error("corrupt {codec} stream")]
     Decompress {
         /// `gzip` or `zstd`.
         codec: &'static str,
@@ -152,9 +172,72 @@ pub enum LayerError {
         actual: u64,
     },
     /// Reading the blob or writing the spool failed.
-    #[error("I/O: {0}")]
+    #[error("reading the blob or writing the spool")]
     Io(#[source] io::Error),
 }
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ext4::WriteError;
+
+    /// Every variant that has a source: its message does not end with
+    /// (repeat) the source's message, at any depth.
+    #[test]
+    fn messages_do_not_repeat_their_sources() {
+        let io = || io::Error::other("disk on fire");
+        let json = serde_json::from_slice::<u8>(b"{").unwrap_err();
+        let layer = |source| Error::Layer {
+            index: 1,
+            blob: "sha256:ab".into(),
+            source,
+        };
+        let all = [
+            Error::Io {
+                path: "/x".into(),
+                source: io(),
+            },
+            Error::Json {
+                source_name: "oci:/x".into(),
+                what: "index.json".into(),
+                source: json,
+            },
+            layer(LayerError::Decompress {
+                codec: "gzip",
+                source: io(),
+            }),
+            layer(LayerError::Io(io())),
+            Error::Write(WriteError::Spool {
+                layer: 0,
+                offset: 0,
+                len: 1,
+                node: None,
+                source: io(),
+            }),
+            Error::Write(WriteError::Write {
+                offset: 4096,
+                source: io(),
+            }),
+            Error::Registry {
+                reference: "docker://h/r:t".into(),
+                what: "fetching manifest h/r:t".into(),
+                source: Box::new(io()),
+            },
+        ];
+        for e in &all {
+            let mut cur: &dyn std::error::Error = e;
+            let mut depth = 1;
+            while let Some(src) = cur.source() {
+                let (outer, inner) = (cur.to_string(), src.to_string());
+                assert!(!outer.ends_with(&inner), "{outer:?} repeats {inner:?}");
+                assert!(!outer.is_empty());
+                cur = src;
+                depth += 1;
+            }
+            assert!(depth >= 2, "{e:?} lost its source");
+        }
+    }
+}

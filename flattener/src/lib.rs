@@ -1,7 +1,8 @@
 //! Flattens OCI images into deterministic, dedup-friendly read-only ext4
 //! images.
 //!
-//! An image (`oci:DIR[:TAG]` or `docker-archive:FILE`) is read through an
+//! An image (`oci:DIR[:TAG]`, `docker-archive:FILE`, or with the `registry`
+//! feature `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`) is read through an
 //! [`oci::ImageSource`]; its layers are decompressed (gzip, zstd or plain),
 //! verified (blob digest and `rootfs.diff_ids`) and parsed in parallel,
 //! file contents go to an on-disk spool ([`FileSpool`]), and the layers are
@@ -58,8 +59,13 @@
 //! assert!(opts.hot.is_some());
 //! ```
 //!
-//! Features: none; gzip uses flate2 with the pure-Rust zlib-rs backend,
-//! zstd uses ruzstd (pure Rust).
+//! Features: `registry` (off by default) adds the `docker://` source
+//! (`oci::Registry`, via `oci-client`; [`RegistryOptions`] says how the
+//! registry is reached). gzip uses flate2 with the pure-Rust zlib-rs
+//! backend, zstd uses ruzstd (pure Rust).
+//!
+//! Errors ([`Error`]) say what failed and where; the cause is returned from
+//! [`source()`](std::error::Error::source), never repeated in the message.
 //!
 //! Layer semantics and the choices made where the spec leaves room are
 //! documented in the crate README (`flattener/README.md`).
@@ -81,7 +87,7 @@ use sha2::{Digest as _, Sha256};
 pub use error::{Error, LayerError, Result};
 pub use ext4::{HotEntry, HotList, HotRegion};
 pub use layers::FileSpool;
-pub use oci::{Digest, ImageRef, ImageSource, Platform};
+pub use oci::{Digest, ImageRef, ImageSource, Platform, RegistryOptions};
 
 /// What [`build_tree`] and the flatten functions report while they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +140,8 @@ pub struct FlattenOptions<'a> {
     /// a hot region after the layer regions; the layer regions stay
     /// byte-identical to a flatten without a list. Default `None`.
     pub hot: Option<&'a HotList>,
+    /// How a `docker://` image's registry is reached (TLS, credentials).
+    pub registry: RegistryOptions,
 }
 
 impl Default for FlattenOptions<'_> {
@@ -145,6 +153,7 @@ impl Default for FlattenOptions<'_> {
             spool_dir: None,
             deleted_data: ext4::DeletedData::Keep,
             hot: None,
+            registry: RegistryOptions::default(),
         }
     }
 }
@@ -165,6 +174,12 @@ impl<'a> FlattenOptions<'a> {
     /// These options with this platform, which the image must be built for.
     pub fn with_platform(mut self, p: Platform) -> Self {
         self.platform = Some(p);
+        self
+    }
+
+    /// These options reaching a registry with `registry`.
+    pub fn with_registry(mut self, registry: RegistryOptions) -> Self {
+        self.registry = registry;
         self
     }
 
@@ -513,7 +528,7 @@ pub fn flatten(image: &ImageRef, opts: &FlattenOptions<'_>, out: &Path) -> Resul
         let path = path.to_owned();
         move |e| Error::Io { path, source: e }
     };
-    let source = image.open(&spool_dir)?;
+    let source = image.open_with(&spool_dir, &opts.registry)?;
     let f = build_tree(&*source, opts, &spool_dir)?;
     drop(source);
     report(opts, Phase::Writing, &f);
@@ -582,7 +597,7 @@ pub fn flatten_to_writer<W: Write + Send>(
     out: W,
 ) -> Result<FlattenSummary> {
     let spool_dir = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let source = image.open(&spool_dir)?;
+    let source = image.open_with(&spool_dir, &opts.registry)?;
     let f = build_tree(&*source, opts, &spool_dir)?;
     drop(source);
     report(opts, Phase::Writing, &f);

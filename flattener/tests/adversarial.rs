@@ -53,14 +53,7 @@ fn flatten_error(layers: &[RawLayer<'_>]) -> String {
         Err(e) => e,
     };
     assert!(!dir.path().join("out.ext4").exists());
-    let mut text = err.to_string();
-    let mut src = std::error::Error::source(&err);
-    while let Some(s) = src {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        src = s.source();
-    }
-    text
+    common::chain(&err)
 }
 
 fn content_token(data: &[u8]) -> String {

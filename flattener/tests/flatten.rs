@@ -217,7 +217,7 @@ fn failures_leave_no_output_file() {
     let out = dir.path().join("out.ext4");
     let err = flatten(&img, &FlattenOptions::default(), &out).unwrap_err();
     assert!(
-        err.to_string().contains("hard link to missing target"),
+        common::chain(&err).contains("hard link to missing target"),
         "{err}"
     );
     assert!(!out.exists());

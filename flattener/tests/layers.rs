@@ -226,7 +226,7 @@ fn symlinked_parents_resolve_inside_the_root() {
         E::file("loop/x", b""),
     ])])
     .unwrap_err();
-    assert!(err.to_string().contains("symbolic links"), "{err}");
+    assert!(common::chain(&err).contains("symbolic links"), "{err}");
 }
 
 #[test]
@@ -334,7 +334,7 @@ fn layer_error(layers: Vec<Vec<u8>>) -> String {
                 ),
                 "{e:?}"
             );
-            e.to_string()
+            common::chain(&e)
         }
     }
 }
@@ -520,8 +520,7 @@ fn media_type_mismatch_is_an_error() {
         .unwrap();
     let err = build_tree(&*src, &FlattenOptions::default(), dir.path()).unwrap_err();
     assert!(
-        err.to_string()
-            .contains("media type says gzip but the data is tar"),
+        common::chain(&err).contains("media type says gzip but the data is tar"),
         "{err}"
     );
 }

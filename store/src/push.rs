@@ -163,6 +163,7 @@ pub struct Push<'a> {
     upload_concurrency: usize,
     spool_dir: Option<PathBuf>,
     hot: Option<flattener::HotList>,
+    registry: flattener::RegistryOptions,
     progress: Arc<dyn PushProgress>,
 }
 
@@ -204,6 +205,7 @@ impl<'a> Push<'a> {
             upload_concurrency: 16,
             spool_dir: None,
             hot: None,
+            registry: flattener::RegistryOptions::default(),
             progress: Arc::new(NoProgress),
         }
     }
@@ -232,6 +234,12 @@ impl<'a> Push<'a> {
     /// (see [`crate::profile::hot_list_from_profile`]).
     pub fn hot(mut self, hot: Option<flattener::HotList>) -> Self {
         self.hot = hot;
+        self
+    }
+
+    /// How a `docker://` image's registry is reached (TLS, credentials file).
+    pub fn registry(mut self, registry: flattener::RegistryOptions) -> Self {
+        self.registry = registry;
         self
     }
 
@@ -271,12 +279,15 @@ impl<'a> Push<'a> {
             let spool_dir = self.spool_dir.clone();
             let hot = self.hot.clone();
             let platform = self.platform.clone();
+            let registry = self.registry.clone();
             std::thread::Builder::new()
                 .name("flatten".into())
                 .spawn(move || {
                     let report =
                         move |p: flattener::Progress| progress.layers(p.bytes_read, p.bytes_total);
-                    let mut opts = FlattenOptions::default().with_progress(&report);
+                    let mut opts = FlattenOptions::default()
+                        .with_progress(&report)
+                        .with_registry(registry);
                     if let Some(p) = platform {
                         opts = opts.with_platform(p);
                     }

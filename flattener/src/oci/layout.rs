@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{
     DescriptorJson, Digest, ImageSource, IndexOrManifest, LayerDescriptor, MAX_DOCUMENT, Platform,
-    REF_NAME, ResolvedImage, layer_compression, read_config,
+    REF_NAME, ResolvedImage, layer_descriptors, pick_platform, read_config,
 };
 use crate::error::{Error, Result};
 
@@ -97,17 +97,6 @@ impl OciLayout {
             source: e,
         })
     }
-
-    fn pick_platform<'a>(
-        &self,
-        candidates: &'a [DescriptorJson],
-        platform: &Platform,
-    ) -> Result<&'a DescriptorJson> {
-        candidates
-            .iter()
-            .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
-            .ok_or_else(|| self.err(format!("no manifest for platform {platform}")))
-    }
 }
 
 /// The tags of an index's manifests, for messages.
@@ -155,7 +144,7 @@ impl ImageSource for OciLayout {
                         )));
                     }
                     1 => tagged[0].clone(),
-                    _ => self.pick_platform(&tagged, platform)?.clone(),
+                    _ => pick_platform(&self.name(), &tagged, platform)?.clone(),
                 }
             }
             None => match manifests.len() {
@@ -166,7 +155,7 @@ impl ImageSource for OciLayout {
                         d.annotations.get(REF_NAME) == manifests[0].annotations.get(REF_NAME)
                     }) =>
                 {
-                    self.pick_platform(&manifests, platform)?.clone()
+                    pick_platform(&self.name(), &manifests, platform)?.clone()
                 }
                 _ => {
                     return Err(self.err(format!(
@@ -181,7 +170,7 @@ impl ImageSource for OciLayout {
             let bytes = self.read_document(&desc)?;
             let doc = self.parse_json(&bytes, &format!("manifest {}", desc.digest))?;
             if let Some(list) = &doc.manifests {
-                desc = self.pick_platform(list, platform)?.clone();
+                desc = pick_platform(&self.name(), list, platform)?.clone();
                 continue;
             }
             let (Some(config), Some(layers)) = (doc.config, doc.layers) else {
@@ -192,34 +181,7 @@ impl ImageSource for OciLayout {
             };
             let config_bytes = self.read_document(&config)?;
             let (diff_ids, config_platform) = read_config(&self.name(), &config_bytes)?;
-            if diff_ids.len() != layers.len() {
-                return Err(self.err(format!(
-                    "manifest has {} layers but config has {} diff_ids",
-                    layers.len(),
-                    diff_ids.len()
-                )));
-            }
-            let mut out = Vec::with_capacity(layers.len());
-            for (l, diff_id) in layers.iter().zip(diff_ids) {
-                let digest = self.parse_digest(&l.digest)?;
-                let compression = if l.media_type.is_empty() {
-                    None
-                } else {
-                    Some(layer_compression(&l.media_type).ok_or_else(|| {
-                        self.err(format!(
-                            "blob {digest}: unsupported layer media type {:?}",
-                            l.media_type
-                        ))
-                    })?)
-                };
-                out.push(LayerDescriptor {
-                    name: digest.to_string(),
-                    digest: Some(digest),
-                    size: Some(l.size),
-                    compression,
-                    diff_id,
-                });
-            }
+            let out = layer_descriptors(&self.name(), &layers, diff_ids)?;
             return Ok(ResolvedImage {
                 layers: out,
                 config_digest: self.parse_digest(&config.digest)?,

@@ -1,7 +1,8 @@
 //! Image sources: where the manifest, config and layer blobs come from.
 //!
-//! [`ImageSource`] is the small trait a new source (a registry client, say)
-//! implements; [`OciLayout`] and [`DockerArchive`] are the two built in,
+//! [`ImageSource`] is the small trait a new source implements;
+//! [`OciLayout`] and [`DockerArchive`] are built in, `Registry`
+//! (`docker://`, feature `registry`) reads from a registry, and
 //! [`MemorySource`] serves tests and fuzzing.
 //! Sources verify the small documents (index, manifest, config) themselves;
 //! layer blobs are verified by the flattener while it streams them.
@@ -9,6 +10,8 @@
 mod docker_archive;
 mod layout;
 mod memory;
+#[cfg(feature = "registry")]
+mod registry;
 
 use std::fmt;
 use std::io::Read;
@@ -20,6 +23,8 @@ use sha2::{Digest as _, Sha256, Sha512};
 pub use docker_archive::DockerArchive;
 pub use layout::OciLayout;
 pub use memory::MemorySource;
+#[cfg(feature = "registry")]
+pub use registry::Registry;
 
 use crate::error::{Error, Result};
 
@@ -289,6 +294,44 @@ pub trait ImageSource: Send + Sync {
     fn open_layer(&self, layer: &LayerDescriptor) -> Result<Box<dyn Read + Send + '_>>;
 }
 
+/// How a registry is reached. Part of [`crate::FlattenOptions`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RegistryOptions {
+    /// Verify TLS and use HTTPS (default). `false` speaks plain HTTP, as
+    /// skopeo's `--tls-verify=false` does for a registry on loopback.
+    pub tls_verify: bool,
+    /// The credentials file (`auth.json` / docker `config.json` format).
+    /// `None`: `$REGISTRY_AUTH_FILE`, then
+    /// `$XDG_RUNTIME_DIR/containers/auth.json`,
+    /// `~/.config/containers/auth.json`, `~/.docker/config.json`, the first
+    /// that exists (as podman and skopeo look).
+    pub auth_file: Option<PathBuf>,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        Self {
+            tls_verify: true,
+            auth_file: None,
+        }
+    }
+}
+
+impl RegistryOptions {
+    /// These options with TLS verification on or off.
+    pub fn with_tls_verify(mut self, verify: bool) -> Self {
+        self.tls_verify = verify;
+        self
+    }
+
+    /// These options reading credentials from this file.
+    pub fn with_auth_file(mut self, path: PathBuf) -> Self {
+        self.auth_file = Some(path);
+        self
+    }
+}
+
 /// A parsed image reference.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ImageRef {
@@ -306,19 +349,36 @@ pub enum ImageRef {
         /// A `RepoTags` entry to pick when the archive holds several images.
         tag: Option<String>,
     },
+    /// `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`: an image in a registry
+    /// (opening it needs the `registry` feature).
+    Docker {
+        /// The reference after `docker://`.
+        reference: String,
+    },
 }
 
 impl ImageRef {
-    /// Parses `oci:DIR[:TAG]` or `docker-archive:FILE[:REF]` (skopeo syntax:
-    /// the path ends at the first `:` after the transport).
+    /// Parses `oci:DIR[:TAG]`, `docker-archive:FILE[:REF]` (skopeo syntax:
+    /// the path ends at the first `:` after the transport) or
+    /// `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`.
     pub fn parse(s: &str) -> Result<Self> {
         let bad = |reason: &str| Error::InvalidReference {
             reference: s.to_owned(),
             reason: reason.to_owned(),
         };
-        let (transport, rest) = s
-            .split_once(':')
-            .ok_or_else(|| bad("expected oci:DIR[:TAG] or docker-archive:FILE"))?;
+        if let Some(reference) = s.strip_prefix("docker://") {
+            if reference.is_empty() {
+                return Err(bad("empty registry reference"));
+            }
+            #[cfg(feature = "registry")]
+            registry::parse_reference(reference).map_err(|e| bad(&e))?;
+            return Ok(Self::Docker {
+                reference: reference.to_owned(),
+            });
+        }
+        let (transport, rest) = s.split_once(':').ok_or_else(|| {
+            bad("expected oci:DIR[:TAG], docker-archive:FILE or docker://HOST/REPO:TAG")
+        })?;
         let (path, tag) = match rest.split_once(':') {
             Some((p, t)) => (p, Some(t.to_owned()).filter(|t| !t.is_empty())),
             None => (rest, None),
@@ -335,17 +395,41 @@ impl ImageRef {
                 file: path.into(),
                 tag,
             }),
-            _ => Err(bad("unknown transport (use oci: or docker-archive:)")),
+            _ => Err(bad(
+                "unknown transport (use oci:, docker-archive: or docker://)",
+            )),
         }
     }
 
     /// Opens the source. `scratch` is a directory for temporary files (a
-    /// gzip-compressed docker-archive is unpacked there).
+    /// gzip-compressed docker-archive is unpacked there). A registry is
+    /// reached with the default [`RegistryOptions`].
     pub fn open(&self, scratch: &Path) -> Result<Box<dyn ImageSource>> {
+        self.open_with(scratch, &RegistryOptions::default())
+    }
+
+    /// Like [`open`](Self::open), reaching a registry with `registry`.
+    pub fn open_with(
+        &self,
+        scratch: &Path,
+        registry: &RegistryOptions,
+    ) -> Result<Box<dyn ImageSource>> {
         Ok(match self {
             Self::Oci { dir, tag } => Box::new(OciLayout::open(dir, tag.clone())?),
             Self::DockerArchive { file, tag } => {
                 Box::new(DockerArchive::open(file, tag.clone(), scratch)?)
+            }
+            #[cfg(feature = "registry")]
+            Self::Docker { reference } => Box::new(Registry::open(reference, registry)?),
+            #[cfg(not(feature = "registry"))]
+            Self::Docker { .. } => {
+                let _ = registry;
+                return Err(Error::InvalidReference {
+                    reference: self.to_string(),
+                    reason:
+                        "this build has no registry support (feature `registry` of lode-flattener)"
+                            .into(),
+                });
             }
         })
     }
@@ -356,6 +440,7 @@ impl fmt::Display for ImageRef {
         let (t, p, tag) = match self {
             Self::Oci { dir, tag } => ("oci", dir, tag),
             Self::DockerArchive { file, tag } => ("docker-archive", file, tag),
+            Self::Docker { reference } => return write!(f, "docker://{reference}"),
         };
         write!(f, "{t}:{}", p.display())?;
         if let Some(tag) = tag {
@@ -439,6 +524,63 @@ pub(crate) fn layer_compression(media_type: &str) -> Option<Compression> {
     }
 }
 
+/// The manifest of `candidates` (an index's list) built for `platform`.
+pub(crate) fn pick_platform<'a>(
+    source_name: &str,
+    candidates: &'a [DescriptorJson],
+    platform: &Platform,
+) -> Result<&'a DescriptorJson> {
+    candidates
+        .iter()
+        .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
+        .ok_or_else(|| Error::Image {
+            source_name: source_name.to_owned(),
+            reason: format!("no manifest for platform {platform}"),
+        })
+}
+
+/// The layers of a manifest, paired with the config's diff_ids.
+pub(crate) fn layer_descriptors(
+    source_name: &str,
+    layers: &[DescriptorJson],
+    diff_ids: Vec<Digest>,
+) -> Result<Vec<LayerDescriptor>> {
+    let err = |reason: String| Error::Image {
+        source_name: source_name.to_owned(),
+        reason,
+    };
+    if diff_ids.len() != layers.len() {
+        return Err(err(format!(
+            "manifest has {} layers but config has {} diff_ids",
+            layers.len(),
+            diff_ids.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(layers.len());
+    for (l, diff_id) in layers.iter().zip(diff_ids) {
+        let digest = Digest::parse(&l.digest)
+            .ok_or_else(|| err(format!("unsupported or malformed digest {:?}", l.digest)))?;
+        let compression = if l.media_type.is_empty() {
+            None
+        } else {
+            Some(layer_compression(&l.media_type).ok_or_else(|| {
+                err(format!(
+                    "blob {digest}: unsupported layer media type {:?}",
+                    l.media_type
+                ))
+            })?)
+        };
+        out.push(LayerDescriptor {
+            name: digest.to_string(),
+            digest: Some(digest),
+            size: Some(l.size),
+            compression,
+            diff_id,
+        });
+    }
+    Ok(out)
+}
+
 /// The diff_ids and the platform of an image config.
 pub(crate) fn read_config(
     source_name: &str,
@@ -505,7 +647,23 @@ mod tests {
                 tag: None
             }
         );
-        assert!(ImageRef::parse("docker://x").is_err());
+        assert_eq!(
+            ImageRef::parse("docker://127.0.0.1:5000/app:v1").unwrap(),
+            ImageRef::Docker {
+                reference: "127.0.0.1:5000/app:v1".into()
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("docker://h:1/a@sha256:00")
+                .map(|r| r.to_string())
+                .ok(),
+            if cfg!(feature = "registry") {
+                None
+            } else {
+                Some("docker://h:1/a@sha256:00".into())
+            }
+        );
+        assert!(ImageRef::parse("docker://").is_err());
         assert!(ImageRef::parse("oci:").is_err());
         assert!(ImageRef::parse("nocolon").is_err());
         assert_eq!(ImageRef::parse("oci:d:t").unwrap().to_string(), "oci:d:t");

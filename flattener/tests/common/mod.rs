@@ -12,6 +12,18 @@ use std::path::Path;
 use flattener::tree::{FileData, NodeId, NodeKind, Spool, Tree};
 use sha2::{Digest as _, Sha256};
 
+/// An error and its sources, joined with ": " (what `anyhow`'s `{:#}` prints).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        src = s.source();
+    }
+    text
+}
+
 /// A POSIX ACL in the kernel's xattr format: owner rw, user 1000 r,
 /// group r, mask r, other none.
 pub fn acl_xattr() -> Vec<u8> {
@@ -402,7 +414,7 @@ fn media(c: Comp) -> &'static str {
     }
 }
 
-fn put_blob(dir: &Path, bytes: &[u8]) -> String {
+pub fn put_blob(dir: &Path, bytes: &[u8]) -> String {
     let hex = sha256_hex(bytes);
     let p = dir.join("blobs/sha256");
     std::fs::create_dir_all(&p).unwrap();
