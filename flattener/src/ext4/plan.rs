@@ -681,10 +681,12 @@ fn geometry(meta_start: u64, meta_rel: u64, used_inodes: u64) -> Result<Geometry
             groups += 1;
             continue;
         }
-        // Every group must hold at least one block.
+        // Every group must hold at least one block. Grow what is used (not
+        // the rounded block count) up to the bound: a step smaller than the
+        // rounding would be absorbed by it and never converge.
         let lower = (groups - 1) * bpg + 1;
         if blocks < lower {
-            extra += lower - blocks;
+            extra += lower - used;
             continue;
         }
         let gdt_blocks = (groups * 32).div_ceil(BLOCK);
@@ -754,6 +756,12 @@ mod tests {
         assert!(g.blocks_count >= meta_start + rel + g.groups * (2 + g.itable_blocks));
         assert_eq!(g.blocks_count % CHUNK_BLOCKS, 0);
         assert!(g.gdt_blocks < CHUNK_BLOCKS);
+    }
+
+    #[test]
+    fn geometry_regressions() {
+        // Found by geometry_holds_its_invariants.
+        check_geometry(3915 * CHUNK_BLOCKS, 297_248, 19_936_225);
     }
 
     proptest::proptest! {
