@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{
     DescriptorJson, Digest, ImageSource, IndexOrManifest, LayerDescriptor, MAX_DOCUMENT, Platform,
-    REF_NAME, ResolvedImage, layer_compression, read_config,
+    REF_NAME, ResolvedImage, layer_compression, read_config, read_run_config,
 };
 use crate::error::{Error, Result};
 
@@ -192,6 +192,7 @@ impl ImageSource for OciLayout {
             };
             let config_bytes = self.read_document(&config)?;
             let (diff_ids, config_platform) = read_config(&self.name(), &config_bytes)?;
+            let run_config = read_run_config(&self.name(), &config_bytes)?;
             if diff_ids.len() != layers.len() {
                 return Err(self.err(format!(
                     "manifest has {} layers but config has {} diff_ids",
@@ -224,6 +225,7 @@ impl ImageSource for OciLayout {
                 layers: out,
                 config_digest: self.parse_digest(&config.digest)?,
                 platform: config_platform,
+                run_config,
             });
         }
         Err(self.err("image indexes nested too deeply"))

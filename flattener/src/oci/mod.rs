@@ -9,6 +9,7 @@
 mod docker_archive;
 mod layout;
 mod memory;
+mod run_config;
 
 use std::fmt;
 use std::io::Read;
@@ -20,6 +21,8 @@ use sha2::{Digest as _, Sha256, Sha512};
 pub use docker_archive::DockerArchive;
 pub use layout::OciLayout;
 pub use memory::MemorySource;
+pub use run_config::RunConfig;
+pub(crate) use run_config::read_run_config;
 
 use crate::error::{Error, Result};
 
@@ -258,6 +261,9 @@ pub struct ResolvedImage {
     /// The platform the config says the image is built for (`None` if it
     /// names no os or architecture).
     pub platform: Option<Platform>,
+    /// How the config says the image runs (empty when the source does not
+    /// read it).
+    pub run_config: RunConfig,
 }
 
 impl ResolvedImage {
@@ -267,12 +273,19 @@ impl ResolvedImage {
             layers,
             config_digest,
             platform: None,
+            run_config: RunConfig::default(),
         }
     }
 
     /// This image, built for `platform` (from its config).
     pub fn with_platform(mut self, platform: Platform) -> Self {
         self.platform = Some(platform);
+        self
+    }
+
+    /// This image, run as `run_config` says (from its config).
+    pub fn with_run_config(mut self, run_config: RunConfig) -> Self {
+        self.run_config = run_config;
         self
     }
 }
