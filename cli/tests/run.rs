@@ -136,6 +136,13 @@ fn runs_as_the_image_says_with_flags_exit_codes_and_writes_discarded() {
     ]);
     assert_eq!(text(&o).0, "a b\n");
 
+    // --network none (the default): loopback only; host: the host's interfaces.
+    let o = r.run(&["bb", "--", "/bin/ls", "/sys/class/net"]);
+    assert_eq!(text(&o).0, "lo\n");
+    let host_ifaces = std::fs::read_dir("/sys/class/net").unwrap().count();
+    let o = r.run(&["--network", "host", "bb", "--", "/bin/ls", "/sys/class/net"]);
+    assert_eq!(text(&o).0.lines().count(), host_ifaces, "{:?}", text(&o));
+
     // The container has its own PID namespace: the app is PID 1.
     let o = r.run(&["bb", "--", "/bin/sh", "-c", "echo $$"]);
     assert_eq!(text(&o).0, "1\n");
