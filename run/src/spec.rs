@@ -62,23 +62,24 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec> {
                 .source(src.clone())
                 .options(vec!["rbind".into(), "ro".into()])
                 .build()
-                .map_err(|e| spec_err(e.into()))?,
+                .map_err(spec_err)?,
         );
     }
     spec.set_mounts(Some(mounts));
-    if let Some(linux) = spec.linux_mut() {
-        if let Some(ns) = linux.namespaces_mut() {
-            if input.network == Network::Host {
-                ns.retain(|n| n.typ() != LinuxNamespaceType::Network);
-            }
-        }
+    if input.network == Network::Host
+        && let Some(ns) = spec
+            .linux_mut()
+            .as_mut()
+            .and_then(|l| l.namespaces_mut().as_mut())
+    {
+        ns.retain(|n| n.typ() != LinuxNamespaceType::Network);
     }
     let user = UserBuilder::default()
         .uid(input.user.uid)
         .gid(input.user.gid)
         .additional_gids(input.user.additional_gids.clone())
         .build()
-        .map_err(|e| spec_err(e.into()))?;
+        .map_err(spec_err)?;
     if let Some(p) = spec.process_mut() {
         p.set_args(Some(input.args.clone()));
         p.set_env(Some(input.env.clone()));
