@@ -157,6 +157,31 @@ fn runs_as_the_image_says_with_flags_exit_codes_and_writes_discarded() {
     ]);
     assert_eq!(o.status.code(), Some(137), "{:?}", text(&o));
 
+    // -t: the app gets a terminal (util-linux `script` gives lode one).
+    if require(
+        Path::new("/usr/bin/script").exists(),
+        "needs script (util-linux)",
+    ) {
+        let lode = env!("CARGO_BIN_EXE_lode");
+        let line = format!(
+            "{lode} run --state-dir {} -t bb -- /bin/sh -c 'test -t 0 && echo tty=yes TERM=$TERM; exit 3'",
+            r.state.display()
+        );
+        let o = Command::new("/usr/bin/script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("LODE_STORE", format!("file://{}", r.env.store().display()))
+            .env("LODE_KMS", format!("local:{}", r.env.keyring().display()))
+            .env("XDG_CONFIG_HOME", r.env.dir.path())
+            .env_remove("LODE_CONFIG")
+            .env("LODE_CACHE_DIR", r.env.dir.path().join("cache"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let (out, err) = text(&o);
+        assert!(out.contains("tty=yes TERM=xterm"), "{out}{err}");
+        assert_eq!(o.status.code(), Some(3), "{out}{err}");
+    }
+
     assert_eq!(r.mounts(), 0, "nothing left mounted");
     assert!(
         std::fs::read_dir(r.state.join("containers"))
