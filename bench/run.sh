@@ -98,7 +98,7 @@ PY
   pull_and_run() {
     xargs -a "$WORK/blobs.txt" cp -t "$dst/blobs/sha256"
     cp "$WORK/index.json" "$LAYOUT/oci-layout" "$dst/"
-    umoci raw unpack --image "$dst:$img" "$b/rootfs" >"$WORK/umoci.log" 2>&1
+    umoci raw unpack --image "$dst:$img" "$b/rootfs" >"$WORK/umoci.log" 2>&1 || { cat "$WORK/umoci.log" >&2; return 1; }
     "$RUNTIME" run --bundle "$b" "bench-$img-$$"
   }
   EXPECT=$(app_out "$img") first_line pull_and_run
