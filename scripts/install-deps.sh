@@ -13,6 +13,8 @@ APT_PACKAGES=(
   busybox-static     # the demo's tiny self-made image
   util-linux         # losetup, mount
   umoci              # independent reference unpacker in flattener tests
+  crun               # OCI runtimes for `lode run` (tests, bench/run.sh)
+  runc
   time               # peak RSS in bench scripts
   openssl            # `openssl speed`: the baseline of bench/crypto-limit.sh
   docker-registry    # a real registry on loopback for the docker:// source tests

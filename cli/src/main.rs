@@ -13,6 +13,7 @@ mod mount;
 mod print;
 mod progress;
 mod rt;
+mod run;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -159,6 +160,54 @@ enum Command {
         request_timeout: String,
         #[command(flatten)]
         prefetch: PrefetchArgs,
+    },
+    /// Run an image in a container as its config says (podman/docker meanings);
+    /// exits with the app's code, 125 when lode itself fails
+    Run {
+        /// Image name in the store
+        name: String,
+        /// Replaces the image's cmd
+        #[arg(last = true)]
+        cmd: Vec<String>,
+        /// Replaces the image's entrypoint ("" clears it)
+        #[arg(long)]
+        entrypoint: Option<String>,
+        /// Set an environment variable (K=V, or K to pass the caller's)
+        #[arg(short, long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        /// Read environment variables from a file (K=V lines, # comments)
+        #[arg(long)]
+        env_file: Vec<PathBuf>,
+        /// Working directory inside the container
+        #[arg(short, long)]
+        workdir: Option<String>,
+        /// User: name, uid, name:group or uid:gid (from the image's /etc/passwd, /etc/group)
+        #[arg(short, long)]
+        user: Option<String>,
+        /// Container name (default lode-NAME-PID)
+        #[arg(long = "name", value_name = "CONTAINER")]
+        container_name: Option<String>,
+        /// Give the app a terminal
+        #[arg(short, long)]
+        tty: bool,
+        /// Keep stdin open (accepted for docker compatibility: stdin is always passed)
+        #[arg(short, long)]
+        interactive: bool,
+        /// Remove the container at exit (always: accepted for docker compatibility)
+        #[arg(long)]
+        rm: bool,
+        /// Network: none (own namespace, loopback only) or host
+        #[arg(long, default_value = "none", value_parser = ["none", "host"])]
+        network: String,
+        /// Size of the tmpfs that holds the container's writes
+        #[arg(long, default_value = "64m")]
+        tmpfs_size: String,
+        /// OCI runtime binary (default: crun if found, else runc)
+        #[arg(long, value_name = "PATH")]
+        runtime: Option<PathBuf>,
+        /// Where shared mounts and bundles live
+        #[arg(long, default_value = lode_run::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
     /// Unmount what `lode mount` mounted and end its daemon
     Umount {
@@ -462,6 +511,44 @@ fn run(cli: Cli) -> Result<()> {
                 crypto: provider(&cli.crypto)?,
             },
         ),
+        Command::Run {
+            name,
+            cmd,
+            entrypoint,
+            env,
+            env_file,
+            workdir,
+            user,
+            container_name,
+            tty,
+            interactive: _,
+            rm: _,
+            network,
+            tmpfs_size,
+            runtime,
+            state_dir,
+        } => {
+            let code = run::run(
+                &settings,
+                run::RunArgs {
+                    name,
+                    cmd,
+                    entrypoint,
+                    env,
+                    env_files: env_file,
+                    workdir,
+                    user,
+                    container_name,
+                    tty,
+                    network,
+                    tmpfs_size,
+                    runtime,
+                    state_dir,
+                    crypto: provider(&cli.crypto)?,
+                },
+            );
+            std::process::exit(code);
+        }
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
         Command::Pull { name, output } => runtime()?.block_on(mount::pull(
             &settings,

@@ -217,6 +217,31 @@ pub fn inspect_report(r: &InspectReport) {
     }
     if let Some(k) = &r.keys {
         println!("  keys: ok ({} chunk keys)", k.chunk_keys);
+        match &k.config {
+            None => println!("  config        none (format 1 manifest: push it again to keep it)"),
+            Some(c) => {
+                let list = |l: &Option<Vec<String>>| match l {
+                    Some(l) => format!("{l:?}"),
+                    None => "-".into(),
+                };
+                let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+                println!("  entrypoint    {}", list(&c.entrypoint));
+                println!("  cmd           {}", list(&c.cmd));
+                for e in &c.env {
+                    println!("  env           {e}");
+                }
+                println!("  workdir       {}", opt(&c.working_dir));
+                println!("  user          {}", opt(&c.user));
+                println!("  stop signal   {}", opt(&c.stop_signal));
+                for (k, v) in &c.labels {
+                    println!("  label         {k}={v}");
+                }
+                if !c.exposed_ports.is_empty() {
+                    println!("  ports         {}", c.exposed_ports.join(", "));
+                }
+                println!("  platform      {}", opt(&c.platform));
+            }
+        }
     }
 }
 /// Human-readable summary.

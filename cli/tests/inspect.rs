@@ -4,7 +4,7 @@ mod oci_fixture;
 
 use std::collections::HashSet;
 
-use oci_fixture::{Env, two_layer_image};
+use oci_fixture::{Env, noise, oci_image_with_config, two_layer_image};
 
 #[test]
 fn inspect_reports_public_facts_sharing_and_keys() {
@@ -45,7 +45,7 @@ fn inspect_reports_public_facts_sharing_and_keys() {
     assert_eq!(r["present"], chunks_a.len() as u64);
     assert_eq!(r["distinct_chunks"], distinct_a.len() as u64);
     assert_eq!(r["salt_id"], 1);
-    assert_eq!(r["format_version"], 1);
+    assert_eq!(r["format_version"], 2);
     assert!(r["tool_version"].as_str().unwrap().starts_with("lode "));
     assert_eq!(r["encryption_context"]["lode:image"], "a");
     assert!(!r["key_id"].as_str().unwrap().is_empty());
@@ -105,4 +105,52 @@ fn inspect_reports_public_facts_sharing_and_keys() {
     let out = env.run(&["inspect", "nope"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no image named \"nope\""));
+}
+
+#[test]
+fn the_image_config_is_sealed_and_shown_only_with_keys() {
+    let env = Env::new();
+    let dir = env.dir.path().join("cfg");
+    let image = oci_image_with_config(
+        &dir,
+        &[vec![("bin/app", noise(3, 4096))]],
+        Some(
+            r#"{"Entrypoint":["/bin/app"],"Cmd":["--port","8080"],"Env":["PATH=/bin","API_TOKEN=tops3cret"],"WorkingDir":"/srv","User":"1000:1000","StopSignal":"SIGINT","Labels":{"team":"storage"},"ExposedPorts":{"8080/tcp":{}}}"#,
+        ),
+    );
+    env.ok(&["push", &image, "--name", "cfg"]);
+
+    // The secret is sealed: not in the stored manifest, not without --keys.
+    let stored = std::fs::read(env.manifest_path("cfg")).unwrap();
+    assert!(!stored.windows(9).any(|w| w == b"tops3cret"));
+    let public = env.ok(&["inspect", "cfg", "--json"]);
+    let text = env.ok(&["inspect", "cfg"]);
+    for out in [&public, &text] {
+        assert!(!out.contains("tops3cret") && !out.contains("/srv"), "{out}");
+    }
+
+    let r = env.json(&["inspect", "cfg", "--keys", "--json"]);
+    let c = &r["keys"]["config"];
+    assert_eq!(c["entrypoint"], serde_json::json!(["/bin/app"]));
+    assert_eq!(c["cmd"], serde_json::json!(["--port", "8080"]));
+    assert_eq!(
+        c["env"],
+        serde_json::json!(["PATH=/bin", "API_TOKEN=tops3cret"])
+    );
+    assert_eq!(c["working_dir"], "/srv");
+    assert_eq!(c["user"], "1000:1000");
+    assert_eq!(c["stop_signal"], "SIGINT");
+    assert_eq!(c["labels"]["team"], "storage");
+    assert_eq!(c["exposed_ports"], serde_json::json!(["8080/tcp"]));
+    assert_eq!(c["platform"], "linux/amd64");
+    let text = env.ok(&["inspect", "cfg", "--keys"]);
+    for want in [
+        r#"entrypoint    ["/bin/app"]"#,
+        "env           API_TOKEN=tops3cret",
+        "workdir       /srv",
+        "user          1000:1000",
+        "platform      linux/amd64",
+    ] {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
 }

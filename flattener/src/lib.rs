@@ -87,7 +87,7 @@ use sha2::{Digest as _, Sha256};
 pub use error::{Error, LayerError, Result};
 pub use ext4::{HotEntry, HotList, HotRegion};
 pub use layers::FileSpool;
-pub use oci::{Digest, ImageRef, ImageSource, Platform, RegistryOptions};
+pub use oci::{Digest, ImageRef, ImageSource, Platform, RegistryOptions, RunConfig};
 
 /// What [`build_tree`] and the flatten functions report while they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,6 +204,10 @@ pub struct Flattened {
     pub content_ids: Vec<Digest>,
     /// The image config's digest.
     pub config_digest: Digest,
+    /// The platform the image config names, if any.
+    pub platform: Option<Platform>,
+    /// How the image config says the image runs.
+    pub run_config: RunConfig,
     /// Compressed layer bytes read.
     pub bytes_read: u64,
 }
@@ -323,6 +327,8 @@ pub fn build_tree(
         diff_ids: image.layers.iter().map(|l| l.diff_id.clone()).collect(),
         content_ids,
         config_digest: image.config_digest,
+        platform: image.platform,
+        run_config: image.run_config,
         bytes_read: read,
     })
 }
@@ -345,6 +351,10 @@ pub struct FlattenSummary {
     pub diff_ids: Vec<Digest>,
     /// The image config's digest.
     pub config_digest: Digest,
+    /// The platform the image config names, if any.
+    pub platform: Option<Platform>,
+    /// How the image config says the image runs.
+    pub run_config: RunConfig,
     /// The ext4 writer's report (layout, data regions).
     pub image: ext4::ImageSummary,
 }
@@ -508,6 +518,8 @@ fn summarize(f: &Flattened, image: ext4::ImageSummary, sha256: String) -> Flatte
         entries,
         diff_ids: f.diff_ids.clone(),
         config_digest: f.config_digest.clone(),
+        platform: f.platform.clone(),
+        run_config: f.run_config.clone(),
         image,
     }
 }

@@ -1,5 +1,5 @@
-//! The canonical encoding of a [`SealedManifest`] (format version 1; the
-//! layout is in the crate docs): [`SealedManifest::encode`] and
+//! The canonical encoding of a [`SealedManifest`] (format versions 1 and 2;
+//! the layout is in the crate docs): [`SealedManifest::encode`] and
 //! [`SealedManifest::decode`], and the public part the sealed keys are bound
 //! to. No crypto here: decoding needs no key.
 
@@ -9,8 +9,8 @@ use kms_envelope::EncryptionContext;
 use crate::error::{Error, Result};
 use crate::table::ChunkTable;
 use crate::{
-    FORMAT_VERSION, MAGIC, PublicPart, SealedManifest, check_context, chunk_count,
-    is_valid_chunk_size,
+    FORMAT_VERSION, MAGIC, OLDEST_FORMAT_VERSION, PublicPart, SealedManifest, check_context,
+    chunk_count, is_valid_chunk_size,
 };
 
 impl SealedManifest {
@@ -36,6 +36,10 @@ impl SealedManifest {
             put_str16(&mut out, v.as_bytes());
         }
         put_str16(&mut out, &self.wrapped);
+        if self.public.version >= 2 {
+            // Validated to fit when sealed or decoded.
+            out.extend_from_slice(&(self.sealed_keys.len() as u32).to_le_bytes());
+        }
         out.extend_from_slice(&self.sealed_keys);
         out
     }
@@ -48,7 +52,7 @@ impl SealedManifest {
             return Err(Error::BadMagic);
         }
         let version = r.u16("format version")?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(Error::UnsupportedVersion {
                 found: version,
                 supported: FORMAT_VERSION,
@@ -120,12 +124,27 @@ impl SealedManifest {
         if wrapped.is_empty() {
             return Err(r.malformed("wrapped data key", wrapped_at, "empty"));
         }
-        let sealed_keys = r.take("sealed keys", present * 32 + TAG_LEN)?.to_vec();
+        let sealed_keys = if version == 1 {
+            r.take("sealed keys", present * 32 + TAG_LEN)?.to_vec()
+        } else {
+            let len_at = r.pos;
+            let len = r.u32("sealed part length")? as usize;
+            // Keys, the config's presence byte, the tag.
+            if len < present * 32 + 1 + TAG_LEN {
+                return Err(r.malformed(
+                    "sealed part length",
+                    len_at,
+                    "shorter than the chunk keys, a config flag and the tag",
+                ));
+            }
+            r.take("sealed part", len)?.to_vec()
+        };
         if r.pos != bytes.len() {
             return Err(r.malformed("end", r.pos, "trailing bytes after the sealed keys"));
         }
         Ok(SealedManifest {
             public: PublicPart {
+                version,
                 source_ref,
                 source_digest,
                 image_size,
@@ -144,7 +163,7 @@ impl SealedManifest {
 
 pub(crate) fn encode_public(out: &mut Vec<u8>, p: &PublicPart, names: &ChunkTable) {
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&p.version.to_le_bytes());
     put_str16(out, p.source_ref.as_bytes());
     put_str16(out, p.source_digest.as_bytes());
     out.extend_from_slice(&p.image_size.to_le_bytes());
@@ -259,7 +278,7 @@ mod tests {
         .unwrap();
         let b = sample(&kms).encode();
         assert_eq!(&b[..4], b"LODM");
-        assert_eq!(&b[4..6], &[1, 0]);
+        assert_eq!(&b[4..6], &[2, 0]);
         assert_eq!(&b[6..9], &[1, 0, b'r']);
         assert_eq!(&b[9..12], &[1, 0, b'd']);
         assert_eq!(&b[12..20], &8194u64.to_le_bytes());
@@ -275,7 +294,13 @@ mod tests {
         assert_eq!(&b[87..92], b"\x03\x00img");
         let wrapped_len = usize::from(u16::from_le_bytes([b[92], b[93]]));
         assert_eq!(wrapped_len, 4 + 1 + 1 + 4 + 12 + 48);
-        assert_eq!(b.len(), 94 + wrapped_len + 32 + 16);
+        let sealed_at = 94 + wrapped_len;
+        // Sealed part: one key, the config flag (no config), the tag.
+        assert_eq!(
+            &b[sealed_at..sealed_at + 4],
+            &(32u32 + 1 + 16).to_le_bytes()
+        );
+        assert_eq!(b.len(), sealed_at + 4 + 32 + 1 + 16);
     }
 
     #[test]

@@ -27,11 +27,13 @@ pub enum Error {
     BadMagic,
 
     /// The manifest uses a format version this build cannot read.
-    #[error("unsupported manifest format version {found} (this build reads version {supported})")]
+    #[error(
+        "unsupported manifest format version {found} (this build reads versions 1 to {supported})"
+    )]
     UnsupportedVersion {
         /// The version in the input.
         found: u16,
-        /// The version this build reads and writes.
+        /// The newest version this build reads (and the one it writes).
         supported: u16,
     },
 
@@ -79,6 +81,18 @@ pub enum Error {
         expected: EncryptionContext,
         /// What the manifest carries.
         found: EncryptionContext,
+    },
+
+    /// The sealed image config authenticated but does not decode: the
+    /// manifest was sealed by a broken writer.
+    #[error("malformed image config in the sealed part: {field} at byte {offset}: {reason}")]
+    MalformedConfig {
+        /// The config field being read.
+        field: &'static str,
+        /// Byte offset in the config encoding.
+        offset: usize,
+        /// What was wrong.
+        reason: &'static str,
     },
 
     /// The data key unwrapped but the sealed keys do not authenticate: the

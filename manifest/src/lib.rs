@@ -32,7 +32,7 @@
 //! bound to another image. The key id in the envelope is checked by the KMS
 //! too ([`kms_envelope::Kms::decrypt_with_key`]).
 //!
-//! # Encoding, format version 1
+//! # Encoding, format version 2
 //!
 //! Canonical: one manifest has exactly one encoding, and [`SealedManifest::decode`]
 //! rejects every other byte string (non-canonical lengths, padding bits,
@@ -42,7 +42,7 @@
 //! | size | field |
 //! |---|---|
 //! | 4 | magic `LODM` |
-//! | 2 | format version, `u16` = 1 |
+//! | 2 | format version, `u16` = 2 (1 is still read, see below) |
 //! | str16 | source image reference, e.g. `oci:/images:python-app` |
 //! | str16 | source digest, e.g. `sha256:…` of the image manifest |
 //! | 8 | image size in bytes, `u64` |
@@ -56,9 +56,20 @@
 //! | 2 | context entry count `c`, `u16`, at least 1 |
 //! | c × (str16, str16) | context keys and values, keys strictly ascending by bytes; must include `lode:image` with a non-empty value |
 //! | 2 + w | wrapped data key: `u16` length `w` (at least 1), then the KMS's blob |
-//! | 32·p + 16 | sealed keys: AES-256-GCM of the `p` chunk keys (32 bytes each, index order) under the data key, nonce = 12 zero bytes, AAD = SHA-256 of all bytes from the magic through the last name; the 16-byte tag last |
+//! | 4 | sealed part length `s`, `u32`, at least 32·p + 1 + 16 |
+//! | s | sealed part: AES-256-GCM of the `p` chunk keys (32 bytes each, index order) followed by the image config (one byte `0`: none; or `1` and the [`ImageConfig`] encoding), under the data key, nonce = 12 zero bytes, AAD = SHA-256 of all bytes from the magic through the last name; the 16-byte tag last |
 //!
 //! Nothing follows. Everything up to the last name is the public part.
+//!
+//! **Format version 1** is the same without the sealed part length, and the
+//! sealed part is exactly the `p` keys and the tag (32·p + 16 bytes): no
+//! image config. Such manifests still decode and open (config `None`), and
+//! keep version 1 when re-wrapped; new ones are always sealed as version 2.
+//!
+//! The image config (entrypoint, cmd, env, working dir, user, stop signal,
+//! labels, exposed ports, platform) is sealed rather than public because
+//! `Env` often holds secrets: reading it needs the KMS, like the keys
+//! ([`SealedManifest::open_with_config`]).
 //!
 //! The nonce is fixed because every data key encrypts exactly one message:
 //! [`Manifest::seal`] always asks the KMS for a fresh data key, and
@@ -129,6 +140,7 @@
 //! behind its `aws` feature).
 
 mod codec;
+mod config;
 mod error;
 mod table;
 
@@ -140,12 +152,18 @@ use kms_envelope::{EncryptionContext, Kms};
 use zeroize::Zeroizing;
 
 use codec::encode_public;
+pub use config::ImageConfig;
 pub use error::{Error, Result};
 use table::ChunkTable;
 pub use table::Names;
 
-/// The format version this build reads and writes.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this build writes (it reads this and every older one,
+/// down to [`OLDEST_FORMAT_VERSION`]).
+pub const FORMAT_VERSION: u16 = 2;
+
+/// The oldest format version this build reads: version 1, which has no
+/// sealed image config.
+pub const OLDEST_FORMAT_VERSION: u16 = 1;
 
 /// The magic bytes every encoded manifest starts with.
 pub const MAGIC: [u8; 4] = *b"LODM";
@@ -241,6 +259,7 @@ impl Manifest {
 
     fn public_part(&self) -> PublicPart {
         PublicPart {
+            version: FORMAT_VERSION,
             source_ref: self.source_ref.clone(),
             source_digest: self.source_digest.clone(),
             image_size: self.image_size,
@@ -251,7 +270,9 @@ impl Manifest {
     }
 
     /// Seals the chunk keys under a fresh data key from `kms`, wrapped under
-    /// `key_id` and bound to `ctx` (which must contain [`IMAGE_CONTEXT_KEY`]).
+    /// `key_id` and bound to `ctx` (which must contain [`IMAGE_CONTEXT_KEY`]),
+    /// with no image config. Same as [`seal_with_config`](Self::seal_with_config)
+    /// with `None`.
     ///
     /// `provider` runs the SHA-256 and AES-256-GCM (the same choice of
     /// backend as for the chunks).
@@ -262,7 +283,32 @@ impl Manifest {
         key_id: &str,
         ctx: &EncryptionContext,
     ) -> Result<SealedManifest> {
+        self.seal_with_config(provider, kms, key_id, ctx, None)
+            .await
+    }
+
+    /// Like [`seal`](Self::seal), and seals `config` (how the image runs;
+    /// its `Env` may hold secrets) with the chunk keys.
+    pub async fn seal_with_config(
+        &self,
+        provider: &dyn CryptoProvider,
+        kms: &dyn Kms,
+        key_id: &str,
+        ctx: &EncryptionContext,
+        config: Option<&ImageConfig>,
+    ) -> Result<SealedManifest> {
         self.validate()?;
+        if let Some(c) = config {
+            c.validate()?;
+        }
+        let mut config_bytes = Zeroizing::new(Vec::new());
+        match config {
+            None => config_bytes.push(0),
+            Some(c) => {
+                config_bytes.push(1);
+                c.encode(&mut config_bytes);
+            }
+        }
         check_context(ctx).map_err(|reason| Error::Invalid {
             reason: reason.into(),
         })?;
@@ -276,9 +322,17 @@ impl Manifest {
         let digest = public_digest(provider, &public, &names);
         // Room for the tag up front: the buffer is sealed in place and must
         // not reallocate, which would leave a copy of the keys behind.
-        let mut keys = Zeroizing::new(Vec::with_capacity(self.chunks.len() * 32 + TAG_LEN));
+        let mut keys = Zeroizing::new(Vec::with_capacity(
+            self.chunks.len() * 32 + config_bytes.len() + TAG_LEN,
+        ));
         for c in self.chunks.iter().flatten() {
             keys.extend_from_slice(c.key.expose());
+        }
+        keys.extend_from_slice(&config_bytes);
+        if u32::try_from(keys.len() + TAG_LEN).is_err() {
+            return Err(Error::Invalid {
+                reason: "chunk keys and image config longer than 2^32 - 1 bytes".into(),
+            });
         }
         let data_key = kms
             .generate_data_key(key_id, ctx)
@@ -351,6 +405,8 @@ fn kms_error(key_id: &str, operation: &'static str, e: kms_envelope::Error) -> E
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 struct PublicPart {
+    /// The format version the manifest was sealed with (kept on re-wrap).
+    version: u16,
     source_ref: String,
     source_digest: String,
     image_size: u64,
@@ -420,9 +476,10 @@ impl SealedManifest {
     pub fn tool_version(&self) -> &str {
         &self.public.tool_version
     }
-    /// The format version (always [`FORMAT_VERSION`] once decoded).
+    /// The format version it was sealed with: 1 (no image config) up to
+    /// [`FORMAT_VERSION`].
     pub fn format_version(&self) -> u16 {
-        FORMAT_VERSION
+        self.public.version
     }
     /// Number of chunk indexes, holes included.
     pub fn chunk_count(&self) -> usize {
@@ -473,8 +530,42 @@ impl SealedManifest {
     ///
     /// `provider` runs the SHA-256 and AES-256-GCM.
     pub async fn open(&self, provider: &dyn CryptoProvider, kms: &dyn Kms) -> Result<Manifest> {
+        Ok(self.open_all(provider, kms).await?.0)
+    }
+
+    /// Like [`open_with_context`](Self::open_with_context), and also returns
+    /// the sealed image config (`None` for format 1, or when the pusher had
+    /// none).
+    pub async fn open_with_config(
+        &self,
+        provider: &dyn CryptoProvider,
+        kms: &dyn Kms,
+        expected: &EncryptionContext,
+    ) -> Result<(Manifest, Option<ImageConfig>)> {
+        self.check_context(expected)?;
+        self.open_all(provider, kms).await
+    }
+
+    async fn open_all(
+        &self,
+        provider: &dyn CryptoProvider,
+        kms: &dyn Kms,
+    ) -> Result<(Manifest, Option<ImageConfig>)> {
         let data_key = self.unwrap_data_key(kms).await?;
-        let keys = self.open_keys(provider, &data_key)?;
+        let plain = self.open_keys(provider, &data_key)?;
+        let (keys, config) = plain.split_at(self.present_count() * 32);
+        let config = match (self.public.version, config) {
+            (1, []) => None,
+            (_, [0]) => None,
+            (v, [1, rest @ ..]) if v >= 2 => Some(ImageConfig::decode(rest)?),
+            _ => {
+                return Err(Error::MalformedConfig {
+                    field: "presence flag",
+                    offset: 0,
+                    reason: "not 0 or 1",
+                });
+            }
+        };
         let mut keys = keys.chunks_exact(32);
         let mut chunks = Vec::with_capacity(self.names.len());
         for name in self.names.iter() {
@@ -490,7 +581,7 @@ impl SealedManifest {
                 None => None,
             });
         }
-        Ok(Manifest {
+        let manifest = Manifest {
             source_ref: self.public.source_ref.clone(),
             source_digest: self.public.source_digest.clone(),
             image_size: self.public.image_size,
@@ -498,7 +589,8 @@ impl SealedManifest {
             salt_id: self.public.salt_id,
             tool_version: self.public.tool_version.clone(),
             chunks,
-        })
+        };
+        Ok((manifest, config))
     }
 
     /// Like [`open`](Self::open), but first checks that the manifest is bound
@@ -510,13 +602,18 @@ impl SealedManifest {
         kms: &dyn Kms,
         expected: &EncryptionContext,
     ) -> Result<Manifest> {
+        self.check_context(expected)?;
+        self.open(provider, kms).await
+    }
+
+    fn check_context(&self, expected: &EncryptionContext) -> Result<()> {
         if &self.context != expected {
             return Err(Error::WrongContext {
                 expected: expected.clone(),
                 found: self.context.clone(),
             });
         }
-        self.open(provider, kms).await
+        Ok(())
     }
 
     /// Re-wraps the data key under `new_key_id` (another key, or a new
@@ -567,7 +664,7 @@ impl SealedManifest {
         provider
             .aes256gcm_open_in_place(data_key, &NONCE, &digest, &mut keys)
             .map_err(|_| Error::Tampered)?;
-        if keys.len() != self.present_count() * 32 {
+        if keys.len() < self.present_count() * 32 {
             return Err(Error::Tampered);
         }
         Ok(keys)

@@ -1,5 +1,6 @@
 //! The public facts of a manifest, read without a key service, and proof
-//! that a key service opens it (keys are never returned).
+//! that a key service opens it (keys are never returned), with the image
+//! config sealed beside the keys (entrypoint, cmd, env, …).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -30,6 +31,56 @@ pub struct KeysCheck {
     pub ok: bool,
     /// Chunk keys opened.
     pub chunk_keys: u64,
+    /// The sealed image config: `null` for a format-1 manifest, pushed
+    /// before lode kept it.
+    pub config: Option<ConfigFacts>,
+}
+
+/// How the image runs, from its sealed config (shown only with `--keys`:
+/// `env` often holds secrets).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigFacts {
+    /// `Entrypoint`.
+    pub entrypoint: Option<Vec<String>>,
+    /// `Cmd`.
+    pub cmd: Option<Vec<String>>,
+    /// `Env`, `KEY=VALUE` each.
+    pub env: Vec<String>,
+    /// `WorkingDir`.
+    pub working_dir: Option<String>,
+    /// `User`.
+    pub user: Option<String>,
+    /// `StopSignal`.
+    pub stop_signal: Option<String>,
+    /// `Labels`.
+    pub labels: BTreeMap<String, String>,
+    /// `ExposedPorts`.
+    pub exposed_ports: Vec<String>,
+    /// `os/architecture[/variant]`, when the config names one.
+    pub platform: Option<String>,
+}
+
+impl From<&manifest::ImageConfig> for ConfigFacts {
+    fn from(c: &manifest::ImageConfig) -> Self {
+        let platform = match (&c.os, &c.architecture) {
+            (Some(os), Some(arch)) => Some(match &c.variant {
+                Some(v) => format!("{os}/{arch}/{v}"),
+                None => format!("{os}/{arch}"),
+            }),
+            _ => None,
+        };
+        ConfigFacts {
+            entrypoint: c.entrypoint.clone(),
+            cmd: c.cmd.clone(),
+            env: c.env.clone(),
+            working_dir: c.working_dir.clone(),
+            user: c.user.clone(),
+            stop_signal: c.stop_signal.clone(),
+            labels: c.labels.clone(),
+            exposed_ports: c.exposed_ports.iter().cloned().collect(),
+            platform,
+        }
+    }
 }
 
 /// The image's stored prefetch profile (`profiles/NAME`).
@@ -177,15 +228,16 @@ pub async fn inspect(
 }
 
 /// Proves `kms` opens the manifest of `name` under the context bound to
-/// `name`; returns the number of chunk keys, never the keys.
+/// `name`; returns the number of chunk keys (never the keys) and the sealed
+/// image config.
 pub async fn check_keys(
     sealed: &manifest::SealedManifest,
     name: &str,
     provider: &dyn CryptoProvider,
     kms: &dyn Kms,
 ) -> Result<KeysCheck> {
-    let opened = sealed
-        .open_with_context(provider, kms, &manifest::image_context(name))
+    let (opened, config) = sealed
+        .open_with_config(provider, kms, &manifest::image_context(name))
         .await
         .map_err(|e| Error::OpenKeys {
             name: name.to_string(),
@@ -196,5 +248,6 @@ pub async fn check_keys(
     Ok(KeysCheck {
         ok: true,
         chunk_keys: n,
+        config: config.as_ref().map(ConfigFacts::from),
     })
 }

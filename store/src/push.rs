@@ -400,8 +400,16 @@ impl<'a> Push<'a> {
             chunks: refs,
         };
         let ctx = manifest::image_context(self.name);
+        // Sealed with the keys: `Env` often holds secrets.
+        let config = image_config(&summary);
         let sealed = manifest
-            .seal(self.provider, self.kms.as_ref(), self.key_id, &ctx)
+            .seal_with_config(
+                self.provider,
+                self.kms.as_ref(),
+                self.key_id,
+                &ctx,
+                Some(&config),
+            )
             .await
             .map_err(|e| Error::SealManifest {
                 name: self.name.to_string(),
@@ -517,6 +525,27 @@ pub fn spool_dir(dir: Option<PathBuf>) -> Result<PathBuf> {
         return Err(Error::SpoolDir { path: dir });
     }
     Ok(dir)
+}
+
+/// The run config and platform of a flattened image, as the manifest
+/// seals them.
+fn image_config(summary: &flattener::FlattenSummary) -> manifest::ImageConfig {
+    let r = &summary.run_config;
+    let mut c = manifest::ImageConfig::default();
+    c.entrypoint = r.entrypoint.clone();
+    c.cmd = r.cmd.clone();
+    c.env = r.env.clone();
+    c.working_dir = r.working_dir.clone();
+    c.user = r.user.clone();
+    c.stop_signal = r.stop_signal.clone();
+    c.labels = r.labels.clone();
+    c.exposed_ports = r.exposed_ports.clone();
+    if let Some(p) = &summary.platform {
+        c.os = Some(p.os.clone());
+        c.architecture = Some(p.architecture.clone());
+        c.variant = p.variant.clone();
+    }
+    c
 }
 
 /// Parses `os/arch[/variant]`.

@@ -167,6 +167,16 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
 /// Writes an OCI layout at `dir` with one uncompressed tar layer per entry of
 /// `layers` (each a list of (path, contents)), tagged `t`; returns `oci:DIR:t`.
 pub fn oci_image(dir: &Path, layers: &[Vec<(&str, Vec<u8>)>]) -> String {
+    oci_image_with_config(dir, layers, None)
+}
+
+/// Like [`oci_image`], with `run_config` (a JSON object) as the image
+/// config's `config` (entrypoint, cmd, env, …).
+pub fn oci_image_with_config(
+    dir: &Path,
+    layers: &[Vec<(&str, Vec<u8>)>],
+    run_config: Option<&str>,
+) -> String {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     let blob = |bytes: &[u8]| -> (String, usize) {
@@ -208,8 +218,11 @@ pub fn oci_image(dir: &Path, layers: &[Vec<(&str, Vec<u8>)>]) -> String {
         ));
         diff_ids.push(format!("\"sha256:{d}\""));
     }
+    let run_config = run_config
+        .map(|c| format!(r#""config":{c},"#))
+        .unwrap_or_default();
     let config = format!(
-        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        r#"{{"architecture":"amd64","os":"linux",{run_config}"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
         diff_ids.join(",")
     );
     let (cd, cs) = blob(config.as_bytes());

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::{
     Digest, DigestAlgorithm, ImageSource, LayerDescriptor, MAX_DOCUMENT, Platform, ResolvedImage,
-    read_config,
+    read_config, read_run_config,
 };
 use crate::error::{Error, Result};
 use crate::tar::{EntryType, TarError, TarReader};
@@ -222,6 +222,7 @@ impl ImageSource for DockerArchive {
             });
         }
         let (diff_ids, config_platform) = read_config(&self.name(), &config)?;
+        let run_config = read_run_config(&self.name(), &config)?;
         if diff_ids.len() != entry.layers.len() {
             return Err(self.err(format!(
                 "manifest.json lists {} layers but the config has {} diff_ids",
@@ -244,6 +245,7 @@ impl ImageSource for DockerArchive {
             layers,
             config_digest,
             platform: config_platform,
+            run_config,
         })
     }
 

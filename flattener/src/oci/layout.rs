@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{
     DescriptorJson, Digest, ImageSource, IndexOrManifest, LayerDescriptor, MAX_DOCUMENT, Platform,
-    REF_NAME, ResolvedImage, layer_descriptors, pick_platform, read_config,
+    REF_NAME, ResolvedImage, layer_descriptors, pick_platform, read_config, read_run_config,
 };
 use crate::error::{Error, Result};
 
@@ -181,11 +181,13 @@ impl ImageSource for OciLayout {
             };
             let config_bytes = self.read_document(&config)?;
             let (diff_ids, config_platform) = read_config(&self.name(), &config_bytes)?;
+            let run_config = read_run_config(&self.name(), &config_bytes)?;
             let out = layer_descriptors(&self.name(), &layers, diff_ids)?;
             return Ok(ResolvedImage {
                 layers: out,
                 config_digest: self.parse_digest(&config.digest)?,
                 platform: config_platform,
+                run_config,
             });
         }
         Err(self.err("image indexes nested too deeply"))

@@ -48,6 +48,7 @@ impl ImageSource for MemorySource {
                 .collect(),
             config_digest: Digest::of(&config),
             platform: None,
+            run_config: Default::default(),
         })
     }
 

@@ -12,6 +12,7 @@ mod layout;
 mod memory;
 #[cfg(feature = "registry")]
 mod registry;
+mod run_config;
 
 use std::fmt;
 use std::io::Read;
@@ -25,6 +26,8 @@ pub use layout::OciLayout;
 pub use memory::MemorySource;
 #[cfg(feature = "registry")]
 pub use registry::Registry;
+pub use run_config::RunConfig;
+pub(crate) use run_config::read_run_config;
 
 use crate::error::{Error, Result};
 
@@ -263,6 +266,9 @@ pub struct ResolvedImage {
     /// The platform the config says the image is built for (`None` if it
     /// names no os or architecture).
     pub platform: Option<Platform>,
+    /// How the config says the image runs (empty when the source does not
+    /// read it).
+    pub run_config: RunConfig,
 }
 
 impl ResolvedImage {
@@ -272,12 +278,19 @@ impl ResolvedImage {
             layers,
             config_digest,
             platform: None,
+            run_config: RunConfig::default(),
         }
     }
 
     /// This image, built for `platform` (from its config).
     pub fn with_platform(mut self, platform: Platform) -> Self {
         self.platform = Some(platform);
+        self
+    }
+
+    /// This image, run as `run_config` says (from its config).
+    pub fn with_run_config(mut self, run_config: RunConfig) -> Self {
+        self.run_config = run_config;
         self
     }
 }

@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 
 use super::{
     DescriptorJson, Digest, ImageSource, IndexOrManifest, LayerDescriptor, MAX_DOCUMENT, Platform,
-    RegistryOptions, ResolvedImage, layer_descriptors, pick_platform, read_config,
+    RegistryOptions, ResolvedImage, layer_descriptors, pick_platform, read_config, read_run_config,
 };
 use crate::error::{BoxError, Error, Result};
 
@@ -422,6 +422,7 @@ impl ImageSource for Registry {
             };
             let config_bytes = self.document_blob(&config)?;
             let (diff_ids, config_platform) = read_config(&self.name, &config_bytes)?;
+            let run_config = read_run_config(&self.name, &config_bytes)?;
             let layers = layer_descriptors(&self.name, &layers, diff_ids)?;
             let config_digest = Digest::parse(&config.digest).ok_or_else(|| {
                 self.err(format!(
@@ -433,6 +434,7 @@ impl ImageSource for Registry {
                 layers,
                 config_digest,
                 platform: config_platform,
+                run_config,
             });
         }
         Err(self.err("image indexes nested too deeply"))
