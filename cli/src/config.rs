@@ -2,9 +2,8 @@
 //! through clap), then an optional TOML file, in that order of precedence.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use clap::Args;
 use lode_store::{KmsUrl, L2Config, StoreUrl, TierConfig};
 use serde::Deserialize;
@@ -147,7 +146,9 @@ impl Settings {
 
     /// L1 disk cache size in bytes (default 4 GiB).
     pub fn cache_size(&self) -> Result<u64> {
-        self.cache_size.as_deref().map_or(Ok(4 << 30), parse_size)
+        self.cache_size
+            .as_deref()
+            .map_or(Ok(4 << 30), |s| Ok(parse_size(s)?))
     }
 
     /// The L2 spec, when one is configured.
@@ -195,61 +196,11 @@ fn default_config_path() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Parses `123`, `64KiB`, `512MiB`, `4GiB`, `1T`, `10GB` (binary units either way).
-pub fn parse_size(text: &str) -> Result<u64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("size {text:?} must start with a number"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        other => bail!("size {text:?}: unknown unit {other:?}"),
-    };
-    n.checked_mul(1 << shift)
-        .with_context(|| format!("size {text:?} is too large"))
-}
-
-/// Parses `24h`, `30m`, `90s`, `2d`, `20ms` or `0s` (a plain number means seconds).
-pub fn parse_duration(s: &str) -> Result<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    if digits.is_empty() {
-        bail!("duration {s:?} must look like 24h, 30m, 90s, 2d, 20ms or 0s");
-    }
-    let n: u64 = digits
-        .parse()
-        .with_context(|| format!("duration {s:?} is too large"))?;
-    let mult_ms = match unit {
-        "ms" => 1,
-        "" | "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => bail!("duration {s:?}: unit must be ms, s, m, h or d"),
-    };
-    let ms = n
-        .checked_mul(mult_ms)
-        .with_context(|| format!("duration {s:?} is too large"))?;
-    Ok(Duration::from_millis(ms))
-}
+pub use lode_store::units::{parse_duration, parse_size};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_sizes() {
-        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
-        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
-        assert!(parse_size("5 parsecs").is_err());
-    }
 
     #[test]
     fn flags_win_over_the_file() {
@@ -278,18 +229,5 @@ mod tests {
             s.store_latency().unwrap(),
             Some(std::time::Duration::from_millis(20))
         );
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
-        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
-        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("15").unwrap(), Duration::from_secs(15));
-        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
-        assert_eq!(parse_duration("20ms").unwrap(), Duration::from_millis(20));
-        for bad in ["", "h", "5w", "-1s", "1.5h", "99999999999999999999d", "5us"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -74,21 +74,7 @@ impl RegistryArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Flatten an OCI image into a deterministic ext4 image file
-    Flatten {
-        /// `oci:DIR[:TAG]`, `docker-archive:FILE` or `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`
-        image: String,
-        /// Output image file
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Platform to pick from a multi-platform index (os/arch[/variant])
-        #[arg(long)]
-        platform: Option<String>,
-        #[command(flatten)]
-        registry: RegistryArgs,
-        /// Profile-guided layout from a profile recorded with `lode mount --record-profile`
-        #[arg(long, value_name = "FILE")]
-        layout_profile: Option<PathBuf>,
-    },
+    Flatten(FlattenArgs),
     /// Flatten, chunk, seal and upload an image, then write its manifest
     Push {
         /// `oci:DIR[:TAG]`, `docker-archive:FILE` or `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`
@@ -119,96 +105,10 @@ enum Command {
         json: bool,
     },
     /// Mount an image lazily: FUSE file, loop device, read-only ext4 at MOUNTPOINT
-    Mount {
-        /// Image name in the store
-        name: String,
-        /// Where the image's filesystem appears (created if missing)
-        mountpoint: PathBuf,
-        /// Stop after the FUSE file (MOUNTPOINT/image), no loop or ext4 mount
-        #[arg(long)]
-        file_only: bool,
-        /// Stay in the foreground instead of returning once mounted
-        #[arg(long)]
-        foreground: bool,
-        /// Write the worker's counters as JSON here at unmount
-        #[arg(long)]
-        stats: Option<PathBuf>,
-        /// Daemon log file (default: discarded)
-        #[arg(long)]
-        log_file: Option<PathBuf>,
-        /// Chunks fetched ahead of a sequential reader (0: only what is read)
-        #[arg(long, default_value_t = 4)]
-        readahead_chunks: u32,
-        /// Kernel readahead of the loop device in KiB. Default: the hint of the
-        /// image's stored profile (0 for images pushed with --layout-profile,
-        /// whose readahead would run in file order into cold chunks), else 128
-        #[arg(long, value_name = "KIB", env = "LODE_KERNEL_READAHEAD_KB")]
-        kernel_readahead_kb: Option<u32>,
-        /// Record a prefetch profile and write it to FILE (JSON) when the mount
-        /// ends: the chunks read in the first seconds and the files they belong to
-        #[arg(long, value_name = "FILE")]
-        record_profile: Option<PathBuf>,
-        /// How long after mounting the profile records (e.g. 60s, 2m, 500ms)
-        #[arg(long, default_value = "60s", requires = "record_profile")]
-        profile_window: String,
-        /// Fail readers (EIO) instead of letting them hang when this daemon
-        /// leaves a request unanswered this long (e.g. 60s, 5m; 0: never).
-        /// The kernel then ends the whole mount: `lode umount` and mount
-        /// again. Linux >= 6.14; it checks every 15 s (a shorter value acts
-        /// as 15 s)
-        #[arg(long, value_name = "DURATION", default_value = "60s")]
-        request_timeout: String,
-        #[command(flatten)]
-        prefetch: PrefetchArgs,
-    },
+    Mount(mount::MountArgs),
     /// Run an image in a container as its config says (podman/docker meanings);
     /// exits with the app's code, 125 when lode itself fails
-    Run {
-        /// Image name in the store
-        name: String,
-        /// Replaces the image's cmd
-        #[arg(last = true)]
-        cmd: Vec<String>,
-        /// Replaces the image's entrypoint ("" clears it)
-        #[arg(long)]
-        entrypoint: Option<String>,
-        /// Set an environment variable (K=V, or K to pass the caller's)
-        #[arg(short, long = "env", value_name = "K=V")]
-        env: Vec<String>,
-        /// Read environment variables from a file (K=V lines, # comments)
-        #[arg(long)]
-        env_file: Vec<PathBuf>,
-        /// Working directory inside the container
-        #[arg(short, long)]
-        workdir: Option<String>,
-        /// User: name, uid, name:group or uid:gid (from the image's /etc/passwd, /etc/group)
-        #[arg(short, long)]
-        user: Option<String>,
-        /// Container name (default lode-NAME-PID)
-        #[arg(long = "name", value_name = "CONTAINER")]
-        container_name: Option<String>,
-        /// Give the app a terminal
-        #[arg(short, long)]
-        tty: bool,
-        /// Keep stdin open (accepted for docker compatibility: stdin is always passed)
-        #[arg(short, long)]
-        interactive: bool,
-        /// Remove the container at exit (always: accepted for docker compatibility)
-        #[arg(long)]
-        rm: bool,
-        /// Network: none (own namespace, loopback only) or host
-        #[arg(long, default_value = "none", value_parser = ["none", "host"])]
-        network: String,
-        /// Size of the tmpfs that holds the container's writes
-        #[arg(long, default_value = "64m")]
-        tmpfs_size: String,
-        /// OCI runtime binary (default: crun if found, else runc)
-        #[arg(long, value_name = "PATH")]
-        runtime: Option<PathBuf>,
-        /// Where shared mounts and bundles live
-        #[arg(long, default_value = lode_run::DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
-    },
+    Run(run::RunArgs),
     /// Unmount what `lode mount` mounted and end its daemon
     Umount {
         /// The mountpoint given to `lode mount`
@@ -233,7 +133,7 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
         #[command(flatten)]
-        prefetch: PrefetchArgs,
+        prefetch: mount::PrefetchArgs,
     },
     /// Store, show or remove an image's prefetch profile (profiles/NAME)
     Profile {
@@ -310,21 +210,22 @@ enum Command {
     },
 }
 
-/// Prefetch of the stored profile at mount.
+/// What `lode flatten` was asked.
 #[derive(clap::Args)]
-struct PrefetchArgs {
-    /// Chunks the prefetch of a stored profile fetches at once
-    #[arg(long, default_value_t = 16)]
-    prefetch_concurrency: usize,
-    /// Do not prefetch the image's stored profile (profiles/NAME)
+struct FlattenArgs {
+    /// `oci:DIR[:TAG]`, `docker-archive:FILE` or `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`
+    image: String,
+    /// Output image file
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Platform to pick from a multi-platform index (os/arch[/variant])
     #[arg(long)]
-    no_prefetch: bool,
-}
-
-impl PrefetchArgs {
-    fn settings(&self) -> lode_store::Prefetch {
-        lode_store::Prefetch::new(!self.no_prefetch, self.prefetch_concurrency)
-    }
+    platform: Option<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Profile-guided layout from a profile recorded with `lode mount --record-profile`
+    #[arg(long, value_name = "FILE")]
+    layout_profile: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -385,29 +286,10 @@ enum SaltAction {
 fn main() {
     let cli = Cli::parse();
     logging::init(cli.verbose);
-    raise_open_file_limit();
+    worker::raise_open_file_limit();
     if let Err(e) = run(cli) {
         eprintln!("lode: error: {e:#}");
         std::process::exit(1);
-    }
-}
-
-/// Raises the soft open-file limit to the hard one (as Go programs do at
-/// start): flattening keeps a spool file open per layer, and a mount keeps
-/// cache files and connections open; a soft limit of 1024 is common.
-fn raise_open_file_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write one rlimit we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                tracing::debug!("could not raise the open-file limit");
-            }
-        }
     }
 }
 
@@ -419,19 +301,7 @@ fn provider(name: &str) -> Result<&'static dyn chunk_core::CryptoProvider> {
 fn run(cli: Cli) -> Result<()> {
     let settings = cli.settings.resolve()?;
     match cli.command {
-        Command::Flatten {
-            image,
-            output,
-            platform,
-            registry,
-            layout_profile,
-        } => flatten(
-            &image,
-            &output,
-            platform.as_deref(),
-            registry.options(),
-            layout_profile.as_deref(),
-        ),
+        Command::Flatten(args) => flatten(args),
         Command::Push {
             image,
             name,
@@ -476,79 +346,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Mount {
-            name,
-            mountpoint,
-            file_only,
-            foreground,
-            stats,
-            log_file,
-            readahead_chunks,
-            kernel_readahead_kb,
-            record_profile,
-            profile_window,
-            request_timeout,
-            prefetch,
-        } => mount::mount(
-            &settings,
-            mount::MountRequest {
-                name,
-                mountpoint,
-                cache_dir: settings.cache_dir.clone(),
-                stats,
-                file_only,
-                foreground,
-                log_file,
-                readahead_chunks,
-                kernel_readahead_kb,
-                record_profile,
-                profile_window: parse_duration(&profile_window).context("--profile-window")?,
-                request_timeout: mount::request_timeout(
-                    parse_duration(&request_timeout).context("--request-timeout")?,
-                )
-                .context("--request-timeout")?,
-                prefetch: prefetch.settings(),
-                crypto: provider(&cli.crypto)?,
-            },
-        ),
-        Command::Run {
-            name,
-            cmd,
-            entrypoint,
-            env,
-            env_file,
-            workdir,
-            user,
-            container_name,
-            tty,
-            interactive: _,
-            rm: _,
-            network,
-            tmpfs_size,
-            runtime,
-            state_dir,
-        } => {
-            let code = run::run(
-                &settings,
-                run::RunArgs {
-                    name,
-                    cmd,
-                    entrypoint,
-                    env,
-                    env_files: env_file,
-                    workdir,
-                    user,
-                    container_name,
-                    tty,
-                    network,
-                    tmpfs_size,
-                    runtime,
-                    state_dir,
-                    crypto: provider(&cli.crypto)?,
-                },
-            );
-            std::process::exit(code);
-        }
+        Command::Mount(args) => mount::mount(&settings, args, provider(&cli.crypto)?),
+        Command::Run(args) => std::process::exit(run::run(&settings, args, provider(&cli.crypto)?)),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
         Command::Pull { name, output } => runtime()?.block_on(mount::pull(
             &settings,
@@ -733,15 +532,12 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn flatten(
-    image: &str,
-    output: &std::path::Path,
-    platform: Option<&str>,
-    registry: flattener::RegistryOptions,
-    layout_profile: Option<&std::path::Path>,
-) -> Result<()> {
+fn flatten(a: FlattenArgs) -> Result<()> {
+    let (image, output) = (a.image.as_str(), a.output.as_path());
     use flattener::ImageRef;
-    let hot = layout_profile
+    let hot = a
+        .layout_profile
+        .as_deref()
         .map(lode_store::profile::hot_list_from_profile)
         .transpose()?;
     let image_ref = ImageRef::parse(image).with_context(|| format!("image {image:?}"))?;
@@ -756,8 +552,8 @@ fn flatten(
     };
     let mut opts = flattener::FlattenOptions::default()
         .with_progress(&progress)
-        .with_registry(registry);
-    if let Some(p) = platform {
+        .with_registry(a.registry.options());
+    if let Some(p) = &a.platform {
         opts = opts.with_platform(lode_store::push::parse_platform(p)?);
     }
     if let Some(hot) = &hot {

@@ -1,7 +1,6 @@
 //! `lode mount`, `lode umount`, `lode pull`: the worker side.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use lode_store::layout::PROFILES;
@@ -11,7 +10,7 @@ use lode_store::{
 };
 use worker::LazyImageOptions;
 
-use crate::config::Settings;
+use crate::config::{Settings, parse_duration};
 
 /// Opens `name` from the configured store, key service and tiers.
 async fn open(
@@ -27,54 +26,79 @@ async fn open(
 }
 
 /// Everything `lode mount` was asked.
-pub struct MountRequest {
-    /// Image name.
+#[derive(clap::Args)]
+pub struct MountArgs {
+    /// Image name in the store
     pub name: String,
-    /// Where ext4 (or with `file_only` the FUSE file) appears.
+    /// Where the image's filesystem appears (created if missing)
     pub mountpoint: PathBuf,
-    /// L1 disk cache directory.
-    pub cache_dir: Option<PathBuf>,
-    /// Stats JSON written at unmount.
-    pub stats: Option<PathBuf>,
-    /// Stop after the FUSE file.
+    /// Stop after the FUSE file (MOUNTPOINT/image), no loop or ext4 mount
+    #[arg(long)]
     pub file_only: bool,
-    /// Stay in the foreground.
+    /// Stay in the foreground instead of returning once mounted
+    #[arg(long)]
     pub foreground: bool,
-    /// Daemon log file.
+    /// Write the worker's counters as JSON here at unmount
+    #[arg(long)]
+    pub stats: Option<PathBuf>,
+    /// Daemon log file (default: discarded)
+    #[arg(long)]
     pub log_file: Option<PathBuf>,
-    /// Chunks fetched ahead of a sequential reader.
+    /// Chunks fetched ahead of a sequential reader (0: only what is read)
+    #[arg(long, default_value_t = 4)]
     pub readahead_chunks: u32,
-    /// Kernel readahead of the loop device (KiB), when given
-    /// (`--kernel-readahead-kb`); else see [`kernel_readahead`].
+    /// Kernel readahead of the loop device in KiB. Default: the hint of the
+    /// image's stored profile (0 for images pushed with --layout-profile,
+    /// whose readahead would run in file order into cold chunks), else 128
+    #[arg(long, value_name = "KIB", env = "LODE_KERNEL_READAHEAD_KB")]
     pub kernel_readahead_kb: Option<u32>,
-    /// Record a prefetch profile and write it here when the mount ends.
+    /// Record a prefetch profile and write it to FILE (JSON) when the mount
+    /// ends: the chunks read in the first seconds and the files they belong to
+    #[arg(long, value_name = "FILE")]
     pub record_profile: Option<PathBuf>,
-    /// How long after opening the recording runs.
-    pub profile_window: Duration,
-    /// FUSE request timeout (`--request-timeout`); `None`: never.
-    pub request_timeout: Option<Duration>,
-    /// Prefetch of a stored profile.
-    pub prefetch: Prefetch,
-    /// Crypto backend for opening chunks (`--crypto`).
-    pub crypto: &'static dyn chunk_core::CryptoProvider,
+    /// How long after mounting the profile records (e.g. 60s, 2m, 500ms)
+    #[arg(long, default_value = "60s", requires = "record_profile")]
+    pub profile_window: String,
+    /// Fail readers (EIO) instead of letting them hang when this daemon
+    /// leaves a request unanswered this long (e.g. 60s, 5m; 0: never).
+    /// The kernel then ends the whole mount: `lode umount` and mount
+    /// again. Linux >= 6.14; it checks every 15 s (a shorter value acts
+    /// as 15 s)
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub request_timeout: String,
+    #[command(flatten)]
+    pub prefetch: PrefetchArgs,
 }
 
-/// The FUSE request timeout of `--request-timeout`: whole seconds (a part
-/// second rounds up), `None` for zero, at most 65535 s (the kernel's limit).
-pub fn request_timeout(t: Duration) -> Result<Option<Duration>> {
-    if t.is_zero() {
-        return Ok(None);
+/// Prefetch of the stored profile at mount.
+#[derive(clap::Args)]
+pub struct PrefetchArgs {
+    /// Chunks the prefetch of a stored profile fetches at once
+    #[arg(long, default_value_t = 16)]
+    pub prefetch_concurrency: usize,
+    /// Do not prefetch the image's stored profile (profiles/NAME)
+    #[arg(long)]
+    pub no_prefetch: bool,
+}
+
+impl PrefetchArgs {
+    pub fn settings(&self) -> lode_store::Prefetch {
+        lode_store::Prefetch::new(!self.no_prefetch, self.prefetch_concurrency)
     }
-    let secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
-    anyhow::ensure!(
-        secs <= u64::from(u16::MAX),
-        "{secs} s is longer than the kernel allows (65535 s)"
-    );
-    Ok(Some(Duration::from_secs(secs)))
 }
 
 /// Mounts; as a daemon unless `foreground`, returning once the mount is ready.
-pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
+pub fn mount(
+    settings: &Settings,
+    req: MountArgs,
+    crypto: &'static dyn chunk_core::CryptoProvider,
+) -> Result<()> {
+    let profile_window = parse_duration(&req.profile_window).context("--profile-window")?;
+    let request_timeout = worker::kernel_request_timeout(
+        parse_duration(&req.request_timeout).context("--request-timeout")?,
+    )
+    .context("--request-timeout")?;
+    let prefetch = req.prefetch.settings();
     if !req.mountpoint.exists() {
         std::fs::create_dir_all(&req.mountpoint)
             .with_context(|| format!("creating mountpoint {}", req.mountpoint.display()))?;
@@ -102,20 +126,20 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
         let rt = crate::rt::runtime()?;
         let mut image_opts = LazyImageOptions::default()
             .readahead_chunks(req.readahead_chunks)
-            .crypto(req.crypto);
+            .crypto(crypto);
         if req.record_profile.is_some() {
-            image_opts = image_opts.record(req.profile_window);
+            image_opts = image_opts.record(profile_window);
         }
         let opened = rt.block_on(open(
             settings,
             &req.name,
-            req.cache_dir.as_deref(),
+            settings.cache_dir.as_deref(),
             image_opts,
         ))?;
         // Before mounting: the kernel's first reads join the prefetch.
         let hint = report_prefetch(
             &req.name,
-            rt.block_on(start_prefetch(&opened, &req.name, req.prefetch)),
+            rt.block_on(start_prefetch(&opened, &req.name, prefetch)),
         );
         let (readahead_kb, why) = kernel_readahead(req.kernel_readahead_kb, hint);
         match why {
@@ -149,7 +173,7 @@ pub fn mount(settings: &Settings, req: MountRequest) -> Result<()> {
             .stats_path(req.stats.clone())
             .record_profile(target)
             .kernel_readahead_kb(Some(readahead_kb))
-            .request_timeout(req.request_timeout)
+            .request_timeout(request_timeout)
             .source_name(format!("lode:{}", req.name));
         let handle = {
             let _guard = rt.enter();
@@ -239,12 +263,11 @@ pub async fn pull(
 /// profile is a warning, never a failure) and returns the profile's kernel
 /// readahead hint.
 fn report_prefetch(name: &str, start: PrefetchStart) -> Option<u32> {
-    match &start {
+    let hint = start.kernel_readahead_kb();
+    match start {
         PrefetchStart::Unreadable(e) => {
-            eprintln!(
-                "lode: warning: not using the stored profile: {}",
-                crate::print::chain(e)
-            );
+            let e = anyhow::Error::from(e);
+            eprintln!("lode: warning: not using the stored profile: {e:#}");
         }
         PrefetchStart::Unfit { profile, why } => {
             eprintln!("lode: warning: not prefetching: {profile} does not fit this image: {why}");
@@ -258,7 +281,7 @@ fn report_prefetch(name: &str, start: PrefetchStart) -> Option<u32> {
         ),
         _ => {}
     }
-    start.kernel_readahead_kb()
+    hint
 }
 
 /// Serves the image `name` over NBD until Ctrl-C or SIGTERM.
@@ -277,9 +300,11 @@ pub async fn serve_nbd(
             .parse()
             .with_context(|| format!("listen address {listen:?}"))?,
         None => {
-            let dir = Path::new(worker::DEFAULT_STATE_DIR).join("nbd");
-            worker::create_private_dir(&dir)?;
-            ListenAddr::Unix(dir.join(format!("{}.sock", socket_file_stem(name))))
+            let path = worker::nbd::default_socket_path(Path::new(worker::DEFAULT_STATE_DIR), name);
+            if let Some(dir) = path.parent() {
+                worker::create_private_dir(dir)?;
+            }
+            ListenAddr::Unix(path)
         }
     };
     if let ListenAddr::Tcp(sa) = &addr {
@@ -328,44 +353,4 @@ pub async fn serve_nbd(
         .await
         .context("serving NBD")?;
     Ok(())
-}
-
-/// An image name as a socket file name: characters other than ASCII
-/// letters, digits, `.`, `-` and `_` become `_` (names may hold `/` and `:`).
-fn socket_file_stem(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_timeout_is_whole_seconds_zero_none() {
-        assert_eq!(request_timeout(Duration::ZERO).unwrap(), None);
-        assert_eq!(
-            request_timeout(Duration::from_millis(1500)).unwrap(),
-            Some(Duration::from_secs(2))
-        );
-        assert_eq!(
-            request_timeout(Duration::from_secs(60)).unwrap(),
-            Some(Duration::from_secs(60))
-        );
-        assert!(request_timeout(Duration::from_secs(65536)).is_err());
-    }
-
-    #[test]
-    fn socket_names_stay_in_their_directory() {
-        assert_eq!(socket_file_stem("python-app:latest"), "python-app_latest");
-        assert_eq!(socket_file_stem("../etc/x"), ".._etc_x");
-        assert_eq!(socket_file_stem("a.b_c-d"), "a.b_c-d");
-    }
 }

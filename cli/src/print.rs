@@ -317,16 +317,3 @@ pub fn verify_report(r: &VerifyReport) {
         }
     );
 }
-
-/// An error and its sources, `: `-separated (each library error prints
-/// its source or returns it from `source()`, never both, so nothing repeats).
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}

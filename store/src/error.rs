@@ -26,6 +26,14 @@ pub enum Error {
         /// The name as given.
         name: String,
     },
+    /// A size or duration that does not parse.
+    #[error("{text:?}: {problem}")]
+    InvalidQuantity {
+        /// The text as given.
+        text: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A store URL that does not parse.
     #[error("store {url:?} is not valid: {reason}")]
     InvalidStoreUrl {

@@ -82,6 +82,7 @@ pub mod push;
 pub mod salts;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod units;
 mod url;
 pub mod verify;
 pub mod versions;
@@ -93,8 +94,8 @@ pub use lease::{Lease, LeaseKind, push_lease};
 pub use list::{ImageListing, list_images};
 pub use name::check_image_name;
 pub use open::{
-    L2Config, Opened, Prefetch, PrefetchStart, ReadaheadSource, TierConfig, kernel_readahead,
-    open_image, open_kms, start_prefetch,
+    L2Config, Opened, Prefetch, PrefetchStart, ReadaheadSource, TierConfig, image_config,
+    kernel_readahead, open_image, open_kms, start_prefetch,
 };
 pub use push::{ChunkCounts, NoProgress, Push, PushProgress, PushSummary, Replaced};
 pub use url::{KmsUrl, StoreUrl};

@@ -208,6 +208,26 @@ pub async fn open_image(
     })
 }
 
+/// The image config sealed in the manifest of `name` (entrypoint, cmd,
+/// env, workdir, user, ...), opened with `kms`; empty for images pushed
+/// before configs were kept.
+pub async fn image_config(
+    store: &Store,
+    name: &str,
+    kms: &dyn Kms,
+    crypto: &dyn chunk_core::CryptoProvider,
+) -> Result<manifest::ImageConfig> {
+    let sealed = store.get_manifest(name).await?;
+    let (_, config) = sealed
+        .open_with_config(crypto, kms, &manifest::image_context(name))
+        .await
+        .map_err(|e| Error::OpenImage {
+            name: name.to_string(),
+            source: e.into(),
+        })?;
+    Ok(config.unwrap_or_default())
+}
+
 /// Whether and how to prefetch a stored profile at open.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]

@@ -137,6 +137,12 @@ pub enum Error {
         /// What went wrong (printed here, not a `source()`).
         problem: MountProblem,
     },
+    /// A FUSE request timeout longer than the kernel takes.
+    #[error("a request timeout of {secs} s is longer than the kernel allows (65535 s)")]
+    RequestTimeout {
+        /// The timeout asked for, in whole seconds.
+        secs: u64,
+    },
     /// `unmount` found no lode mount at this path.
     #[error("no lode mount at {}", .0.display())]
     NotMounted(PathBuf),

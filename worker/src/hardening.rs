@@ -5,6 +5,25 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// Raises the soft open-file limit to the hard one (as Go programs do at
+/// start): flattening keeps a spool file open per layer, and a mount keeps
+/// cache files and connections open; a soft limit of 1024 is common.
+pub fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::debug!("could not raise the open-file limit");
+            }
+        }
+    }
+}
+
 /// Marks this process not dumpable (`prctl(PR_SET_DUMPABLE, 0)`): no core
 /// dump on a crash, and no `ptrace` or `/proc/<pid>/mem` access by any user
 /// but root (with `CAP_SYS_PTRACE`). A process serving an image holds the

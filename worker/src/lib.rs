@@ -99,7 +99,7 @@ pub use daemon::{Daemon, DaemonOptions, Readiness, spawn_daemon};
 pub use error::{
     ChunkError, Error, MountProblem, ProfileMismatch, ProfileProblem, Result, SourceError,
 };
-pub use hardening::{create_private_dir, is_dumpable, make_undumpable};
+pub use hardening::{create_private_dir, is_dumpable, make_undumpable, raise_open_file_limit};
 pub use image::{
     BLOCK_SIZE, BlockLog, BlockRun, ChunkAccess, ChunkTable, LazyImage, LazyImageOptions,
     MaterializeReport, PrefetchReport, Verify,
@@ -111,7 +111,7 @@ pub const DEFAULT_KERNEL_READAHEAD_KB: u32 = 128;
 #[cfg(feature = "fuse")]
 pub use mount::{
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_STATE_DIR, MountHandle, MountOptions, MountState,
-    ProfileTarget, is_mount_point, mount, mounts, state_path, unmount,
+    ProfileTarget, is_mount_point, kernel_request_timeout, mount, mounts, state_path, unmount,
 };
 pub use source::{ChunkSource, Fault, Fetched, MemorySource, TierId};
 pub use stats::{Percentiles, Stats, TierStats};

@@ -17,6 +17,19 @@ use crate::hardening::create_private_dir;
 use crate::loopdev::LoopDevice;
 use crate::profile::{BlockMap, Profile};
 
+/// The FUSE request timeout the kernel takes for `t`: whole seconds (a
+/// part second rounds up), `None` for zero (never time out), at most 65535 s.
+pub fn kernel_request_timeout(t: Duration) -> Result<Option<Duration>> {
+    if t.is_zero() {
+        return Ok(None);
+    }
+    let secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
+    if secs > u64::from(u16::MAX) {
+        return Err(Error::RequestTimeout { secs });
+    }
+    Ok(Some(Duration::from_secs(secs)))
+}
+
 /// Where mount state files live unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/run/lode";
 
@@ -847,6 +860,15 @@ fn write_state(path: &Path, state: &MountState) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_timeout_is_whole_seconds_zero_none() {
+        assert_eq!(kernel_request_timeout(Duration::ZERO).unwrap(), None);
+        let t = |ms| kernel_request_timeout(Duration::from_millis(ms)).unwrap();
+        assert_eq!(t(1500), Some(Duration::from_secs(2)));
+        assert_eq!(t(60_000), Some(Duration::from_secs(60)));
+        assert!(kernel_request_timeout(Duration::from_secs(65536)).is_err());
+    }
 
     #[test]
     fn mountinfo_escapes_and_keys() {

@@ -85,6 +85,23 @@ use std::time::Duration;
 pub use error::NbdError;
 pub use server::{NbdServer, serve_stream};
 
+/// Where `lode serve-nbd NAME` listens by default: `STATE_DIR/nbd/NAME.sock`,
+/// with characters other than ASCII letters, digits, `.`, `-` and `_`
+/// replaced by `_` (image names may hold `/` and `:`).
+pub fn default_socket_path(state_dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let stem: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    state_dir.join("nbd").join(format!("{stem}.sock"))
+}
+
 use crate::LazyImage;
 
 /// The IANA port of NBD.
@@ -332,6 +349,17 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn socket_names_stay_in_their_directory() {
+        let at = |n| super::default_socket_path(std::path::Path::new("/s"), n);
+        assert_eq!(
+            at("python-app:latest"),
+            std::path::Path::new("/s/nbd/python-app_latest.sock")
+        );
+        assert_eq!(at("../etc/x"), std::path::Path::new("/s/nbd/.._etc_x.sock"));
+        assert_eq!(at("a.b_c-d"), std::path::Path::new("/s/nbd/a.b_c-d.sock"));
+    }
+
     use super::*;
 
     #[test]
