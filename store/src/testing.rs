@@ -105,3 +105,18 @@ pub fn oci_image(dir: &Path, layers: &[&[(&str, &[u8])]]) -> Result<String> {
     )?;
     Ok(format!("oci:{}:t", dir.display()))
 }
+
+/// A new local keyring `DIR/keyring` with the key `default`, opened with
+/// the RustCrypto backend.
+pub fn local_kms(dir: &Path) -> Result<std::sync::Arc<kms_envelope::LocalKms>> {
+    let path = dir.join("keyring");
+    let crypto = &chunk_core::RustCrypto;
+    let err = |e: kms_envelope::Error| Error::Kms {
+        spec: format!("local:{}", path.display()),
+        source: e.into(),
+    };
+    kms_envelope::new_keyring_with_key(crypto, &path, "default").map_err(err)?;
+    Ok(std::sync::Arc::new(
+        kms_envelope::LocalKms::open(crypto, &path).map_err(err)?,
+    ))
+}

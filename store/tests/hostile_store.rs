@@ -3,9 +3,6 @@
 //! fails naming the chunk, memory stays flat). Alone in its test binary, so
 //! the peak RSS seen is this test's.
 
-use std::sync::Arc;
-
-use lode_store::kms_envelope::{LocalKms, new_keyring_with_key};
 use lode_store::{Push, Store, StoreUrl, TierConfig, open_image};
 
 /// Peak resident set of this process, in KiB (`VmHWM`).
@@ -37,9 +34,7 @@ fn a_3_gib_object_under_a_chunk_name_fails_the_read_naming_the_chunk_with_memory
         &[&[("data/big.bin", data.as_slice())]],
     )
     .unwrap();
-    let keyring = dir.path().join("keyring");
-    new_keyring_with_key(&lode_store::chunk_core::RustCrypto, &keyring, "default").unwrap();
-    let kms = Arc::new(LocalKms::open(&lode_store::chunk_core::RustCrypto, &keyring).unwrap());
+    let kms = lode_store::testing::local_kms(dir.path()).unwrap();
     let salt = lode_store::chunk_core::Salt::new(1, [7; 32]);
     let store_dir = dir.path().join("store");
     let url = StoreUrl::parse(&format!("file://{}", store_dir.display())).unwrap();

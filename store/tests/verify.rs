@@ -6,13 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lode_store::chunk_core::RustCrypto;
-use lode_store::kms_envelope::{LocalKms, new_keyring_with_key};
 use lode_store::{ChunkProblem, Push, PushSummary, Store, StoreUrl, VerifyOptions, verify};
 
 struct Fixture {
     _dir: tempfile::TempDir,
     image: String,
-    kms: Arc<LocalKms>,
+    kms: Arc<lode_store::kms_envelope::LocalKms>,
     store_dir: PathBuf,
     store: Store,
     rt: tokio::runtime::Runtime,
@@ -31,9 +30,7 @@ impl Fixture {
             &[&[("data/big.bin", data.as_slice())]],
         )
         .unwrap();
-        let keyring = dir.path().join("keyring");
-        new_keyring_with_key(&lode_store::chunk_core::RustCrypto, &keyring, "default").unwrap();
-        let kms = Arc::new(LocalKms::open(&lode_store::chunk_core::RustCrypto, &keyring).unwrap());
+        let kms = lode_store::testing::local_kms(dir.path()).unwrap();
         let store_dir = dir.path().join("store");
         let url = StoreUrl::parse(&format!("file://{}", store_dir.display())).unwrap();
         let store = Store::open_or_create(&url).unwrap();

@@ -1,9 +1,6 @@
 //! Conditional manifest writes on each kind of store: a write from a stale
 //! version is a conflict and changes nothing.
 
-use std::sync::Arc;
-
-use lode_store::kms_envelope::{LocalKms, new_keyring_with_key};
 use lode_store::{ManifestVersion, Push, Store, StoreUrl};
 
 fn check(url: &str, dir: &std::path::Path) {
@@ -17,9 +14,7 @@ fn check(url: &str, dir: &std::path::Path) {
             .unwrap()
         })
         .collect();
-    let keyring = dir.join("keyring");
-    new_keyring_with_key(&lode_store::chunk_core::RustCrypto, &keyring, "default").unwrap();
-    let kms = Arc::new(LocalKms::open(&lode_store::chunk_core::RustCrypto, &keyring).unwrap());
+    let kms = lode_store::testing::local_kms(dir).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = Store::open_or_create(&StoreUrl::parse(url).unwrap()).unwrap();

@@ -79,14 +79,7 @@ impl OciLayout {
                 actual: format!("{} bytes", bytes.len()),
             });
         }
-        let actual = Digest::compute(digest.algorithm(), &bytes);
-        if actual != digest {
-            return Err(Error::DigestMismatch {
-                blob: digest.to_string(),
-                expected: digest.to_string(),
-                actual: actual.to_string(),
-            });
-        }
+        digest.verify(&bytes)?;
         Ok(bytes)
     }
 

@@ -66,6 +66,20 @@ impl DigestAlgorithm {
 }
 
 impl Digest {
+    /// Checks that `bytes` hash to this digest ([`Error::DigestMismatch`]
+    /// naming it otherwise).
+    pub(crate) fn verify(&self, bytes: &[u8]) -> Result<()> {
+        let actual = Self::compute(self.algorithm(), bytes);
+        if actual != *self {
+            return Err(Error::DigestMismatch {
+                blob: self.to_string(),
+                expected: self.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// Parses `sha256:<64 hex>` or `sha512:<128 hex>`; other algorithms and
     /// anything else (upper case, path characters) are refused.
     pub fn parse(s: &str) -> Option<Self> {

@@ -328,14 +328,7 @@ impl Registry {
         } else if let Some(d) = r.digest() {
             let digest = Digest::parse(d)
                 .ok_or_else(|| self.err(format!("unsupported or malformed digest {d:?}")))?;
-            let actual = Digest::compute(digest.algorithm(), &bytes);
-            if actual != digest {
-                return Err(Error::DigestMismatch {
-                    blob: digest.to_string(),
-                    expected: digest.to_string(),
-                    actual: actual.to_string(),
-                });
-            }
+            digest.verify(&bytes)?;
         }
         Ok(bytes)
     }
