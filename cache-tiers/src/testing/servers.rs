@@ -93,6 +93,18 @@ impl MemcachedServer {
             .status()
             .unwrap_or_else(|e| panic!("running kill {signal}: {e}"));
         assert!(status.success(), "kill {signal} failed: {status}");
+        // A signal is delivered asynchronously: until every thread has
+        // stopped (or resumed), the server may still answer (or not yet).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while all_threads_stopped(child.id()) == running {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "memcached {} did not {} within 5 s",
+                child.id(),
+                if running { "resume" } else { "stop" }
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// Kills the server (its data is lost).
@@ -212,4 +224,26 @@ impl Drop for MotoServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in
+/// `/proc/PID/task/TID/stat`, the field after the command name).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next());
+        if !matches!(state, Some("T" | "t")) {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
