@@ -107,7 +107,10 @@ fn missing_corrupt_or_unreadable_chunk_is_eio_and_a_log_line_naming_it() {
     let text = std::fs::read_to_string(&log).expect("log file");
     let line_for = |name: &str| {
         text.lines()
-            .find(|l| l.contains(name) && l.contains("chunk unavailable"))
+            .find(|l| {
+                l.contains(name)
+                    && (l.contains("chunk unavailable") || l.contains("bad chunk in the store"))
+            })
             .map(str::to_owned)
     };
     let line = line_for(&missing).unwrap_or_else(|| panic!("no line names {missing}:\n{text}"));
@@ -127,6 +130,10 @@ fn missing_corrupt_or_unreadable_chunk_is_eio_and_a_log_line_naming_it() {
         "{line}"
     );
     assert!(line.contains("do not match the chunk name"), "{line}");
+    assert!(
+        line.contains("lode verify"),
+        "a bad stored chunk hints at verify: {line}"
+    );
     let line = line_for(&broken).unwrap_or_else(|| panic!("no line names {broken}:\n{text}"));
     assert!(line.contains(&format!("chunk_index={broken_ix}")), "{line}");
     assert!(line.contains("tier=\"store\""), "{line}");
@@ -207,8 +214,14 @@ fn a_stopped_daemon_fails_readers_after_request_timeout_and_umount_cleans_up() {
         }
     }
 
+    // The aborted connection ends the daemon's session: once resumed it may
+    // tear the mount down itself before `lode umount` runs, which then finds
+    // nothing left to do. Either way nothing stays mounted (checked below).
     let out = env.run(&["umount", mnt.to_str().expect("utf-8")]);
-    assert!(out.status.success(), "lode umount: {out:?}");
+    assert!(
+        out.status.success() || String::from_utf8_lossy(&out.stderr).contains("no lode mount at"),
+        "lode umount: {out:?}"
+    );
     std::mem::forget(mounted);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(
