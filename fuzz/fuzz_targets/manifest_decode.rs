@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(m) = manifest::SealedManifest::decode(data) {
         assert_eq!(m.encode(), data, "decoder accepted a non-canonical encoding");
         assert_eq!(m.names().count(), m.chunk_count());
-        let _ = m.public_digest();
+        let _ = m.public_digest(&chunk_core::RustCrypto);
         let _ = format!("{m:?}");
     }
 });
